@@ -1,0 +1,154 @@
+//! Configuration: the TOML file (SPEC §3) read into raw serde types, then validated into the
+//! types below, which the rest of the daemon uses. Owns the duration, size and rate grammars,
+//! `{ file = "…" }` secret references and the reload rules (what may change on SIGHUP).
+//!
+//! Loading collects every problem, each naming the file, the key, the rule and the value.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use reqwest::Url;
+
+/// A validated configuration: everything a running daemon needs, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration was read from (absolute).
+    pub source: PathBuf,
+    pub server: Server,
+    pub admin: Admin,
+    pub storage: Storage,
+    pub dropbox: DropboxApi,
+    /// Instances in file order; names and ids are unique.
+    pub instances: Vec<Instance>,
+}
+
+/// `[server]`: the Dropbox-facing listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub shutdown_timeout: Duration,
+}
+
+/// `[admin]`: health, metrics and the CLI's API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+/// `[storage]`: the sled directory and its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Storage {
+    /// Absolute: relative paths are resolved from the config file's folder.
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub cache_bytes: u64,
+}
+
+/// `[dropbox]`: API base URLs (overridable so tests can use a fake Dropbox).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropboxApi {
+    pub api_url: Url,
+    pub content_url: Url,
+    pub notify_url: Url,
+}
+
+/// `[delivery]` merged with an instance's `[instance.delivery]` overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub timeout: Duration,
+    pub rate_limit: Rate,
+    pub rate_limit_burst: NonZeroU32,
+    pub concurrency: NonZeroU32,
+    pub retry_initial: Duration,
+    pub retry_multiplier: f64,
+    pub retry_max_interval: Duration,
+    /// Attempts in all (first try included) before dead-lettering; at least 1.
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub dead_letter_ttl: Duration,
+    pub max_queued_bytes: u64,
+    pub coalesce: bool,
+    pub allow_private_destinations: bool,
+    pub paused: bool,
+    pub proxy: Option<Url>,
+}
+
+/// A rate such as `100/s`: `count` events per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+/// What a notification turns into for an instance (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsMode {
+    /// One `UPDATED`/`account` event per notified account.
+    Notify,
+    /// Per-object events from walking the account's cursor.
+    Changes,
+}
+
+/// How an instance learns of changes (`event.vendor.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VendorType {
+    Webhook,
+    /// Walk on a timer (`event.poller.refresh_interval`), no webhook needed.
+    Polling { interval: Duration },
+}
+
+/// One `[[instance]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    /// The envelope's `instanceId`; positive and unique.
+    pub id: u64,
+    pub element: String,
+    pub tags: Vec<String>,
+    /// `None`: every account of the app.
+    pub accounts: Option<Vec<String>>,
+    pub events: EventsMode,
+    /// `oauth.api.key`: instances sharing it belong to one Dropbox app.
+    pub app_key: String,
+    /// `oauth.api.secret`: verifies `X-Dropbox-Signature`.
+    pub app_secret: Secret,
+    /// `oauth.callback.url`: OAuth redirect URI (change events only).
+    pub oauth_callback_url: Option<Url>,
+    /// `oauth.refresh_token`, when configured instead of `authorize`.
+    pub refresh_token: Option<Secret>,
+    /// `event.notification.enabled`.
+    pub enabled: bool,
+    /// `event.notification.callback.url`; always `Some` when `enabled`.
+    pub callback_url: Option<Url>,
+    /// `event.notification.signature.key`.
+    pub signature_key: Option<Secret>,
+    /// `event.notification.signature.previous_key`, during a key rotation.
+    pub previous_signature_key: Option<Secret>,
+    pub vendor: VendorType,
+    pub delivery: Delivery,
+}
+
+/// A secret string: never shown by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is used (signing, verifying, comparing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
