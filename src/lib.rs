@@ -4,3 +4,4 @@
 //! - [`config`]: the TOML file → validated [`config::Config`].
 
 pub mod config;
+pub mod store;

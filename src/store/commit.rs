@@ -1,0 +1,744 @@
+//! The committer: the store's single writer. It turns a queue of requests into group commits:
+//! one atomic sled batch, one `flush`, one `fdatasync`, then every answer.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use ulid::Ulid;
+
+use super::keys;
+use super::record::{
+    Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
+};
+use super::{
+    DeadLetter, Error, Event, IngestTarget, MAX_BATCH, Placed, Retry, Shared, SyncFn, sled_error,
+};
+
+/// Bytes an event is charged beyond its raw body (its records and index entries).
+const EVENT_OVERHEAD_BYTES: u64 = 256;
+
+pub(super) struct Request {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Reply, Error>>,
+}
+
+#[derive(Debug)]
+pub(super) enum Op {
+    Ingest {
+        id: Ulid,
+        body: Bytes,
+        accepted_ms: u64,
+        targets: Vec<IngestTarget>,
+    },
+    Delivered {
+        instance: String,
+        id: Ulid,
+    },
+    Reschedule {
+        instance: String,
+        id: Ulid,
+        retry: Retry,
+    },
+    DeadLetter {
+        instance: String,
+        id: Ulid,
+        dead: DeadLetter,
+        now_ms: u64,
+    },
+    Claim {
+        instance: String,
+        ids: Vec<Ulid>,
+    },
+    ReplayDead {
+        letters: Vec<(String, Ulid)>,
+        now_ms: u64,
+    },
+    PurgeDead {
+        letters: Vec<(String, Ulid)>,
+    },
+    PurgePending {
+        instance: String,
+    },
+    ExpireDead {
+        before_ms: u64,
+    },
+    CatchUp {
+        instances: Vec<String>,
+        now_ms: u64,
+    },
+    Heartbeat {
+        now_ms: u64,
+    },
+    Close {
+        mark_clean: bool,
+        now_ms: u64,
+    },
+}
+
+#[derive(Debug)]
+pub(super) enum Reply {
+    Done,
+    Placed(Vec<Placed>),
+    Events(Vec<Event>),
+    Count(u64),
+}
+
+/// The writes of one batch, readable before they are applied.
+struct BatchView<'a> {
+    db: &'a sled::Db,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> BatchView<'a> {
+    fn new(db: &'a sled::Db) -> Self {
+        BatchView {
+            db,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.writes.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.db.get(key).map_err(sled_error)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
+pub(super) struct Committer {
+    db: sled::Db,
+    db_file: File,
+    sync: SyncFn,
+    counters: BTreeMap<String, Counters>,
+    shared: Arc<Shared>,
+    /// Instances whose counters changed in the current batch.
+    touched: Vec<String>,
+}
+
+impl Committer {
+    pub fn new(
+        db: sled::Db,
+        db_file: File,
+        sync: SyncFn,
+        counters: BTreeMap<String, Counters>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Committer {
+            db,
+            db_file,
+            sync,
+            counters,
+            shared,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Runs until every handle is gone or a `Close` request is committed.
+    pub fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let closing = batch.iter().any(|r| matches!(r.op, Op::Close { .. }));
+            self.commit(std::mem::take(&mut batch));
+            if closing {
+                break;
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(failure) = self.shared.failure.get() {
+            for request in batch {
+                let _ = request.reply.send(Err(Error::Failed(failure.clone())));
+            }
+            return;
+        }
+        let db = self.db.clone();
+        let mut view = BatchView::new(&db);
+        let mut answers = Vec::with_capacity(batch.len());
+        for request in batch {
+            let result = self.apply(&mut view, request.op);
+            answers.push((request.reply, result));
+        }
+        self.write_counters(&mut view);
+        match self.make_durable(view) {
+            Ok(()) => {
+                self.publish_counters();
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                tracing::error!(error = %message, "store write failed; no further writes will be acknowledged");
+                let _ = self.shared.failure.set(message.clone());
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(Error::Failed(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Applies the batch atomically, flushes sled's buffers, then fdatasyncs its log file.
+    fn make_durable(&mut self, view: BatchView<'_>) -> Result<(), String> {
+        if view.writes.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .apply_batch(view.into_batch())
+            .map_err(|e| format!("apply: {e}"))?;
+        self.db.flush().map_err(|e| format!("flush: {e}"))?;
+        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))
+    }
+
+    fn apply(&mut self, view: &mut BatchView<'_>, op: Op) -> Result<Reply, Error> {
+        match op {
+            Op::Ingest {
+                id,
+                body,
+                accepted_ms,
+                targets,
+            } => self
+                .ingest(view, id, body, accepted_ms, targets)
+                .map(Reply::Placed),
+            Op::Delivered { instance, id } => {
+                self.remove_pending(view, &instance, id)?;
+                Ok(Reply::Done)
+            }
+            Op::Reschedule {
+                instance,
+                id,
+                retry,
+            } => self.reschedule(view, &instance, id, retry).map(|_| Reply::Done),
+            Op::DeadLetter {
+                instance,
+                id,
+                dead,
+                now_ms,
+            } => self
+                .dead_letter(view, &instance, id, dead, now_ms)
+                .map(|_| Reply::Done),
+            Op::Claim { instance, ids } => self.claim(view, &instance, ids).map(Reply::Events),
+            Op::ReplayDead { letters, now_ms } => {
+                let mut count = 0;
+                for (instance, id) in letters {
+                    count += u64::from(self.replay(view, &instance, id, now_ms)?);
+                }
+                Ok(Reply::Count(count))
+            }
+            Op::PurgeDead { letters } => {
+                let mut count = 0;
+                for (instance, id) in letters {
+                    count += u64::from(self.purge_dead(view, &instance, id)?);
+                }
+                Ok(Reply::Count(count))
+            }
+            Op::PurgePending { instance } => self.purge_pending(view, &instance).map(Reply::Count),
+            Op::ExpireDead { before_ms } => self.expire_dead(view, before_ms).map(Reply::Count),
+            Op::CatchUp { instances, now_ms } => {
+                self.catch_up(view, &instances, now_ms).map(Reply::Events)
+            }
+            Op::Heartbeat { now_ms } => {
+                view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
+                Ok(Reply::Done)
+            }
+            Op::Close { mark_clean, now_ms } => {
+                if mark_clean {
+                    view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
+                    view.insert(keys::meta("clean"), now_ms.to_be_bytes().to_vec());
+                }
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    // === ingest ===
+
+    fn ingest(
+        &mut self,
+        view: &mut BatchView<'_>,
+        notification: Ulid,
+        body: Bytes,
+        accepted_ms: u64,
+        targets: Vec<IngestTarget>,
+    ) -> Result<Vec<Placed>, Error> {
+        let mut placed = Vec::with_capacity(targets.len());
+        let body_bytes = body.len() as u64;
+        for target in targets {
+            self.mark_seen(view, &target.instance, &target.account, accepted_ms)?;
+            let over_quota = self.counter(&target.instance).pending_bytes >= target.quota_bytes;
+            if (target.coalesce || over_quota)
+                && let Some(id) =
+                    self.merge(view, &target, notification, accepted_ms, body_bytes)?
+            {
+                placed.push(Placed::Merged { id });
+                continue;
+            }
+            let event = EventV1 {
+                account: target.account.clone(),
+                kind: EventKind::Notify,
+                notification: Some(notification.to_string()),
+                date_ms: accepted_ms,
+                age_base_ms: accepted_ms,
+                attempts: 0,
+                due_ms: accepted_ms,
+                refused_only: true,
+                last_status: None,
+                last_error: None,
+                bytes: body_bytes + EVENT_OVERHEAD_BYTES,
+            };
+            let id = Ulid::generate();
+            self.insert_pending(view, &target.instance, id, &event);
+            if over_quota {
+                // Over its quota, the event waits in the store where later notifications merge
+                // into it; otherwise it goes to delivery at once and is no merge target.
+                view.insert(pair_key(&target.instance, &target.account), id.to_bytes().to_vec());
+                placed.push(Placed::Parked { id });
+            } else {
+                placed.push(Placed::Created(to_event(
+                    id,
+                    &target.instance,
+                    &event,
+                    Some(body.clone()),
+                )));
+            }
+        }
+        if !placed.is_empty() {
+            let record = NotificationRecord {
+                accepted_ms,
+                refs: placed.len() as u32,
+                body: body.to_vec(),
+            };
+            view.insert(keys::notification(notification), record.encode());
+        }
+        Ok(placed)
+    }
+
+    fn mark_seen(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        account: &str,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let key = keys::pair(keys::SEEN, instance, account);
+        if view.get(&key)?.is_none() {
+            view.insert(key, now_ms.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    /// Merges a notification into the pair's waiting event, if there is one that may take it.
+    fn merge(
+        &mut self,
+        view: &mut BatchView<'_>,
+        target: &IngestTarget,
+        notification: Ulid,
+        accepted_ms: u64,
+        body_bytes: u64,
+    ) -> Result<Option<Ulid>, Error> {
+        let pair_key = keys::pair(keys::PAIR, &target.instance, &target.account);
+        let Some(id) = view.get(&pair_key)?.and_then(|v| ulid_from(&v)) else {
+            return Ok(None);
+        };
+        let event_key = keys::event(&target.instance, id);
+        let Some(mut event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        else {
+            view.remove(pair_key);
+            return Ok(None);
+        };
+        if !event.refused_only {
+            view.remove(pair_key);
+            return Ok(None);
+        }
+        if let Some(old) = event.notification.as_deref().and_then(|s| s.parse().ok()) {
+            self.release_notification(view, old)?;
+        }
+        let new_bytes = body_bytes + EVENT_OVERHEAD_BYTES;
+        let counter = self.counter_mut(&target.instance);
+        counter.pending_bytes = counter
+            .pending_bytes
+            .saturating_sub(event.bytes)
+            .saturating_add(new_bytes);
+        event.notification = Some(notification.to_string());
+        event.date_ms = accepted_ms;
+        event.bytes = new_bytes;
+        view.insert(event_key, EventRecord::encode(&event));
+        Ok(Some(id))
+    }
+
+    // === outcomes ===
+
+    fn reschedule(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        retry: Retry,
+    ) -> Result<(), Error> {
+        let event_key = keys::event(instance, id);
+        let Some(mut event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        else {
+            return Ok(());
+        };
+        view.remove(keys::due(instance, event.due_ms, id));
+        view.insert(keys::due(instance, retry.due_ms, id), Vec::new());
+        let pair_key = keys::pair(keys::PAIR, instance, &event.account);
+        event.refused_only &= retry.definite_refusal;
+        if event.refused_only && event.kind == EventKind::Notify {
+            view.insert(pair_key, id.to_bytes().to_vec());
+        } else {
+            self.unlink_pair(view, &pair_key, id)?;
+        }
+        event.attempts = retry.attempts;
+        event.due_ms = retry.due_ms;
+        event.last_status = retry.last_status;
+        event.last_error = retry.last_error;
+        view.insert(event_key, EventRecord::encode(&event));
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        dead: DeadLetter,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let Some(mut event) = self.take_pending(view, instance, id)? else {
+            return Ok(());
+        };
+        event.attempts = dead.attempts;
+        event.last_status = dead.last_status;
+        event.last_error = dead.last_error;
+        let counter = self.counter_mut(instance);
+        counter.dead_events += 1;
+        counter.dead_bytes += event.bytes;
+        let record = DeadV1 {
+            event,
+            dead_at_ms: now_ms,
+            reason: dead.reason,
+        };
+        view.insert(keys::dead(instance, id), DeadRecord::encode(&record));
+        view.insert(keys::dead_by_time(now_ms, instance, id), Vec::new());
+        Ok(())
+    }
+
+    fn claim(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        ids: Vec<Ulid>,
+    ) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            let event_key = keys::event(instance, id);
+            let Some(event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+            else {
+                continue;
+            };
+            // In flight from now on: no longer a merge target.
+            self.unlink_pair(view, &pair_key(instance, &event.account), id)?;
+            let raw = self.notification_body(view, &event)?;
+            events.push(to_event(id, instance, &event, raw));
+        }
+        Ok(events)
+    }
+
+    // === dead letters and held events ===
+
+    fn replay(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        let Some(dead) = self.take_dead(view, instance, id)? else {
+            return Ok(false);
+        };
+        let mut event = dead.event;
+        event.attempts = 0;
+        event.age_base_ms = now_ms;
+        event.due_ms = now_ms;
+        self.insert_pending(view, instance, id, &event);
+        Ok(true)
+    }
+
+    fn purge_dead(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+    ) -> Result<bool, Error> {
+        let Some(dead) = self.take_dead(view, instance, id)? else {
+            return Ok(false);
+        };
+        if let Some(old) = dead.event.notification.as_deref().and_then(|s| s.parse().ok()) {
+            self.release_notification(view, old)?;
+        }
+        Ok(true)
+    }
+
+    fn purge_pending(&mut self, view: &mut BatchView<'_>, instance: &str) -> Result<u64, Error> {
+        let prefix = keys::instance_prefix(keys::EVENT, instance);
+        let ids: Vec<Ulid> = self
+            .db
+            .scan_prefix(&prefix)
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| keys::trailing_id(&k)))
+            .collect();
+        let mut count = 0;
+        for id in ids {
+            count += u64::from(self.remove_pending(view, instance, id)?);
+        }
+        Ok(count)
+    }
+
+    fn expire_dead(&mut self, view: &mut BatchView<'_>, before_ms: u64) -> Result<u64, Error> {
+        let end = [keys::DEAD_BY_TIME, &before_ms.to_be_bytes()[..]].concat();
+        let expired: Vec<(String, Ulid)> = self
+            .db
+            .range(keys::DEAD_BY_TIME.to_vec()..end)
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| keys::parse_dead_by_time(&k)))
+            .map(|(_, instance, id)| (instance, id))
+            .collect();
+        let mut count = 0;
+        for (instance, id) in expired {
+            count += u64::from(self.purge_dead(view, &instance, id)?);
+        }
+        Ok(count)
+    }
+
+    fn catch_up(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instances: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        for instance in instances {
+            let prefix = keys::instance_prefix(keys::SEEN, instance);
+            let accounts: Vec<String> = self
+                .db
+                .scan_prefix(&prefix)
+                .keys()
+                .filter_map(|k| k.ok())
+                .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+                .collect();
+            for account in accounts {
+                let event = EventV1 {
+                    account,
+                    kind: EventKind::Unknown,
+                    notification: None,
+                    date_ms: now_ms,
+                    age_base_ms: now_ms,
+                    attempts: 0,
+                    due_ms: now_ms,
+                    refused_only: true,
+                    last_status: None,
+                    last_error: None,
+                    bytes: EVENT_OVERHEAD_BYTES,
+                };
+                let id = Ulid::generate();
+                self.insert_pending(view, instance, id, &event);
+                events.push(to_event(id, instance, &event, None));
+            }
+        }
+        Ok(events)
+    }
+
+    // === record plumbing ===
+
+    fn insert_pending(&mut self, view: &mut BatchView<'_>, instance: &str, id: Ulid, e: &EventV1) {
+        view.insert(keys::event(instance, id), EventRecord::encode(e));
+        view.insert(keys::due(instance, e.due_ms, id), Vec::new());
+        let counter = self.counter_mut(instance);
+        counter.pending_events += 1;
+        counter.pending_bytes += e.bytes;
+    }
+
+    /// Removes a pending event and its index entries; returns its record.
+    fn take_pending(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+    ) -> Result<Option<EventV1>, Error> {
+        let event_key = keys::event(instance, id);
+        let Some(event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        else {
+            return Ok(None);
+        };
+        view.remove(event_key);
+        view.remove(keys::due(instance, event.due_ms, id));
+        let pair_key = keys::pair(keys::PAIR, instance, &event.account);
+        self.unlink_pair(view, &pair_key, id)?;
+        let counter = self.counter_mut(instance);
+        counter.pending_events = counter.pending_events.saturating_sub(1);
+        counter.pending_bytes = counter.pending_bytes.saturating_sub(event.bytes);
+        Ok(Some(event))
+    }
+
+    /// Removes a pending event for good (delivered or purged), releasing its notification.
+    fn remove_pending(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+    ) -> Result<bool, Error> {
+        let Some(event) = self.take_pending(view, instance, id)? else {
+            return Ok(false);
+        };
+        if let Some(old) = event.notification.as_deref().and_then(|s| s.parse().ok()) {
+            self.release_notification(view, old)?;
+        }
+        Ok(true)
+    }
+
+    fn take_dead(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+    ) -> Result<Option<DeadV1>, Error> {
+        let dead_key = keys::dead(instance, id);
+        let Some(dead) = view.get(&dead_key)?.map(|v| DeadRecord::decode(&v)).transpose()? else {
+            return Ok(None);
+        };
+        view.remove(dead_key);
+        view.remove(keys::dead_by_time(dead.dead_at_ms, instance, id));
+        let counter = self.counter_mut(instance);
+        counter.dead_events = counter.dead_events.saturating_sub(1);
+        counter.dead_bytes = counter.dead_bytes.saturating_sub(dead.event.bytes);
+        Ok(Some(dead))
+    }
+
+    /// Removes the pair entry if it still points at `id`.
+    fn unlink_pair(
+        &mut self,
+        view: &mut BatchView<'_>,
+        pair_key: &[u8],
+        id: Ulid,
+    ) -> Result<(), Error> {
+        if view.get(pair_key)?.and_then(|v| ulid_from(&v)) == Some(id) {
+            view.remove(pair_key.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to a notification, deleting it with the last one.
+    fn release_notification(&mut self, view: &mut BatchView<'_>, id: Ulid) -> Result<(), Error> {
+        let key = keys::notification(id);
+        let Some(bytes) = view.get(&key)? else {
+            return Ok(());
+        };
+        let mut record = NotificationRecord::decode(&bytes)?;
+        record.refs = record.refs.saturating_sub(1);
+        if record.refs == 0 {
+            view.remove(key);
+        } else {
+            view.insert(key, record.encode());
+        }
+        Ok(())
+    }
+
+    fn notification_body(
+        &self,
+        view: &BatchView<'_>,
+        event: &EventV1,
+    ) -> Result<Option<Bytes>, Error> {
+        let Some(id) = event.notification.as_deref().and_then(|s| s.parse::<Ulid>().ok()) else {
+            return Ok(None);
+        };
+        match view.get(&keys::notification(id))? {
+            Some(bytes) => Ok(Some(Bytes::from(NotificationRecord::decode(&bytes)?.body))),
+            None => Err(Error::Corrupt(format!("notification {id} is missing"))),
+        }
+    }
+
+    // === counters ===
+
+    fn counter(&self, instance: &str) -> Counters {
+        self.counters.get(instance).copied().unwrap_or_default()
+    }
+
+    fn counter_mut(&mut self, instance: &str) -> &mut Counters {
+        if !self.touched.iter().any(|t| t == instance) {
+            self.touched.push(instance.to_owned());
+        }
+        self.counters.entry(instance.to_owned()).or_default()
+    }
+
+    fn write_counters(&mut self, view: &mut BatchView<'_>) {
+        for instance in &self.touched {
+            let counter = self.counter(instance);
+            view.insert(keys::counters(instance), counter.encode());
+        }
+    }
+
+    fn publish_counters(&mut self) {
+        if self.touched.is_empty() {
+            return;
+        }
+        self.touched.clear();
+        let total = self.counters.values().map(Counters::total_bytes).sum();
+        self.shared.total_bytes.store(total, Ordering::Relaxed);
+        self.shared.counters.store(Arc::new(self.counters.clone()));
+    }
+}
+
+fn ulid_from(bytes: &[u8]) -> Option<Ulid> {
+    let array: [u8; 16] = bytes.try_into().ok()?;
+    Some(Ulid::from_bytes(array))
+}
+
+pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<Bytes>) -> Event {
+    Event {
+        id,
+        instance: instance.to_owned(),
+        account: event.account.clone(),
+        kind: event.kind,
+        raw,
+        date_ms: event.date_ms,
+        age_base_ms: event.age_base_ms,
+        attempts: event.attempts,
+        due_ms: event.due_ms,
+        refused_only: event.refused_only,
+    }
+}
+
+fn pair_key(instance: &str, account: &str) -> Vec<u8> {
+    keys::pair(keys::PAIR, instance, account)
+}

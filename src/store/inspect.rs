@@ -1,0 +1,112 @@
+//! Read-only views of a store: what tests, `status` and `dead list` need. The path functions
+//! open a stopped daemon's store without changing anything in it.
+
+use std::path::Path;
+
+use serde::Serialize;
+use ulid::Ulid;
+
+use super::keys;
+use super::record::{DeadRecord, EventRecord, EventV1, NotificationRecord};
+use super::{Error, sled_error};
+
+/// One pending event or dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    pub instance: String,
+    pub account: String,
+    pub attempts: u32,
+    /// The Dropbox notification body of the event (empty for catch-up events).
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+    pub accepted_ms: u64,
+    pub due_ms: u64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Dead letters only: when and why.
+    pub dead_at_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// Pending events of a stopped daemon's store.
+pub fn pending_events(path: &Path) -> Result<Vec<EventSummary>, Error> {
+    pending_in(&open_read(path)?, None)
+}
+
+/// Dead letters of a stopped daemon's store.
+pub fn dead_letters(path: &Path) -> Result<Vec<EventSummary>, Error> {
+    dead_in(&open_read(path)?, None)
+}
+
+fn open_read(path: &Path) -> Result<sled::Db, Error> {
+    if !path.join("db").exists() {
+        return Err(Error::Open {
+            path: path.to_path_buf(),
+            message: "no store here".into(),
+        });
+    }
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(16 * 1024 * 1024)
+        .open()
+        .map_err(|e| Error::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+pub(super) fn pending_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<EventSummary>, Error> {
+    let prefix = match instance {
+        Some(name) => keys::instance_prefix(keys::EVENT, name),
+        None => keys::EVENT.to_vec(),
+    };
+    let mut out = Vec::new();
+    for entry in db.scan_prefix(&prefix) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let event = EventRecord::decode(&value)?;
+        out.push(summary(db, &key, keys::EVENT, &event)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn dead_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<EventSummary>, Error> {
+    let prefix = match instance {
+        Some(name) => keys::instance_prefix(keys::DEAD, name),
+        None => keys::DEAD.to_vec(),
+    };
+    let mut out = Vec::new();
+    for entry in db.scan_prefix(&prefix) {
+        let (key, value) = entry.map_err(sled_error)?;
+        let dead = DeadRecord::decode(&value)?;
+        let mut summary = summary(db, &key, keys::DEAD, &dead.event)?;
+        summary.dead_at_ms = Some(dead.dead_at_ms);
+        summary.reason = Some(dead.reason);
+        out.push(summary);
+    }
+    Ok(out)
+}
+
+fn summary(db: &sled::Db, key: &[u8], family: &[u8], event: &EventV1) -> Result<EventSummary, Error> {
+    let id = keys::trailing_id(key).unwrap_or(Ulid::nil());
+    let raw = match event.notification.as_deref().and_then(|s| s.parse::<Ulid>().ok()) {
+        Some(notification) => match db.get(keys::notification(notification)).map_err(sled_error)? {
+            Some(bytes) => NotificationRecord::decode(&bytes)?.body,
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+    Ok(EventSummary {
+        id: id.to_string(),
+        instance: keys::instance_of(family, key).unwrap_or_default(),
+        account: event.account.clone(),
+        attempts: event.attempts,
+        raw,
+        accepted_ms: event.age_base_ms,
+        due_ms: event.due_ms,
+        last_status: event.last_status,
+        last_error: event.last_error.clone(),
+        dead_at_ms: None,
+        reason: None,
+    })
+}

@@ -1,0 +1,146 @@
+//! Key encoding of the one sled tree the store uses. Every key starts with a one-byte family
+//! and a `/`; instance names (validated to `[A-Za-z0-9._-]`) are followed by a NUL, so one
+//! instance's keys form a contiguous, ordered range. Numbers are big-endian so that byte order
+//! is numeric order.
+
+use ulid::Ulid;
+
+/// `m/<name>`: store metadata (schema version, clean-stop marker, heartbeat).
+pub const META: &[u8] = b"m/";
+/// `n/<notification id>`: a Dropbox notification's raw body, shared by its events.
+pub const NOTIFICATION: &[u8] = b"n/";
+/// `e/<instance>\0<event id>`: a pending event.
+pub const EVENT: &[u8] = b"e/";
+/// `d/<instance>\0<due ms><event id>`: the due-time index of pending events.
+pub const DUE: &[u8] = b"d/";
+/// `p/<instance>\0<account>`: the event a notification for this pair may merge into.
+pub const PAIR: &[u8] = b"p/";
+/// `x/<instance>\0<event id>`: a dead letter.
+pub const DEAD: &[u8] = b"x/";
+/// `t/<dead at ms><instance>\0<event id>`: dead letters by age, for retention.
+pub const DEAD_BY_TIME: &[u8] = b"t/";
+/// `c/<instance>`: counters of pending and dead events and bytes.
+pub const COUNTERS: &[u8] = b"c/";
+/// `s/<instance>\0<account>`: pairs seen before, for catch-up after an outage.
+pub const SEEN: &[u8] = b"s/";
+
+pub fn meta(name: &str) -> Vec<u8> {
+    [META, name.as_bytes()].concat()
+}
+
+pub fn notification(id: Ulid) -> Vec<u8> {
+    [NOTIFICATION, &id.to_bytes()[..]].concat()
+}
+
+/// The prefix of one instance's keys in a family: `<family><instance>\0`.
+pub fn instance_prefix(family: &[u8], instance: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(family.len() + instance.len() + 1);
+    key.extend_from_slice(family);
+    key.extend_from_slice(instance.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn event(instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(EVENT, instance);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub fn due(instance: &str, due_ms: u64, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(DUE, instance);
+    key.extend_from_slice(&due_ms.to_be_bytes());
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+/// The first due-index key of `instance` at or after `due_ms`.
+pub fn due_from(instance: &str, due_ms: u64) -> Vec<u8> {
+    let mut key = instance_prefix(DUE, instance);
+    key.extend_from_slice(&due_ms.to_be_bytes());
+    key
+}
+
+/// Splits a due-index key of a known instance prefix into (due ms, event id).
+pub fn parse_due(prefix_len: usize, key: &[u8]) -> Option<(u64, Ulid)> {
+    let rest = key.get(prefix_len..)?;
+    let due: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let id: [u8; 16] = rest.get(8..24)?.try_into().ok()?;
+    Some((u64::from_be_bytes(due), Ulid::from_bytes(id)))
+}
+
+pub fn pair(family: &[u8], instance: &str, account: &str) -> Vec<u8> {
+    let mut key = instance_prefix(family, instance);
+    key.extend_from_slice(account.as_bytes());
+    key
+}
+
+pub fn dead(instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(DEAD, instance);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub fn dead_by_time(dead_at_ms: u64, instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + 8 + instance.len() + 17);
+    key.extend_from_slice(DEAD_BY_TIME);
+    key.extend_from_slice(&dead_at_ms.to_be_bytes());
+    key.extend_from_slice(instance.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+/// Splits a `t/` key into (dead at ms, instance, event id).
+pub fn parse_dead_by_time(key: &[u8]) -> Option<(u64, String, Ulid)> {
+    let rest = key.strip_prefix(DEAD_BY_TIME)?;
+    let at: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let rest = &rest[8..];
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let instance = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
+    let id: [u8; 16] = rest.get(nul + 1..nul + 17)?.try_into().ok()?;
+    Some((u64::from_be_bytes(at), instance, Ulid::from_bytes(id)))
+}
+
+pub fn counters(instance: &str) -> Vec<u8> {
+    [COUNTERS, instance.as_bytes()].concat()
+}
+
+/// The event id at the end of an `e/` or `x/` key.
+pub fn trailing_id(key: &[u8]) -> Option<Ulid> {
+    let start = key.len().checked_sub(16)?;
+    let id: [u8; 16] = key[start..].try_into().ok()?;
+    Some(Ulid::from_bytes(id))
+}
+
+/// The instance name inside an `<family><instance>\0…` key.
+pub fn instance_of(family: &[u8], key: &[u8]) -> Option<String> {
+    let rest = key.strip_prefix(family)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    std::str::from_utf8(&rest[..nul]).ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_keys_sort_by_time_within_an_instance() {
+        let a = due("acme", 5, Ulid::from_parts(9, 9));
+        let b = due("acme", 6, Ulid::from_parts(1, 1));
+        let other = due("acme2", 1, Ulid::from_parts(1, 1));
+        assert!(a < b);
+        assert!(!other.starts_with(&instance_prefix(DUE, "acme")));
+        let prefix = instance_prefix(DUE, "acme").len();
+        assert_eq!(parse_due(prefix, &b), Some((6, Ulid::from_parts(1, 1))));
+    }
+
+    #[test]
+    fn dead_by_time_round_trips() {
+        let id = Ulid::from_parts(42, 7);
+        let key = dead_by_time(1234, "acme", id);
+        assert_eq!(parse_dead_by_time(&key), Some((1234, "acme".into(), id)));
+        assert_eq!(instance_of(DEAD, &dead("acme", id)), Some("acme".into()));
+        assert_eq!(trailing_id(&dead("acme", id)), Some(id));
+    }
+}

@@ -1,0 +1,545 @@
+//! The durable queue: the only module that touches sled.
+//!
+//! # Design constraints
+//! - **A write is acknowledged only when it is on stable storage.** sled 0.34's `flush()` ends in
+//!   `sync_file_range`, which is not durable against power loss; after every batch the committer
+//!   also calls `fdatasync` on sled's log file (`<path>/db`) itself, and only then answers.
+//! - **Group commit.** All writes go through one committer thread. It takes every request that
+//!   is waiting (up to [`MAX_BATCH`]), applies them as one atomic `sled::Batch`, flushes, syncs
+//!   once, and answers them all. Concurrent ingests share one sync.
+//! - **One writer.** Because only the committer writes, it can read-modify-write records
+//!   (reference counts, counters, merges) without locks; within a batch it reads through an
+//!   overlay of the batch's own writes.
+//! - **Fail-stop.** The first write or sync error is sticky: every later request fails, and
+//!   [`Store::failure`] says why. A failed sync is never retried and then acknowledged.
+//! - **Small values.** Records stay far below sled's blob threshold (segment size / 4), so
+//!   sled never writes its unsynced blob files.
+//!
+//! # Layout (one tree; see [`keys`])
+//! | key | value |
+//! |---|---|
+//! | `m/schema`, `m/clean`, `m/alive` | schema version; present after a clean stop; heartbeat ms |
+//! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count |
+//! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event |
+//! | `d/<instance>\0<due ms><event>` | due-time index: the next due events without a scan |
+//! | `p/<instance>\0<account>` | the event a new notification of that pair may merge into |
+//! | `x/<instance>\0<event>` | [`record::DeadRecord`]: a dead letter |
+//! | `t/<dead at ms><instance>\0<event>` | dead letters by age, for `dead_letter_ttl` |
+//! | `c/<instance>` | [`record::Counters`]: pending and dead events and bytes |
+//! | `s/<instance>\0<account>` | first time a pair was seen, for catch-up |
+//!
+//! Reserved for change events: `k/` cursors, `o/` object-id and path maps, `a/` OAuth tokens.
+//! Events of an instance that is no longer configured stay under its name ("held").
+//!
+//! # Recovery
+//! Nothing is leased on disk: an event being delivered keeps its due entry until its outcome is
+//! committed, so after a crash every event whose due time has passed is due at once. The
+//! delivery lanes keep the ids they hold in memory and skip them when they scan the due index.
+
+mod commit;
+pub mod inspect;
+mod keys;
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use ulid::Ulid;
+
+pub use record::{Counters, EventKind};
+
+use commit::{Committer, Op, Reply, Request};
+
+/// Requests one batch takes at most.
+pub const MAX_BATCH: usize = 512;
+
+/// How the store makes a batch durable after sled's flush; replaceable so tests can fail it.
+pub type SyncFn = Box<dyn FnMut(&File) -> io::Result<()> + Send>;
+
+/// The default sync: `fdatasync` of sled's log file.
+pub fn fdatasync() -> SyncFn {
+    Box::new(|file: &File| file.sync_data())
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the store at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store write failed, refusing further writes: {0}")]
+    Failed(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("corrupt {0}")]
+    Corrupt(String),
+}
+
+/// Where and how to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub cache_bytes: u64,
+    pub mode: OpenMode,
+}
+
+/// Who opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The daemon: this run is unclean until [`Store::close`] marks it clean.
+    Daemon,
+    /// A CLI command while the daemon is stopped: the previous run's markers are left alone.
+    Offline,
+}
+
+/// What the store knew about the previous run when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousRun {
+    /// The last run stopped cleanly (`Store::close` completed).
+    pub clean_stop: bool,
+    /// The last heartbeat the previous run wrote, if any.
+    pub last_alive_ms: Option<u64>,
+}
+
+/// A pending event, as delivery sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Ulid,
+    pub instance: String,
+    pub account: String,
+    pub kind: EventKind,
+    /// The Dropbox notification body (notify mode), verbatim.
+    pub raw: Option<Bytes>,
+    pub date_ms: u64,
+    pub age_base_ms: u64,
+    pub attempts: u32,
+    pub due_ms: u64,
+    /// Every attempt so far was definitely refused (see [`record::EventV1::refused_only`]).
+    pub refused_only: bool,
+}
+
+/// One (instance, account) a notification fans out to.
+#[derive(Debug, Clone)]
+pub struct IngestTarget {
+    pub instance: String,
+    pub account: String,
+    /// `coalesce = true`: the notification may merge into a waiting, refused event of the pair.
+    pub coalesce: bool,
+    /// The instance's `max_queued_bytes`: past it, the notification merges whatever `coalesce` says.
+    pub quota_bytes: u64,
+}
+
+/// Where a notification went for one target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placed {
+    /// A new event, to be handed to delivery now.
+    Created(Event),
+    /// A new event over the instance's quota: it waits in the store, mergeable, for its lane.
+    Parked { id: Ulid },
+    /// Merged into an existing event, which keeps its id.
+    Merged { id: Ulid },
+}
+
+/// The result of a failed attempt that will be retried.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub attempts: u32,
+    pub due_ms: u64,
+    /// This attempt ended in a definite refusal (a status, a refused connection), so the
+    /// consumer did not take the event.
+    pub definite_refusal: bool,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// Why an event is given up.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub attempts: u32,
+    pub reason: String,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// State shared between the handle and the committer.
+struct Shared {
+    failure: OnceLock<String>,
+    total_bytes: AtomicU64,
+    counters: ArcSwap<BTreeMap<String, Counters>>,
+}
+
+/// A handle on the open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    requests: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    committer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    mode: OpenMode,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn sled_error(err: sled::Error) -> Error {
+    Error::Failed(err.to_string())
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (or creates) the store and starts its committer thread.
+    pub fn open(options: &StoreOptions, sync: SyncFn) -> Result<(Store, PreviousRun), Error> {
+        let open_error = |message: String| Error::Open {
+            path: options.path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&options.path).map_err(|e| open_error(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(|e| open_error(e.to_string()))?;
+        let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
+        // The directory entries of sled's files must be durable too; once is enough.
+        File::open(&options.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| open_error(e.to_string()))?;
+        let previous = read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
+        let counters = read_counters(&db).map_err(|e| open_error(e.to_string()))?;
+        let total: u64 = counters.values().map(Counters::total_bytes).sum();
+        let shared = Arc::new(Shared {
+            failure: OnceLock::new(),
+            total_bytes: AtomicU64::new(total),
+            counters: ArcSwap::from_pointee(counters.clone()),
+        });
+        let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
+        let committer = Committer::new(db.clone(), db_file, sync, counters, shared.clone());
+        let handle = std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || committer.run(receiver))
+            .map_err(|e| open_error(e.to_string()))?;
+        let store = Store {
+            db,
+            requests,
+            shared,
+            committer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            mode: options.mode,
+        };
+        Ok((store, previous))
+    }
+
+    /// Why the store stopped accepting writes, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.shared.failure.get().map(String::as_str)
+    }
+
+    /// Live bytes of pending events and dead letters, as counted by hookrelay.
+    pub fn total_bytes(&self) -> u64 {
+        self.shared.total_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Per-instance counters as of the last committed batch.
+    pub fn counters(&self) -> Arc<BTreeMap<String, Counters>> {
+        self.shared.counters.load_full()
+    }
+
+    /// Bytes sled's files take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    async fn request(&self, op: Op) -> Result<Reply, Error> {
+        if let Some(failure) = self.shared.failure.get() {
+            return Err(Error::Failed(failure.clone()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Stores a notification for its targets durably; answers only after fdatasync.
+    pub async fn ingest(
+        &self,
+        body: Bytes,
+        accepted_ms: u64,
+        targets: Vec<IngestTarget>,
+    ) -> Result<Vec<Placed>, Error> {
+        let op = Op::Ingest {
+            id: Ulid::generate(),
+            body,
+            accepted_ms,
+            targets,
+        };
+        match self.request(op).await? {
+            Reply::Placed(placed) => Ok(placed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes a delivered event.
+    pub async fn delivered(&self, instance: &str, id: Ulid) -> Result<(), Error> {
+        self.request(Op::Delivered {
+            instance: instance.to_owned(),
+            id,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub async fn reschedule(&self, instance: &str, id: Ulid, retry: Retry) -> Result<(), Error> {
+        self.request(Op::Reschedule {
+            instance: instance.to_owned(),
+            id,
+            retry,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Moves an event to the dead letters.
+    pub async fn dead_letter(
+        &self,
+        instance: &str,
+        id: Ulid,
+        dead: DeadLetter,
+    ) -> Result<(), Error> {
+        self.request(Op::DeadLetter {
+            instance: instance.to_owned(),
+            id,
+            dead,
+            now_ms: now_ms(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Takes events out of the store for delivery: they stop being merge targets, and their
+    /// current records (with raw bodies) are returned. Missing ids are skipped.
+    pub async fn claim(&self, instance: &str, ids: Vec<Ulid>) -> Result<Vec<Event>, Error> {
+        match self
+            .request(Op::Claim {
+                instance: instance.to_owned(),
+                ids,
+            })
+            .await?
+        {
+            Reply::Events(events) => Ok(events),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Puts dead letters back on the queue with a fresh attempt count and age. Returns how many.
+    pub async fn replay_dead(&self, letters: Vec<(String, Ulid)>) -> Result<u64, Error> {
+        self.count_request(Op::ReplayDead {
+            letters,
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Deletes dead letters. Returns how many.
+    pub async fn purge_dead(&self, letters: Vec<(String, Ulid)>) -> Result<u64, Error> {
+        self.count_request(Op::PurgeDead { letters }).await
+    }
+
+    /// Deletes pending events of an instance (held events of a removed instance). Returns how many.
+    pub async fn purge_pending(&self, instance: &str) -> Result<u64, Error> {
+        self.count_request(Op::PurgePending {
+            instance: instance.to_owned(),
+        })
+        .await
+    }
+
+    /// Deletes dead letters that died before `before_ms`. Returns how many.
+    pub async fn expire_dead(&self, before_ms: u64) -> Result<u64, Error> {
+        self.count_request(Op::ExpireDead { before_ms }).await
+    }
+
+    /// Gives every (instance, account) seen before one `UNKNOWN` event. Returns the new events.
+    pub async fn catch_up(&self, instances: Vec<String>) -> Result<Vec<Event>, Error> {
+        match self
+            .request(Op::CatchUp {
+                instances,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Events(events) => Ok(events),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Records that the daemon is alive now (for "down since" after an unclean stop).
+    pub async fn heartbeat(&self) -> Result<(), Error> {
+        self.request(Op::Heartbeat { now_ms: now_ms() })
+            .await
+            .map(drop)
+    }
+
+    async fn count_request(&self, op: Op) -> Result<u64, Error> {
+        match self.request(op).await? {
+            Reply::Count(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Marks a clean stop, flushes, and stops the committer. Later requests fail with `Closed`.
+    pub async fn close(&self) -> Result<(), Error> {
+        let result = self
+            .request(Op::Close {
+                mark_clean: self.mode == OpenMode::Daemon,
+                now_ms: now_ms(),
+            })
+            .await
+            .map(drop);
+        let handle = self
+            .committer
+            .lock()
+            .map_err(|_| Error::Closed)?
+            .take();
+        if let Some(handle) = handle {
+            let _joined = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
+    }
+
+    // === reads (any thread; they see committed batches) ===
+
+    /// Ids of `instance`'s events due at or before `now_ms`, earliest first, skipping `held`.
+    pub fn due_ids(
+        &self,
+        instance: &str,
+        now_ms: u64,
+        limit: usize,
+        held: impl Fn(&Ulid) -> bool,
+    ) -> Result<Vec<Ulid>, Error> {
+        let prefix_len = keys::instance_prefix(keys::DUE, instance).len();
+        let range = keys::due_from(instance, 0)..keys::due_from(instance, now_ms.saturating_add(1));
+        let mut ids = Vec::new();
+        for entry in self.db.range(range) {
+            let (key, _) = entry.map_err(sled_error)?;
+            if let Some((_, id)) = keys::parse_due(prefix_len, &key)
+                && !held(&id)
+            {
+                ids.push(id);
+                if ids.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The earliest due time of `instance`'s events after `after_ms`, skipping `held`.
+    pub fn next_due_after(
+        &self,
+        instance: &str,
+        after_ms: u64,
+        held: impl Fn(&Ulid) -> bool,
+    ) -> Result<Option<u64>, Error> {
+        let prefix = keys::instance_prefix(keys::DUE, instance);
+        let start = keys::due_from(instance, after_ms.saturating_add(1));
+        for entry in self.db.range(start..) {
+            let (key, _) = entry.map_err(sled_error)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if let Some((due, id)) = keys::parse_due(prefix.len(), &key)
+                && !held(&id)
+            {
+                return Ok(Some(due));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest pending event's id time (ULIDs sort by creation), for "oldest pending age".
+    pub fn oldest_pending_ms(&self, instance: &str) -> Result<Option<u64>, Error> {
+        let prefix = keys::instance_prefix(keys::EVENT, instance);
+        match self.db.scan_prefix(&prefix).next() {
+            Some(entry) => {
+                let (key, _) = entry.map_err(sled_error)?;
+                Ok(keys::trailing_id(&key).map(|id| id.timestamp_ms()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Dead letters, optionally of one instance, oldest death first is not guaranteed.
+    pub fn dead_letters(&self, instance: Option<&str>) -> Result<Vec<inspect::EventSummary>, Error> {
+        inspect::dead_in(&self.db, instance)
+    }
+
+    /// Pending events of one instance or all (for status and tests; scans, so not on a hot path).
+    pub fn pending_events(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<inspect::EventSummary>, Error> {
+        inspect::pending_in(&self.db, instance)
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Corrupt(format!("unexpected committer reply {reply:?}"))
+}
+
+fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled::Error> {
+    let clean_stop = db.get(keys::meta("clean"))?.is_some();
+    let last_alive_ms = db.get(keys::meta("alive"))?.and_then(|v| {
+        let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
+        Some(u64::from_be_bytes(bytes))
+    });
+    // This run is not clean until it says so at close.
+    if clean_stop && mode == OpenMode::Daemon {
+        db.remove(keys::meta("clean"))?;
+    }
+    db.insert(keys::meta("schema"), &b"1"[..])?;
+    db.flush()?;
+    Ok(PreviousRun {
+        clean_stop,
+        last_alive_ms,
+    })
+}
+
+fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, Counters>, String> {
+    let mut counters = BTreeMap::new();
+    for entry in db.scan_prefix(keys::COUNTERS) {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let name = String::from_utf8_lossy(&key[keys::COUNTERS.len()..]).into_owned();
+        let value = Counters::decode(&value).map_err(|e| e.to_string())?;
+        counters.insert(name, value);
+    }
+    Ok(counters)
+}
+
+/// Opens a store directory for inspection or offline administration (the daemon must not run).
+pub fn open_offline(path: &Path) -> Result<Store, Error> {
+    let options = StoreOptions {
+        path: path.to_path_buf(),
+        cache_bytes: 32 * 1024 * 1024,
+        mode: OpenMode::Offline,
+    };
+    if !path.join("db").exists() {
+        return Err(Error::Open {
+            path: path.to_path_buf(),
+            message: "no store here".into(),
+        });
+    }
+    Store::open(&options, fdatasync()).map(|(store, _)| store)
+}
