@@ -2,6 +2,18 @@
 //!
 //! Modules, in data-flow order:
 //! - [`config`]: the TOML file → validated [`config::Config`].
+//! - [`ingest`]: the Dropbox-facing listener: challenge, verification, fan-out, durable commit.
+//! - [`store`]: the durable queue (the only module that touches sled).
+//! - [`deliver`]: per-instance lanes that sign, rate-limit, send and retry.
+//! - [`sign`]: inbound Dropbox signature checks and outbound callback signatures (no IO).
+//! - [`ops`]: signals, sd_notify, the admin listener, metrics and logs.
+//! - [`daemon`]: wiring of the stages for `run`; [`cli`]: the command line.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod ingest;
+pub mod ops;
+pub mod sign;
 pub mod store;
