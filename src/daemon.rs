@@ -1,0 +1,297 @@
+//! `hookrelay run`: wires the stages together and runs the control loop.
+//!
+//! Order at start: validate the config (before anything binds), open and recover the store,
+//! bind both listeners, start lanes, queue catch-up events if the last stop was unclean or
+//! long ago, then READY. Order at stop: STOPPING, stop accepting, finish in-flight attempts
+//! within `shutdown_timeout`, close the store (marking a clean stop), exit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, ConfigError, Live, LiveConfig};
+use crate::deliver::Dispatcher;
+use crate::http::{self, Limits};
+use crate::ingest::Ingest;
+use crate::ops::admin::Admin;
+use crate::ops::metrics::Metrics;
+use crate::ops::sd_notify::{self, Notifier};
+use crate::ops::signals::{Control, Signals};
+use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
+
+/// Down for longer than this (or stopped uncleanly), every known pair gets a catch-up event.
+pub const CATCH_UP_AFTER: Duration = Duration::from_secs(5 * 60);
+/// Test-only override of [`CATCH_UP_AFTER`] (a duration such as `2s`); not for production.
+pub const CATCH_UP_AFTER_ENV: &str = "HOOKRELAY_TEST_CATCH_UP_AFTER";
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const INGEST_LIMITS: Limits = Limits {
+    max_connections: 1024,
+    header_read_timeout: Duration::from_secs(5),
+};
+const ADMIN_LIMITS: Limits = Limits {
+    max_connections: 64,
+    header_read_timeout: Duration::from_secs(5),
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the store failed ({0}); stopped so that the service manager restarts hookrelay")]
+    StoreFailed(String),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (Ok) or a store failure (Err).
+pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
+    let loaded = Config::load(config_path)?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let config = loaded.config;
+    let notifier = Notifier::from_env();
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+    let (store, previous) = open_store(&config).await?;
+    let ingest_listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let live = config::new_live(config);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_config_generation(1);
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), live.clone(), metrics.clone())?);
+    catch_up_if_needed(&store, &live, &dispatcher, previous).await?;
+
+    let (stop_ingest, ingest_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let ingest = Arc::new(Ingest {
+        live: live.clone(),
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin = Arc::new(Admin {
+        live: live.clone(),
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    });
+    let ingest_task = tokio::spawn(http::serve(
+        ingest_listener,
+        move |request| ingest.clone().handle(request),
+        INGEST_LIMITS,
+        ingest_stopped,
+    ));
+    let admin_for_server = admin.clone();
+    let admin_task = tokio::spawn(http::serve(
+        admin_listener,
+        move |request| admin_for_server.clone().handle(request),
+        ADMIN_LIMITS,
+        admin_stopped,
+    ));
+    let background = spawn_housekeeping(store.clone(), live.clone(), notifier.clone());
+
+    admin.ready.store(true, Ordering::Release);
+    notifier.ready();
+    notifier.status("ready");
+    info!(listen = %live.load().config.server.listen, admin = %live.load().config.admin.listen, "hookrelay ready");
+
+    let outcome = control_loop(&mut signals, config_path, &live, &dispatcher, &metrics, &store, &notifier).await;
+
+    notifier.stopping();
+    admin.ready.store(false, Ordering::Release);
+    info!("stopping: no new notifications, finishing in-flight deliveries");
+    let _ = stop_ingest.send(true);
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    let _ = tokio::time::timeout_at(deadline, ingest_task).await;
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    dispatcher.drain(remaining).await;
+    background.abort();
+    if let Err(err) = store.close().await {
+        warn!(error = %err, "store did not close cleanly");
+    }
+    let _ = stop_admin.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
+    info!("stopped");
+    outcome
+}
+
+async fn open_store(config: &Config) -> Result<(Store, PreviousRun), DaemonError> {
+    let options = StoreOptions {
+        path: config.storage.path.clone(),
+        cache_bytes: config.storage.cache_bytes,
+        mode: OpenMode::Daemon,
+    };
+    let opened = tokio::task::spawn_blocking(move || Store::open(&options, store::fdatasync()))
+        .await
+        .map_err(|e| store::Error::Failed(e.to_string()))??;
+    Ok(opened)
+}
+
+async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { key, addr, source })
+}
+
+/// SPEC §6 catch-up: after an unclean stop or a long outage, every (instance, account) seen
+/// before gets one `UNKNOWN` event, since Dropbox gave up retrying after about ten minutes.
+async fn catch_up_if_needed(
+    store: &Store,
+    live: &LiveConfig,
+    dispatcher: &Dispatcher,
+    previous: PreviousRun,
+) -> Result<(), DaemonError> {
+    let threshold = std::env::var(CATCH_UP_AFTER_ENV)
+        .ok()
+        .and_then(|v| config::parse_duration(&v).ok())
+        .unwrap_or(CATCH_UP_AFTER);
+    let down_ms = previous
+        .last_alive_ms
+        .map(|alive| store::now_ms().saturating_sub(alive));
+    let long_down = down_ms.is_some_and(|ms| ms > threshold.as_millis() as u64);
+    let first_start = previous.last_alive_ms.is_none();
+    if first_start || (previous.clean_stop && !long_down) {
+        return Ok(());
+    }
+    let instances: Vec<String> = live
+        .load()
+        .config
+        .instances
+        .iter()
+        .filter(|i| i.enabled && i.events == config::EventsMode::Notify)
+        .map(|i| i.name.clone())
+        .collect();
+    let events = store.catch_up(instances).await?;
+    info!(
+        events = events.len(),
+        clean_stop = previous.clean_stop,
+        down_seconds = down_ms.map(|ms| ms / 1000),
+        "queued catch-up events: changes may have been missed while hookrelay was down"
+    );
+    for event in events {
+        dispatcher.offer(event);
+    }
+    Ok(())
+}
+
+/// Heartbeat (for "down since") and dead-letter retention.
+fn spawn_housekeeping(store: Store, live: LiveConfig, notifier: Notifier) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut retention = tokio::time::interval(RETENTION_EVERY);
+        let mut watchdog = tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let _ = store.heartbeat().await;
+                }
+                _ = retention.tick() => {
+                    let ttl = live.load().config.instances.iter().map(|i| i.delivery.dead_letter_ttl).max();
+                    let ttl = ttl.unwrap_or(Duration::from_secs(30 * 86_400));
+                    let cutoff = store::now_ms().saturating_sub(ttl.as_millis() as u64);
+                    match store.expire_dead(cutoff).await {
+                        Ok(0) => {}
+                        Ok(count) => info!(count, "expired dead letters past dead_letter_ttl"),
+                        Err(err) => warn!(error = %err, "dead-letter retention failed"),
+                    }
+                }
+                _ = watchdog.tick() => notifier.watchdog(),
+            }
+        }
+    })
+}
+
+async fn control_loop(
+    signals: &mut Signals,
+    config_path: &Path,
+    live: &LiveConfig,
+    dispatcher: &Dispatcher,
+    metrics: &Metrics,
+    store: &Store,
+    notifier: &Notifier,
+) -> Result<(), DaemonError> {
+    let mut store_check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            control = signals.next() => match control {
+                Control::Shutdown => return Ok(()),
+                Control::Reload => {
+                    notifier.reloading();
+                    reload(config_path, live, dispatcher, metrics);
+                    notifier.ready();
+                    notifier.status(&format!("config generation {}", live.load().generation));
+                }
+            },
+            _ = store_check.tick() => {
+                if let Some(failure) = store.failure() {
+                    error!(error = failure, "the store failed; stopping");
+                    notifier.status("store failed");
+                    return Err(DaemonError::StoreFailed(failure.to_owned()));
+                }
+            }
+        }
+    }
+}
+
+/// Re-reads the file through the same path as start-up; on any problem the old config stays.
+fn reload(config_path: &Path, live: &LiveConfig, dispatcher: &Dispatcher, metrics: &Metrics) {
+    let current = live.load_full();
+    let result = Config::load(config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|loaded| {
+            for warning in &loaded.warnings {
+                warn!("{warning}");
+            }
+            let blockers = current.config.reload_blockers(&loaded.config);
+            if blockers.is_empty() {
+                Ok(loaded.config)
+            } else {
+                Err(format!(
+                    "{}: {} cannot change on reload (restart hookrelay to change it); keeping the running configuration",
+                    config_path.display(),
+                    blockers.join(", ")
+                ))
+            }
+        });
+    let config = match result {
+        Ok(config) => config,
+        Err(problems) => {
+            error!("reload rejected: {problems}");
+            metrics.config_reload(false);
+            return;
+        }
+    };
+    let clients = match dispatcher.prepare(&config) {
+        Ok(clients) => clients,
+        Err(err) => {
+            error!(error = %err, "reload rejected: cannot build HTTP clients");
+            metrics.config_reload(false);
+            return;
+        }
+    };
+    let generation = current.generation + 1;
+    live.store(Arc::new(Live { config, generation }));
+    dispatcher.apply_config(&live.load().config, clients);
+    metrics.config_reload(true);
+    metrics.set_config_generation(generation);
+    info!(generation, "configuration reloaded");
+}

@@ -1,0 +1,220 @@
+//! One delivery attempt: build and sign the envelope, POST it, classify the answer, and commit
+//! the outcome (delivered, rescheduled or dead-lettered) before the lane forgets the event.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use tracing::{debug, info, warn};
+
+use super::outcome::{self, Outcome};
+use super::schedule::{self, RetryPolicy};
+use super::{envelope, ssrf, Context, LaneStats};
+use crate::config::{Delivery, Instance};
+use crate::sign::{self, WebhookSecret};
+use crate::store::{self, DeadLetter, Event, Retry};
+
+/// What the lane learns when an attempt is over and its outcome is committed.
+#[derive(Debug)]
+pub struct Done {
+    pub id: ulid::Ulid,
+    /// When the event is due again, if it was rescheduled.
+    pub next_due_ms: Option<u64>,
+}
+
+/// Runs one attempt of `event` for `instance` and commits its outcome.
+pub async fn run(ctx: &Context, stats: &LaneStats, instance: &Instance, event: &Event) -> Option<u64> {
+    let delivery = &instance.delivery;
+    let now_ms = store::now_ms();
+    let age = Duration::from_millis(now_ms.saturating_sub(event.age_base_ms));
+    if age >= delivery.max_age {
+        let dead = DeadLetter {
+            attempts: event.attempts,
+            reason: "max_age reached".into(),
+            last_status: None,
+            last_error: None,
+        };
+        give_up(ctx, instance, event, dead).await;
+        return None;
+    }
+    let started = Instant::now();
+    let outcome = send(ctx, instance, event).await;
+    ctx.metrics
+        .delivery(&instance.name, outcome.label(), started.elapsed());
+    let attempts = event.attempts.saturating_add(1);
+    match outcome {
+        Outcome::Delivered { status } => {
+            debug!(instance = %instance.name, event = %event.id, status, attempts, "delivered");
+            if let Err(err) = ctx.store.delivered(&instance.name, event.id).await {
+                warn!(instance = %instance.name, event = %event.id, error = %err, "delivered, but the store could not record it");
+            }
+            stats.record_success();
+            None
+        }
+        Outcome::Gone { status } => {
+            let dead = DeadLetter {
+                attempts,
+                reason: format!("callback answered {status} Gone"),
+                last_status: Some(status),
+                last_error: None,
+            };
+            give_up(ctx, instance, event, dead).await;
+            None
+        }
+        Outcome::Failed {
+            status,
+            error,
+            definite_refusal,
+            retry_after,
+        } => {
+            stats.record_error(&error);
+            debug!(instance = %instance.name, event = %event.id, ?status, %error, attempts, "attempt failed");
+            if schedule::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
+                let reason = if attempts >= delivery.max_attempts {
+                    "max_attempts reached"
+                } else {
+                    "max_age reached"
+                };
+                let dead = DeadLetter {
+                    attempts,
+                    reason: reason.into(),
+                    last_status: status,
+                    last_error: Some(error),
+                };
+                give_up(ctx, instance, event, dead).await;
+                return None;
+            }
+            let delay = retry_delay(delivery, attempts, retry_after);
+            let due_ms = store::now_ms().saturating_add(delay.as_millis() as u64);
+            let retry = Retry {
+                attempts,
+                due_ms,
+                definite_refusal,
+                last_status: status,
+                last_error: Some(error),
+            };
+            match ctx.store.reschedule(&instance.name, event.id, retry).await {
+                Ok(()) => Some(due_ms),
+                Err(err) => {
+                    warn!(instance = %instance.name, event = %event.id, error = %err, "could not reschedule");
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn retry_delay(delivery: &Delivery, attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let policy = RetryPolicy {
+        initial: delivery.retry_initial,
+        multiplier: delivery.retry_multiplier,
+        max_interval: delivery.retry_max_interval,
+    };
+    schedule::retry_delay(&policy, attempts, schedule::random_jitter(), retry_after)
+}
+
+async fn give_up(ctx: &Context, instance: &Instance, event: &Event, dead: DeadLetter) {
+    info!(
+        instance = %instance.name,
+        event = %event.id,
+        account = %event.account,
+        attempts = dead.attempts,
+        status = ?dead.last_status,
+        error = dead.last_error.as_deref().unwrap_or(""),
+        reason = %dead.reason,
+        "dead-lettered"
+    );
+    if let Err(err) = ctx.store.dead_letter(&instance.name, event.id, dead).await {
+        warn!(instance = %instance.name, event = %event.id, error = %err, "could not dead-letter");
+    }
+}
+
+/// Sends the signed envelope and classifies the answer.
+async fn send(ctx: &Context, instance: &Instance, event: &Event) -> Outcome {
+    let Some(url) = instance.callback_url.as_ref() else {
+        return refused("no callback URL configured".into());
+    };
+    if !instance.delivery.allow_private_destinations
+        && let Err(err) = ssrf::check_literal(url)
+    {
+        return refused(err.to_string());
+    }
+    let Some(client) = ctx.clients.load().get(&instance.delivery).cloned() else {
+        return refused("no HTTP client for this instance's settings".into());
+    };
+    let body = envelope::build(event, instance);
+    let headers = headers(instance, event, &body);
+    let request = client
+        .post(url.clone())
+        .headers(headers)
+        .timeout(instance.delivery.timeout)
+        .body(body);
+    match request.send().await {
+        Ok(response) => {
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header(RETRY_AFTER);
+            let location = header(LOCATION);
+            outcome::from_status(
+                response.status().as_u16(),
+                retry_after.as_deref(),
+                location.as_deref(),
+                SystemTime::now(),
+            )
+        }
+        Err(err) => outcome::from_transport_error(&err),
+    }
+}
+
+fn refused(error: String) -> Outcome {
+    Outcome::Failed {
+        status: None,
+        error,
+        definite_refusal: true,
+        retry_after: None,
+    }
+}
+
+/// SPEC §5's headers: ids, the attempt's timestamp, and the signatures of exactly `body`.
+fn headers(instance: &Instance, event: &Event, body: &[u8]) -> HeaderMap {
+    let id = event.id.to_string();
+    let timestamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    put("elements-webhook-id", id.clone());
+    put("webhook-id", id.clone());
+    put("webhook-timestamp", timestamp.to_string());
+    if let Some(key) = &instance.signature_key {
+        put(
+            "elements-webhook-signature",
+            sign::elements_signature(key.expose().as_bytes(), body),
+        );
+        let current = WebhookSecret::parse(key.expose());
+        let previous = instance
+            .previous_signature_key
+            .as_ref()
+            .and_then(|k| WebhookSecret::parse(k.expose()));
+        if let Some(value) = sign::standard_signature_header(
+            current.as_ref(),
+            previous.as_ref(),
+            &id,
+            timestamp,
+            body,
+        ) {
+            put("webhook-signature", value);
+        }
+    }
+    headers
+}

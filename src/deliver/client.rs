@@ -1,0 +1,79 @@
+//! Outbound HTTP clients. One pooled reqwest client per distinct (destination guard, proxy)
+//! setting, so that instances with different settings never share a connection that would
+//! bypass a check. Redirects are never followed; environment proxies are ignored.
+
+use std::collections::HashMap;
+
+use reqwest::Url;
+
+use super::ssrf::GuardedResolver;
+use crate::config::{Config, Delivery};
+
+/// What makes two instances need different clients.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    allow_private: bool,
+    proxy: Option<Url>,
+}
+
+impl ClientKey {
+    fn of(delivery: &Delivery) -> Self {
+        ClientKey {
+            allow_private: delivery.allow_private_destinations,
+            proxy: delivery.proxy.clone(),
+        }
+    }
+}
+
+/// The clients of one configuration generation.
+#[derive(Clone, Default)]
+pub struct Clients {
+    by_key: HashMap<ClientKey, reqwest::Client>,
+}
+
+impl Clients {
+    /// Builds a client for every setting in `config`, reusing those of `previous` (and so their
+    /// pooled connections) where a setting did not change.
+    pub fn for_config(config: &Config, previous: Option<&Clients>) -> Result<Clients, reqwest::Error> {
+        let mut by_key = HashMap::new();
+        for instance in &config.instances {
+            let key = ClientKey::of(&instance.delivery);
+            if by_key.contains_key(&key) {
+                continue;
+            }
+            let client = match previous.and_then(|p| p.by_key.get(&key)) {
+                Some(client) => client.clone(),
+                None => build(&key)?,
+            };
+            by_key.insert(key, client);
+        }
+        Ok(Clients { by_key })
+    }
+
+    pub fn get(&self, delivery: &Delivery) -> Option<&reqwest::Client> {
+        self.by_key.get(&ClientKey::of(delivery))
+    }
+}
+
+fn build(key: &ClientKey) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .tcp_nodelay(true);
+    match &key.proxy {
+        Some(proxy) => {
+            // The proxy resolves the destination, so the connect-time check cannot run here;
+            // IP-literal callbacks are still checked before sending. The proxy host itself may
+            // well be private, so it is not filtered.
+            builder = builder.proxy(reqwest::Proxy::all(proxy.clone())?);
+        }
+        None if !key.allow_private => {
+            builder = builder.dns_resolver(GuardedResolver);
+        }
+        None => {}
+    }
+    builder.build()
+}

@@ -1,0 +1,249 @@
+//! A lane: one instance's delivery loop. It owns the instance's in-memory queue (events handed
+//! over by ingest, or claimed from the store when due), its rate limiter and its concurrency
+//! cap, so one instance's callback never holds up another's.
+//!
+//! The lane is a single task and the only one that claims its instance's events, so the set of
+//! ids it holds (queued or in flight) is plain local state. An id leaves that set only after
+//! its outcome is committed, so a later scan of the due index never picks up an event that is
+//! still being delivered, or one that was delivered.
+
+use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error};
+use ulid::Ulid;
+
+use super::attempt::{self, Done};
+use super::{Context, LaneHandle};
+use crate::config::{Delivery, Instance, Rate};
+use crate::store::{self, Event};
+
+/// Events a lane keeps in memory, queued and not yet sent.
+pub const READY_CAPACITY: usize = 256;
+/// Below this many queued events the lane looks in the store for more.
+const REFILL_BELOW: usize = READY_CAPACITY / 2;
+/// How often an idle lane looks at the store anyway (a safety net; wake-ups do the real work).
+const IDLE_SCAN: Duration = Duration::from_secs(10);
+
+pub struct Lane {
+    name: String,
+    ctx: Arc<Context>,
+    handle: Arc<LaneHandle>,
+    handoff: mpsc::Receiver<Event>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Ids queued here or in flight.
+    held: HashSet<Ulid>,
+    ready: VecDeque<Event>,
+    in_flight: usize,
+    /// The earliest known due time of an event in the store that this lane does not hold.
+    next_due_ms: Option<u64>,
+    limiter: Option<(Rate, NonZeroU32, Arc<DefaultDirectRateLimiter>)>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Lane {
+    pub fn new(
+        name: String,
+        ctx: Arc<Context>,
+        handle: Arc<LaneHandle>,
+        handoff: mpsc::Receiver<Event>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Lane {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        handle.backlog.store(true, Ordering::Release);
+        Lane {
+            name,
+            ctx,
+            handle,
+            handoff,
+            done_tx,
+            done_rx,
+            held: HashSet::new(),
+            ready: VecDeque::new(),
+            in_flight: 0,
+            next_due_ms: None,
+            limiter: None,
+            shutdown,
+        }
+    }
+
+    /// Runs until shutdown, then until its in-flight attempts have committed their outcomes.
+    pub async fn run(mut self) {
+        loop {
+            let stopping = *self.shutdown.borrow();
+            if stopping && self.in_flight == 0 {
+                break;
+            }
+            let live = self.ctx.live.load_full();
+            let instance = live.config.instance(&self.name).filter(|i| is_active(i));
+            let mut wake_at = None;
+            if let (Some(instance), false) = (instance, stopping) {
+                if let Err(err) = self.refill().await {
+                    error!(instance = %self.name, error = %err, "cannot read the queue; this lane stops delivering");
+                    return;
+                }
+                wake_at = self.dispatch(instance);
+                if let Some(due) = self.next_due_ms {
+                    let due_at = instant_at(due);
+                    wake_at = Some(wake_at.map_or(due_at, |w| w.min(due_at)));
+                }
+            }
+            let wake_at = wake_at.unwrap_or_else(|| Instant::now() + IDLE_SCAN);
+            tokio::select! {
+                Some(event) = self.handoff.recv(), if self.ready.len() < READY_CAPACITY && !stopping => {
+                    self.accept(event);
+                }
+                Some(done) = self.done_rx.recv() => self.finish(done),
+                _ = self.handle.wake.notified() => {}
+                _ = self.shutdown.changed(), if !stopping => {}
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if self.next_due_ms.is_none() {
+                        self.handle.backlog.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+        debug!(instance = %self.name, "lane stopped");
+    }
+
+    fn accept(&mut self, event: Event) {
+        if self.held.insert(event.id) {
+            self.ready.push_back(event);
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.held.remove(&done.id);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(due) = done.next_due_ms {
+            self.next_due_ms = Some(self.next_due_ms.map_or(due, |d| d.min(due)));
+        }
+    }
+
+    /// Claims due events from the store when the in-memory queue runs low and there may be some.
+    async fn refill(&mut self) -> Result<(), store::Error> {
+        if self.ready.len() >= REFILL_BELOW {
+            return Ok(());
+        }
+        let now = store::now_ms();
+        let due = self.next_due_ms.is_some_and(|d| d <= now);
+        let hinted = self.handle.backlog.swap(false, Ordering::AcqRel);
+        if !due && !hinted {
+            return Ok(());
+        }
+        let room = READY_CAPACITY - self.ready.len();
+        let held = &self.held;
+        let ids = self.ctx.store.due_ids(&self.name, now, room, |id| held.contains(id))?;
+        if ids.len() == room {
+            self.handle.backlog.store(true, Ordering::Release);
+        }
+        if !ids.is_empty() {
+            for event in self.ctx.store.claim(&self.name, ids).await? {
+                self.accept(event);
+            }
+        }
+        let held = &self.held;
+        self.next_due_ms = self
+            .ctx
+            .store
+            .next_due_after(&self.name, now, |id| held.contains(id))?;
+        Ok(())
+    }
+
+    /// Starts attempts while the concurrency cap and the rate limiter allow. Returns when the
+    /// limiter will allow the next one, if it is what stopped us.
+    fn dispatch(&mut self, instance: &Instance) -> Option<Instant> {
+        let limiter = self.limiter(&instance.delivery);
+        let concurrency = instance.delivery.concurrency.get() as usize;
+        while self.in_flight < concurrency && !self.ready.is_empty() {
+            if let Err(not_until) = limiter.check() {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Some(Instant::now() + wait);
+            }
+            let Some(event) = self.ready.pop_front() else {
+                break;
+            };
+            self.in_flight += 1;
+            let ctx = self.ctx.clone();
+            let handle = self.handle.clone();
+            let done = self.done_tx.clone();
+            let live = self.ctx.live.load_full();
+            tokio::spawn(async move {
+                let next_due_ms = match live.config.instance(&event.instance) {
+                    Some(instance) => attempt::run(&ctx, &handle.stats, instance, &event).await,
+                    None => None,
+                };
+                let _ = done.send(Done {
+                    id: event.id,
+                    next_due_ms,
+                });
+            });
+        }
+        None
+    }
+
+    /// The instance's limiter, kept across reloads unless its rate or burst changed.
+    fn limiter(&mut self, delivery: &Delivery) -> Arc<DefaultDirectRateLimiter> {
+        match &self.limiter {
+            Some((rate, burst, limiter))
+                if *rate == delivery.rate_limit && *burst == delivery.rate_limit_burst =>
+            {
+                limiter.clone()
+            }
+            _ => {
+                let limiter = Arc::new(RateLimiter::direct(quota(
+                    delivery.rate_limit,
+                    delivery.rate_limit_burst,
+                )));
+                self.limiter = Some((
+                    delivery.rate_limit,
+                    delivery.rate_limit_burst,
+                    limiter.clone(),
+                ));
+                limiter
+            }
+        }
+    }
+}
+
+/// Whether an instance's events are being delivered (not paused, not disabled).
+pub fn is_active(instance: &Instance) -> bool {
+    instance.enabled && !instance.delivery.paused && instance.callback_url.is_some()
+}
+
+fn quota(rate: Rate, burst: NonZeroU32) -> Quota {
+    let period = rate.per / rate.count.get();
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(rate.count))
+        .allow_burst(burst)
+}
+
+fn instant_at(due_ms: u64) -> Instant {
+    let now_ms = store::now_ms();
+    Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_spreads_the_rate_and_keeps_the_burst() {
+        let rate = Rate {
+            count: NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN),
+            per: Duration::from_secs(1),
+        };
+        let burst = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN);
+        let quota = quota(rate, burst);
+        assert_eq!(quota.replenish_interval(), Duration::from_millis(10));
+        assert_eq!(quota.burst_size(), burst);
+    }
+}

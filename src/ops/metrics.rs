@@ -1,0 +1,144 @@
+//! Prometheus metrics (SPEC §7), in base units. Counters and histograms are updated where
+//! things happen; queue gauges are read from the store's counters when scraped.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    pub instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub instance: String,
+    pub outcome: &'static str,
+}
+
+/// Per-instance queue figures, set just before each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFigures {
+    pub instance: String,
+    pub queued: u64,
+    pub dead: u64,
+    pub oldest_pending_age_seconds: f64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ingest_requests: Family<ResultLabel, Counter>,
+    events_accepted: Family<InstanceLabel, Counter>,
+    deliveries: Family<OutcomeLabel, Counter>,
+    delivery_duration: Family<InstanceLabel, Histogram>,
+    queue_depth: Family<InstanceLabel, Gauge>,
+    dead_letters: Family<InstanceLabel, Gauge>,
+    oldest_pending_age: Family<InstanceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_generation: Gauge,
+    store_bytes: Gauge,
+    store_disk_bytes: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            ingest_requests: Family::default(),
+            events_accepted: Family::default(),
+            deliveries: Family::default(),
+            delivery_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            queue_depth: Family::default(),
+            dead_letters: Family::default(),
+            oldest_pending_age: Family::default(),
+            config_reloads: Family::default(),
+            config_generation: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_disk_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("hookrelay_ingest_requests", "Dropbox-facing requests by result", metrics.ingest_requests.clone());
+        registry.register("hookrelay_events_accepted", "Events stored for delivery (or merged), by instance", metrics.events_accepted.clone());
+        registry.register("hookrelay_deliveries", "Delivery attempts by instance and outcome", metrics.deliveries.clone());
+        registry.register("hookrelay_delivery_duration_seconds", "Duration of delivery attempts", metrics.delivery_duration.clone());
+        registry.register("hookrelay_queue_depth", "Pending events (queued, in retry or held)", metrics.queue_depth.clone());
+        registry.register("hookrelay_dead_letters", "Dead-lettered events kept", metrics.dead_letters.clone());
+        registry.register("hookrelay_oldest_pending_age_seconds", "Age of the oldest pending event", metrics.oldest_pending_age.clone());
+        registry.register("hookrelay_config_reloads", "Configuration reloads by result", metrics.config_reloads.clone());
+        registry.register("hookrelay_config_generation", "Generation of the configuration in force (1 at start)", metrics.config_generation.clone());
+        registry.register("hookrelay_store_bytes", "Live queued bytes as counted against storage.max_bytes", metrics.store_bytes.clone());
+        registry.register("hookrelay_store_disk_bytes", "Bytes the store's files take on disk (sled never shrinks them)", metrics.store_disk_bytes.clone());
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn ingest_request(&self, result: &'static str) {
+        self.ingest_requests.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn event_accepted(&self, instance: &str) {
+        self.events_accepted
+            .get_or_create(&InstanceLabel { instance: instance.to_owned() })
+            .inc();
+    }
+
+    pub fn delivery(&self, instance: &str, outcome: &'static str, duration: Duration) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel { instance: instance.to_owned(), outcome })
+            .inc();
+        self.delivery_duration
+            .get_or_create(&InstanceLabel { instance: instance.to_owned() })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn set_config_generation(&self, generation: u64) {
+        self.config_generation.set(generation as i64);
+    }
+
+    /// Renders the text exposition, after setting the scrape-time gauges.
+    pub fn render(&self, queues: &[QueueFigures], store_bytes: u64, disk_bytes: u64) -> String {
+        self.store_bytes.set(store_bytes as i64);
+        self.store_disk_bytes.set(disk_bytes as i64);
+        for figures in queues {
+            let label = InstanceLabel { instance: figures.instance.clone() };
+            self.queue_depth.get_or_create(&label).set(figures.queued as i64);
+            self.dead_letters.get_or_create(&label).set(figures.dead as i64);
+            self.oldest_pending_age
+                .get_or_create(&label)
+                .set(figures.oldest_pending_age_seconds);
+        }
+        let mut out = String::new();
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
