@@ -4,12 +4,134 @@
 //!
 //! Loading collects every problem, each naming the file, the key, the rule and the value.
 
+mod check;
+mod configuration;
+mod defaults;
+mod document;
+mod file_value;
+mod grammar;
+mod instance;
+mod problem;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use reqwest::Url;
+
+pub use grammar::{parse_duration, parse_rate, parse_size};
+pub use problem::{ConfigError, Problem};
+
+/// A configuration that passed every rule, with the warnings it drew (e.g. a secret file that
+/// every user can read). Warnings never contain secret values.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Where a configuration comes from: what problems name, and where `{ file = "…" }` resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadContext {
+    /// The config file, absolute; used in messages and as `Config::source`.
+    pub file: PathBuf,
+    /// The config file's folder: relative `storage.path` and file references resolve here.
+    pub base_dir: PathBuf,
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`), searched first for file references.
+    pub credentials_dir: Option<PathBuf>,
+}
+
+impl LoadContext {
+    /// The context for loading `path`: made absolute (not canonicalised), with
+    /// `$CREDENTIALS_DIRECTORY` read once, here.
+    ///
+    /// # Errors
+    /// When the current directory is needed and cannot be read.
+    pub fn for_file(path: &Path) -> std::io::Result<LoadContext> {
+        let file = std::path::absolute(path)?;
+        let base_dir = file
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
+        Ok(LoadContext {
+            file,
+            base_dir,
+            credentials_dir,
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Invalid`] with every
+    /// problem found otherwise.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        };
+        let ctx = LoadContext::for_file(path).map_err(read_error)?;
+        let text = std::fs::read_to_string(&ctx.file).map_err(|source| ConfigError::Read {
+            file: ctx.file.clone(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &ctx)
+    }
+
+    /// Validates `text` as if read from `ctx.file`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found.
+    pub fn from_toml_str(text: &str, ctx: &LoadContext) -> Result<Loaded, ConfigError> {
+        validate::load_str(text, ctx)
+    }
+
+    /// The keys that a reload may not change and that `new` changes, in file order:
+    /// `server.listen`, `admin.listen`, `storage.path`, `storage.max_bytes`, `storage.cache_bytes`.
+    pub fn reload_blockers(&self, new: &Config) -> Vec<&'static str> {
+        let changed = [
+            ("server.listen", self.server.listen != new.server.listen),
+            ("admin.listen", self.admin.listen != new.admin.listen),
+            ("storage.path", self.storage.path != new.storage.path),
+            (
+                "storage.max_bytes",
+                self.storage.max_bytes != new.storage.max_bytes,
+            ),
+            (
+                "storage.cache_bytes",
+                self.storage.cache_bytes != new.storage.cache_bytes,
+            ),
+        ];
+        changed
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
+    }
+
+    /// The instance called `name`.
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|instance| instance.name == name)
+    }
+}
+
+impl Instance {
+    /// Whether notifications for Dropbox account `account` (`dbid:…`) concern this instance.
+    pub fn matches_account(&self, account: &str) -> bool {
+        self.accounts
+            .as_ref()
+            .is_none_or(|accounts| accounts.iter().any(|listed| listed == account))
+    }
+}
 
 /// A validated configuration: everything a running daemon needs, with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +220,9 @@ pub enum EventsMode {
 pub enum VendorType {
     Webhook,
     /// Walk on a timer (`event.poller.refresh_interval`), no webhook needed.
-    Polling { interval: Duration },
+    Polling {
+        interval: Duration,
+    },
 }
 
 /// One `[[instance]]`.

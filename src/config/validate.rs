@@ -1,0 +1,269 @@
+//! Raw sections → a validated [`Config`]: the sections other than `[[instance]]` (see
+//! `instance.rs`), the shared `[delivery]` rules, and the final verdict.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::check::{Checker, Reported};
+use super::defaults::{
+    DROPBOX_API_URL, DROPBOX_CONTENT_URL, DROPBOX_NOTIFY_URL, SERVER_MAX_BODY_BYTES,
+    SERVER_MAX_BODY_BYTES_LIMIT, SERVER_SHUTDOWN_TIMEOUT, STORAGE_CACHE_BYTES, STORAGE_MAX_BYTES,
+};
+use super::document::{self, Sections};
+use super::problem::{child, quoted};
+use super::raw::{RawAdmin, RawDelivery, RawDropbox, RawServer, RawStorage, RawText};
+use super::{
+    Admin, Config, ConfigError, Delivery, DropboxApi, LoadContext, Loaded, Server, Storage,
+    grammar, instance,
+};
+
+/// Parses and validates `text`; every problem found is in the error.
+pub(crate) fn load_str(text: &str, ctx: &LoadContext) -> Result<Loaded, ConfigError> {
+    let mut problems = Vec::new();
+    let sections = document::read(text, &mut problems);
+    let mut checker = Checker::new(ctx, problems);
+    let config = match sections {
+        Some(sections) => config(&mut checker, &sections, ctx),
+        None => Err(Reported),
+    };
+    match config {
+        Ok(config) if checker.problems.is_empty() => Ok(Loaded {
+            config,
+            warnings: checker.warnings,
+        }),
+        _ => {
+            let mut problems = checker.problems;
+            problems.sort_by_key(|problem| section_order(&problem.key));
+            Err(ConfigError::Invalid {
+                file: ctx.file.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Problems are listed section by section, in the SPEC's order (a stable sort keeps the order
+/// within a section); keys outside any section come first.
+fn section_order(key: &str) -> (usize, usize) {
+    const SECTIONS: [&str; 5] = ["server", "admin", "storage", "delivery", "dropbox"];
+    let section = key.split(['.', '[']).next().unwrap_or(key);
+    if let Some(position) = SECTIONS.iter().position(|name| *name == section) {
+        return (position + 1, 0);
+    }
+    let instance = key
+        .strip_prefix("instance[")
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|index| index.parse::<usize>().ok());
+    match instance {
+        Some(index) => (SECTIONS.len() + 1, index),
+        None => (0, 0),
+    }
+}
+
+fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Config, Reported> {
+    let server = server(c, &sections.server);
+    let admin = admin(c, &sections.admin);
+    let storage = storage(c, &sections.storage, ctx);
+    let delivery = delivery(c, &sections.delivery, "delivery", &Delivery::default());
+    let dropbox = dropbox(c, &sections.dropbox);
+    // With a broken `[delivery]`, instances are still checked, against the SPEC defaults.
+    let base = delivery.clone().unwrap_or_default();
+    let instances = instance::all(c, &sections.instances, &base);
+    delivery?;
+    Ok(Config {
+        source: ctx.file.clone(),
+        server: server?,
+        admin: admin?,
+        storage: storage?,
+        dropbox: dropbox?,
+        instances: instances?,
+    })
+}
+
+fn server(c: &mut Checker, raw: &RawServer) -> Result<Server, Reported> {
+    let listen = c.socket_addr(raw.listen.as_ref(), "server.listen");
+    let listen = c.required(listen, "server.listen");
+    let key = "server.max_body_bytes";
+    let max_body_bytes = c
+        .size(raw.max_body_bytes.as_ref(), key, SERVER_MAX_BODY_BYTES)
+        .and_then(|bytes| {
+            if bytes > SERVER_MAX_BODY_BYTES_LIMIT {
+                return Err(c.report(key, "must be at most 16MiB", Some(bytes.to_string())));
+            }
+            Ok(bytes)
+        });
+    let shutdown_timeout = c.duration(
+        raw.shutdown_timeout.as_ref(),
+        "server.shutdown_timeout",
+        SERVER_SHUTDOWN_TIMEOUT,
+    );
+    Ok(Server {
+        listen: listen?,
+        max_body_bytes: max_body_bytes?,
+        shutdown_timeout: shutdown_timeout?,
+    })
+}
+
+fn admin(c: &mut Checker, raw: &RawAdmin) -> Result<Admin, Reported> {
+    let listen = c.socket_addr(raw.listen.as_ref(), "admin.listen");
+    let listen = c.required(listen, "admin.listen");
+    let token = c.secret(raw.token.as_ref(), "admin.token");
+    if let (Ok(address), Ok(None)) = (&listen, &token)
+        && !address.ip().is_loopback()
+    {
+        let rule = "a non-loopback address requires admin.token";
+        return Err(c.report("admin.listen", rule, Some(quoted(&address.to_string()))));
+    }
+    Ok(Admin {
+        listen: listen?,
+        token: token?,
+    })
+}
+
+fn storage(c: &mut Checker, raw: &RawStorage, ctx: &LoadContext) -> Result<Storage, Reported> {
+    let path = c.text(raw.path.as_ref(), "storage.path");
+    let path = c.required(path, "storage.path").and_then(|path| {
+        if path.is_empty() {
+            return Err(c.report("storage.path", "must not be empty", Some(quoted(&path))));
+        }
+        Ok(ctx.base_dir.join(PathBuf::from(path)))
+    });
+    let max_bytes = c.size(
+        raw.max_bytes.as_ref(),
+        "storage.max_bytes",
+        STORAGE_MAX_BYTES,
+    );
+    let cache_bytes = c.size(
+        raw.cache_bytes.as_ref(),
+        "storage.cache_bytes",
+        STORAGE_CACHE_BYTES,
+    );
+    Ok(Storage {
+        path: path?,
+        max_bytes: max_bytes?,
+        cache_bytes: cache_bytes?,
+    })
+}
+
+fn dropbox(c: &mut Checker, raw: &RawDropbox) -> Result<DropboxApi, Reported> {
+    let mut url = |raw: &Option<RawText>, key: &str, default: &str| {
+        let fallback = RawText::Inline(default.to_owned());
+        let checked = c.url(Some(raw.as_ref().unwrap_or(&fallback)), key);
+        c.required(checked, key)
+    };
+    let api_url = url(&raw.api_url, "dropbox.api_url", DROPBOX_API_URL);
+    let content_url = url(&raw.content_url, "dropbox.content_url", DROPBOX_CONTENT_URL);
+    let notify_url = url(&raw.notify_url, "dropbox.notify_url", DROPBOX_NOTIFY_URL);
+    Ok(DropboxApi {
+        api_url: api_url?,
+        content_url: content_url?,
+        notify_url: notify_url?,
+    })
+}
+
+/// `raw` (the table at key path `path`) over `base`: `[delivery]` over the SPEC defaults, or
+/// `[instance.delivery]` over `[delivery]`.
+pub(crate) fn delivery(
+    c: &mut Checker,
+    raw: &RawDelivery,
+    path: &str,
+    base: &Delivery,
+) -> Result<Delivery, Reported> {
+    let key = |name: &str| child(path, name);
+    let timeout = c.duration(raw.timeout.as_ref(), &key("timeout"), base.timeout);
+    let rate_limit = c
+        .parsed(
+            raw.rate_limit.as_ref(),
+            &key("rate_limit"),
+            grammar::parse_rate,
+        )
+        .map(|rate| rate.unwrap_or(base.rate_limit));
+    let rate_limit_burst = c.non_zero_u32(
+        raw.rate_limit_burst,
+        &key("rate_limit_burst"),
+        base.rate_limit_burst,
+    );
+    let concurrency = c.non_zero_u32(raw.concurrency, &key("concurrency"), base.concurrency);
+    let retry_initial = c.duration(
+        raw.retry_initial.as_ref(),
+        &key("retry_initial"),
+        base.retry_initial,
+    );
+    let retry_multiplier = multiplier(c, raw.retry_multiplier, &key("retry_multiplier"), base);
+    let retry_max_interval = c.duration(
+        raw.retry_max_interval.as_ref(),
+        &key("retry_max_interval"),
+        base.retry_max_interval,
+    );
+    let max_attempts = c.positive_u32(raw.max_attempts, &key("max_attempts"), base.max_attempts);
+    let max_age = c.duration(raw.max_age.as_ref(), &key("max_age"), base.max_age);
+    let dead_letter_ttl = c.duration(
+        raw.dead_letter_ttl.as_ref(),
+        &key("dead_letter_ttl"),
+        base.dead_letter_ttl,
+    );
+    let max_queued_bytes = c.size(
+        raw.max_queued_bytes.as_ref(),
+        &key("max_queued_bytes"),
+        base.max_queued_bytes,
+    );
+    let proxy = c
+        .url(raw.proxy.as_ref(), &key("proxy"))
+        .map(|proxy| proxy.or_else(|| base.proxy.clone()));
+    let retry_max_interval = retry_interval_order(
+        c,
+        retry_initial?,
+        retry_max_interval?,
+        &key("retry_max_interval"),
+    );
+    Ok(Delivery {
+        timeout: timeout?,
+        rate_limit: rate_limit?,
+        rate_limit_burst: rate_limit_burst?,
+        concurrency: concurrency?,
+        retry_initial: retry_initial?,
+        retry_multiplier: retry_multiplier?,
+        retry_max_interval: retry_max_interval?,
+        max_attempts: max_attempts?,
+        max_age: max_age?,
+        dead_letter_ttl: dead_letter_ttl?,
+        max_queued_bytes: max_queued_bytes?,
+        coalesce: raw.coalesce.unwrap_or(base.coalesce),
+        allow_private_destinations: raw
+            .allow_private_destinations
+            .unwrap_or(base.allow_private_destinations),
+        paused: raw.paused.unwrap_or(base.paused),
+        proxy: proxy?,
+    })
+}
+
+fn multiplier(
+    c: &mut Checker,
+    raw: Option<f64>,
+    key: &str,
+    base: &Delivery,
+) -> Result<f64, Reported> {
+    match raw {
+        None => Ok(base.retry_multiplier),
+        Some(value) if value.is_finite() && value >= 1.0 => Ok(value),
+        Some(value) => Err(c.report(
+            key,
+            "must be a finite number of at least 1.0",
+            Some(value.to_string()),
+        )),
+    }
+}
+
+/// `retry_max_interval` must not be below `retry_initial`.
+fn retry_interval_order(
+    c: &mut Checker,
+    initial: Duration,
+    max: Duration,
+    key: &str,
+) -> Result<Duration, Reported> {
+    if max >= initial {
+        return Ok(max);
+    }
+    let rule = format!("must be at least retry_initial ({initial:?})");
+    Err(c.report(key, rule, Some(format!("{max:?}"))))
+}
