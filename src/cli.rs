@@ -57,7 +57,10 @@ pub fn main(cli: Cli) -> ExitCode {
 fn run(path: &std::path::Path, log_format: LogFormat) -> ExitCode {
     logging::init(log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("hookrelay: cannot start the runtime: {err}");

@@ -76,7 +76,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let live = config::new_live(config);
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_generation(1);
-    let dispatcher = Arc::new(Dispatcher::new(store.clone(), live.clone(), metrics.clone())?);
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        live.clone(),
+        metrics.clone(),
+    )?);
     catch_up_if_needed(&store, &live, &dispatcher, previous).await?;
 
     let (stop_ingest, ingest_stopped) = watch::channel(false);
@@ -114,7 +118,16 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     notifier.status("ready");
     info!(listen = %live.load().config.server.listen, admin = %live.load().config.admin.listen, "hookrelay ready");
 
-    let outcome = control_loop(&mut signals, config_path, &live, &dispatcher, &metrics, &store, &notifier).await;
+    let outcome = control_loop(
+        &mut signals,
+        config_path,
+        &live,
+        &dispatcher,
+        &metrics,
+        &store,
+        &notifier,
+    )
+    .await;
 
     notifier.stopping();
     admin.ready.store(false, Ordering::Release);
@@ -194,11 +207,17 @@ async fn catch_up_if_needed(
 }
 
 /// Heartbeat (for "down since") and dead-letter retention.
-fn spawn_housekeeping(store: Store, live: LiveConfig, notifier: Notifier) -> tokio::task::JoinHandle<()> {
+fn spawn_housekeeping(
+    store: Store,
+    live: LiveConfig,
+    notifier: Notifier,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
-        let mut watchdog = tokio::time::interval(sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog = tokio::time::interval(
+            sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)),
+        );
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {

@@ -28,19 +28,29 @@ pub struct Limits {
 }
 
 /// A response with a static body.
-pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> HttpResponse {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
 
 /// Serves `listener` until `shutdown` turns true, then closes connections gracefully and
 /// returns when they are gone (callers bound that wait).
-pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: Limits, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
@@ -81,7 +91,7 @@ where
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
-                _ = stop.wait_for(|stopping| *stopping) => {
+                _ = async { let _stopped = stop.wait_for(|stopping| *stopping).await.is_ok(); } => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }

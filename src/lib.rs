@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+mod http;
 pub mod ingest;
 pub mod ops;
 pub mod sign;

@@ -11,6 +11,7 @@ mod document;
 mod file_value;
 mod grammar;
 mod instance;
+mod live;
 mod problem;
 mod raw;
 mod validate;
@@ -26,6 +27,7 @@ use std::time::Duration;
 pub use reqwest::Url;
 
 pub use grammar::{parse_duration, parse_rate, parse_size};
+pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
 
 /// A configuration that passed every rule, with the warnings it drew (e.g. a secret file that

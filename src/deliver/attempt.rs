@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use tracing::{debug, info, warn};
 
 use super::outcome::{self, Outcome};
 use super::schedule::{self, RetryPolicy};
-use super::{envelope, ssrf, Context, LaneStats};
+use super::{Context, LaneStats, envelope, ssrf};
 use crate::config::{Delivery, Instance};
 use crate::sign::{self, WebhookSecret};
 use crate::store::{self, DeadLetter, Event, Retry};
@@ -22,7 +22,12 @@ pub struct Done {
 }
 
 /// Runs one attempt of `event` for `instance` and commits its outcome.
-pub async fn run(ctx: &Context, stats: &LaneStats, instance: &Instance, event: &Event) -> Option<u64> {
+pub async fn run(
+    ctx: &Context,
+    stats: &LaneStats,
+    instance: &Instance,
+    event: &Event,
+) -> Option<u64> {
     let delivery = &instance.delivery;
     let now_ms = store::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(event.age_base_ms));

@@ -34,7 +34,10 @@ pub struct Clients {
 impl Clients {
     /// Builds a client for every setting in `config`, reusing those of `previous` (and so their
     /// pooled connections) where a setting did not change.
-    pub fn for_config(config: &Config, previous: Option<&Clients>) -> Result<Clients, reqwest::Error> {
+    pub fn for_config(
+        config: &Config,
+        previous: Option<&Clients>,
+    ) -> Result<Clients, reqwest::Error> {
         let mut by_key = HashMap::new();
         for instance in &config.instances {
             let key = ClientKey::of(&instance.delivery);

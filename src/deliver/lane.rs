@@ -141,7 +141,10 @@ impl Lane {
         }
         let room = READY_CAPACITY - self.ready.len();
         let held = &self.held;
-        let ids = self.ctx.store.due_ids(&self.name, now, room, |id| held.contains(id))?;
+        let ids = self
+            .ctx
+            .store
+            .due_ids(&self.name, now, room, |id| held.contains(id))?;
         if ids.len() == room {
             self.handle.backlog.store(true, Ordering::Release);
         }

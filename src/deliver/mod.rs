@@ -76,7 +76,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, live: LiveConfig, metrics: Arc<Metrics>) -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(
+        store: Store,
+        live: LiveConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Dispatcher, reqwest::Error> {
         let clients = Clients::for_config(&live.load().config, None)?;
         let ctx = Arc::new(Context {
             store,
@@ -150,7 +154,9 @@ impl Dispatcher {
         .await
         .is_ok();
         if !drained {
-            warn!("in-flight deliveries did not finish within shutdown_timeout; they will be retried after restart");
+            warn!(
+                "in-flight deliveries did not finish within shutdown_timeout; they will be retried after restart"
+            );
             tasks.abort_all();
         }
         drained

@@ -101,7 +101,10 @@ impl Ingest {
         };
         let targets = targets(config, &apps, &accounts);
         if targets.is_empty() {
-            debug!(accounts = accounts.len(), "notification matches no enabled instance");
+            debug!(
+                accounts = accounts.len(),
+                "notification matches no enabled instance"
+            );
             return (Reply::Empty(StatusCode::OK), "unrouted");
         }
         self.store_and_hand_off(config, body, targets).await
@@ -114,10 +117,16 @@ impl Ingest {
         targets: Vec<IngestTarget>,
     ) -> (Reply, &'static str) {
         if self.store.failure().is_some() {
-            return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_failed");
+            return (
+                Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
+                "store_failed",
+            );
         }
         if self.store.total_bytes() >= config.storage.max_bytes {
-            warn!(limit = config.storage.max_bytes, "storage.max_bytes reached; answering 503 until the queue shrinks");
+            warn!(
+                limit = config.storage.max_bytes,
+                "storage.max_bytes reached; answering 503 until the queue shrinks"
+            );
             return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_full");
         }
         let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
@@ -125,7 +134,10 @@ impl Ingest {
             Ok(placed) => placed,
             Err(err) => {
                 warn!(error = %err, "could not store a notification; answered 503");
-                return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_failed");
+                return (
+                    Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
+                    "store_failed",
+                );
             }
         };
         let (mut created, mut merged) = (0, 0);
@@ -152,10 +164,13 @@ enum Reply {
 
 /// `GET ?challenge=X`: X echoed verbatim (≤ 1 KiB), else 400.
 fn challenge(query: Option<&str>) -> (Reply, &'static str) {
-    let value = query.into_iter().flat_map(|q| q.split('&')).find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (name == "challenge").then_some(value)
-    });
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (name == "challenge").then_some(value)
+        });
     match value.map(percent_decode) {
         Some(Some(value)) if value.len() <= MAX_CHALLENGE_BYTES => {
             (Reply::Challenge(Bytes::from(value)), "challenge")
@@ -210,7 +225,10 @@ fn verified_apps<'a>(config: &'a Config, body: &[u8], signature: &[u8]) -> Vec<&
 fn targets(config: &Config, apps: &[&str], accounts: &[String]) -> Vec<IngestTarget> {
     let mut targets = Vec::new();
     for instance in &config.instances {
-        if !instance.enabled || instance.callback_url.is_none() || !apps.contains(&instance.app_key.as_str()) {
+        if !instance.enabled
+            || instance.callback_url.is_none()
+            || !apps.contains(&instance.app_key.as_str())
+        {
             continue;
         }
         for account in accounts.iter().filter(|a| instance.matches_account(a)) {

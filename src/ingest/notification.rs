@@ -58,14 +58,26 @@ mod tests {
             parse_accounts(body),
             Accounts::Listed(vec!["dbid:a".into(), "dbid:b".into()])
         );
-        assert_eq!(parse_accounts(br#"{"list_folder": {"accounts": []}}"#), Accounts::Listed(vec![]));
+        assert_eq!(
+            parse_accounts(br#"{"list_folder": {"accounts": []}}"#),
+            Accounts::Listed(vec![])
+        );
         assert_eq!(
             parse_accounts(br#"{"list_folder": {"teams": {"dbtid:x": ["dbmid:y"]}}}"#),
             Accounts::Team
         );
-        assert_eq!(parse_accounts(br#"{"delta": {"users": [12345]}}"#), Accounts::Invalid);
-        assert_eq!(parse_accounts(br#"{"list_folder": {"accounts": [1]}}"#), Accounts::Invalid);
+        assert_eq!(
+            parse_accounts(br#"{"delta": {"users": [12345]}}"#),
+            Accounts::Invalid
+        );
+        assert_eq!(
+            parse_accounts(br#"{"list_folder": {"accounts": [1]}}"#),
+            Accounts::Invalid
+        );
         assert_eq!(parse_accounts(b"not json"), Accounts::Invalid);
-        assert_eq!(parse_accounts(br#"{"list_folder": {"accounts": "dbid:a"}}"#), Accounts::Invalid);
+        assert_eq!(
+            parse_accounts(br#"{"list_folder": {"accounts": "dbid:a"}}"#),
+            Accounts::Invalid
+        );
     }
 }

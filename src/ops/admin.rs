@@ -109,7 +109,12 @@ impl Admin {
         let live = self.live.load();
         let counters = self.store.counters();
         let now = store::now_ms();
-        let mut names: Vec<String> = live.config.instances.iter().map(|i| i.name.clone()).collect();
+        let mut names: Vec<String> = live
+            .config
+            .instances
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
         for (name, counter) in counters.iter() {
             if counter.pending_events + counter.dead_events > 0 && !names.contains(name) {
                 names.push(name.clone());
@@ -170,7 +175,11 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
 }
 
 fn unauthorized() -> HttpResponse {
-    respond(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n")
+    respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "admin token required\n",
+    )
 }
 
 /// Compares without an early exit on the first differing byte.

@@ -70,7 +70,9 @@ impl Metrics {
             ingest_requests: Family::default(),
             events_accepted: Family::default(),
             deliveries: Family::default(),
-            delivery_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            delivery_duration: Family::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            ),
             queue_depth: Family::default(),
             dead_letters: Family::default(),
             oldest_pending_age: Family::default(),
@@ -80,17 +82,61 @@ impl Metrics {
             store_disk_bytes: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("hookrelay_ingest_requests", "Dropbox-facing requests by result", metrics.ingest_requests.clone());
-        registry.register("hookrelay_events_accepted", "Events stored for delivery (or merged), by instance", metrics.events_accepted.clone());
-        registry.register("hookrelay_deliveries", "Delivery attempts by instance and outcome", metrics.deliveries.clone());
-        registry.register("hookrelay_delivery_duration_seconds", "Duration of delivery attempts", metrics.delivery_duration.clone());
-        registry.register("hookrelay_queue_depth", "Pending events (queued, in retry or held)", metrics.queue_depth.clone());
-        registry.register("hookrelay_dead_letters", "Dead-lettered events kept", metrics.dead_letters.clone());
-        registry.register("hookrelay_oldest_pending_age_seconds", "Age of the oldest pending event", metrics.oldest_pending_age.clone());
-        registry.register("hookrelay_config_reloads", "Configuration reloads by result", metrics.config_reloads.clone());
-        registry.register("hookrelay_config_generation", "Generation of the configuration in force (1 at start)", metrics.config_generation.clone());
-        registry.register("hookrelay_store_bytes", "Live queued bytes as counted against storage.max_bytes", metrics.store_bytes.clone());
-        registry.register("hookrelay_store_disk_bytes", "Bytes the store's files take on disk (sled never shrinks them)", metrics.store_disk_bytes.clone());
+        registry.register(
+            "hookrelay_ingest_requests",
+            "Dropbox-facing requests by result",
+            metrics.ingest_requests.clone(),
+        );
+        registry.register(
+            "hookrelay_events_accepted",
+            "Events stored for delivery (or merged), by instance",
+            metrics.events_accepted.clone(),
+        );
+        registry.register(
+            "hookrelay_deliveries",
+            "Delivery attempts by instance and outcome",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "hookrelay_delivery_duration_seconds",
+            "Duration of delivery attempts",
+            metrics.delivery_duration.clone(),
+        );
+        registry.register(
+            "hookrelay_queue_depth",
+            "Pending events (queued, in retry or held)",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "hookrelay_dead_letters",
+            "Dead-lettered events kept",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "hookrelay_oldest_pending_age_seconds",
+            "Age of the oldest pending event",
+            metrics.oldest_pending_age.clone(),
+        );
+        registry.register(
+            "hookrelay_config_reloads",
+            "Configuration reloads by result",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "hookrelay_config_generation",
+            "Generation of the configuration in force (1 at start)",
+            metrics.config_generation.clone(),
+        );
+        registry.register(
+            "hookrelay_store_bytes",
+            "Live queued bytes as counted against storage.max_bytes",
+            metrics.store_bytes.clone(),
+        );
+        registry.register(
+            "hookrelay_store_disk_bytes",
+            "Bytes the store's files take on disk (sled never shrinks them)",
+            metrics.store_disk_bytes.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -98,27 +144,38 @@ impl Metrics {
     }
 
     pub fn ingest_request(&self, result: &'static str) {
-        self.ingest_requests.get_or_create(&ResultLabel { result }).inc();
+        self.ingest_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn event_accepted(&self, instance: &str) {
         self.events_accepted
-            .get_or_create(&InstanceLabel { instance: instance.to_owned() })
+            .get_or_create(&InstanceLabel {
+                instance: instance.to_owned(),
+            })
             .inc();
     }
 
     pub fn delivery(&self, instance: &str, outcome: &'static str, duration: Duration) {
         self.deliveries
-            .get_or_create(&OutcomeLabel { instance: instance.to_owned(), outcome })
+            .get_or_create(&OutcomeLabel {
+                instance: instance.to_owned(),
+                outcome,
+            })
             .inc();
         self.delivery_duration
-            .get_or_create(&InstanceLabel { instance: instance.to_owned() })
+            .get_or_create(&InstanceLabel {
+                instance: instance.to_owned(),
+            })
             .observe(duration.as_secs_f64());
     }
 
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn set_config_generation(&self, generation: u64) {
@@ -130,9 +187,15 @@ impl Metrics {
         self.store_bytes.set(store_bytes as i64);
         self.store_disk_bytes.set(disk_bytes as i64);
         for figures in queues {
-            let label = InstanceLabel { instance: figures.instance.clone() };
-            self.queue_depth.get_or_create(&label).set(figures.queued as i64);
-            self.dead_letters.get_or_create(&label).set(figures.dead as i64);
+            let label = InstanceLabel {
+                instance: figures.instance.clone(),
+            };
+            self.queue_depth
+                .get_or_create(&label)
+                .set(figures.queued as i64);
+            self.dead_letters
+                .get_or_create(&label)
+                .set(figures.dead as i64);
             self.oldest_pending_age
                 .get_or_create(&label)
                 .set(figures.oldest_pending_age_seconds);

@@ -238,7 +238,9 @@ impl Committer {
                 instance,
                 id,
                 retry,
-            } => self.reschedule(view, &instance, id, retry).map(|_| Reply::Done),
+            } => self
+                .reschedule(view, &instance, id, retry)
+                .map(|_| Reply::Done),
             Op::DeadLetter {
                 instance,
                 id,
@@ -321,7 +323,10 @@ impl Committer {
             if over_quota {
                 // Over its quota, the event waits in the store where later notifications merge
                 // into it; otherwise it goes to delivery at once and is no merge target.
-                view.insert(pair_key(&target.instance, &target.account), id.to_bytes().to_vec());
+                view.insert(
+                    pair_key(&target.instance, &target.account),
+                    id.to_bytes().to_vec(),
+                );
                 placed.push(Placed::Parked { id });
             } else {
                 placed.push(Placed::Created(to_event(
@@ -371,7 +376,10 @@ impl Committer {
             return Ok(None);
         };
         let event_key = keys::event(&target.instance, id);
-        let Some(mut event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        let Some(mut event) = view
+            .get(&event_key)?
+            .map(|v| EventRecord::decode(&v))
+            .transpose()?
         else {
             view.remove(pair_key);
             return Ok(None);
@@ -406,7 +414,10 @@ impl Committer {
         retry: Retry,
     ) -> Result<(), Error> {
         let event_key = keys::event(instance, id);
-        let Some(mut event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        let Some(mut event) = view
+            .get(&event_key)?
+            .map(|v| EventRecord::decode(&v))
+            .transpose()?
         else {
             return Ok(());
         };
@@ -463,7 +474,10 @@ impl Committer {
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let event_key = keys::event(instance, id);
-            let Some(event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+            let Some(event) = view
+                .get(&event_key)?
+                .map(|v| EventRecord::decode(&v))
+                .transpose()?
             else {
                 continue;
             };
@@ -504,7 +518,12 @@ impl Committer {
         let Some(dead) = self.take_dead(view, instance, id)? else {
             return Ok(false);
         };
-        if let Some(old) = dead.event.notification.as_deref().and_then(|s| s.parse().ok()) {
+        if let Some(old) = dead
+            .event
+            .notification
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+        {
             self.release_notification(view, old)?;
         }
         Ok(true)
@@ -597,7 +616,10 @@ impl Committer {
         id: Ulid,
     ) -> Result<Option<EventV1>, Error> {
         let event_key = keys::event(instance, id);
-        let Some(event) = view.get(&event_key)?.map(|v| EventRecord::decode(&v)).transpose()?
+        let Some(event) = view
+            .get(&event_key)?
+            .map(|v| EventRecord::decode(&v))
+            .transpose()?
         else {
             return Ok(None);
         };
@@ -634,7 +656,11 @@ impl Committer {
         id: Ulid,
     ) -> Result<Option<DeadV1>, Error> {
         let dead_key = keys::dead(instance, id);
-        let Some(dead) = view.get(&dead_key)?.map(|v| DeadRecord::decode(&v)).transpose()? else {
+        let Some(dead) = view
+            .get(&dead_key)?
+            .map(|v| DeadRecord::decode(&v))
+            .transpose()?
+        else {
             return Ok(None);
         };
         view.remove(dead_key);
@@ -679,7 +705,11 @@ impl Committer {
         view: &BatchView<'_>,
         event: &EventV1,
     ) -> Result<Option<Bytes>, Error> {
-        let Some(id) = event.notification.as_deref().and_then(|s| s.parse::<Ulid>().ok()) else {
+        let Some(id) = event
+            .notification
+            .as_deref()
+            .and_then(|s| s.parse::<Ulid>().ok())
+        else {
             return Ok(None);
         };
         match view.get(&keys::notification(id))? {

@@ -56,7 +56,10 @@ fn open_read(path: &Path) -> Result<sled::Db, Error> {
         })
 }
 
-pub(super) fn pending_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<EventSummary>, Error> {
+pub(super) fn pending_in(
+    db: &sled::Db,
+    instance: Option<&str>,
+) -> Result<Vec<EventSummary>, Error> {
     let prefix = match instance {
         Some(name) => keys::instance_prefix(keys::EVENT, name),
         None => keys::EVENT.to_vec(),
@@ -87,10 +90,22 @@ pub(super) fn dead_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<Event
     Ok(out)
 }
 
-fn summary(db: &sled::Db, key: &[u8], family: &[u8], event: &EventV1) -> Result<EventSummary, Error> {
+fn summary(
+    db: &sled::Db,
+    key: &[u8],
+    family: &[u8],
+    event: &EventV1,
+) -> Result<EventSummary, Error> {
     let id = keys::trailing_id(key).unwrap_or(Ulid::nil());
-    let raw = match event.notification.as_deref().and_then(|s| s.parse::<Ulid>().ok()) {
-        Some(notification) => match db.get(keys::notification(notification)).map_err(sled_error)? {
+    let raw = match event
+        .notification
+        .as_deref()
+        .and_then(|s| s.parse::<Ulid>().ok())
+    {
+        Some(notification) => match db
+            .get(keys::notification(notification))
+            .map_err(sled_error)?
+        {
             Some(bytes) => NotificationRecord::decode(&bytes)?.body,
             None => Vec::new(),
         },

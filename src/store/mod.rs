@@ -216,7 +216,8 @@ impl Store {
         File::open(&options.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| open_error(e.to_string()))?;
-        let previous = read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
+        let previous =
+            read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
         let counters = read_counters(&db).map_err(|e| open_error(e.to_string()))?;
         let total: u64 = counters.values().map(Counters::total_bytes).sum();
         let shared = Arc::new(Shared {
@@ -408,11 +409,7 @@ impl Store {
             })
             .await
             .map(drop);
-        let handle = self
-            .committer
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .take();
+        let handle = self.committer.lock().map_err(|_| Error::Closed)?.take();
         if let Some(handle) = handle {
             let _joined = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -482,7 +479,10 @@ impl Store {
     }
 
     /// Dead letters, optionally of one instance, oldest death first is not guaranteed.
-    pub fn dead_letters(&self, instance: Option<&str>) -> Result<Vec<inspect::EventSummary>, Error> {
+    pub fn dead_letters(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<inspect::EventSummary>, Error> {
         inspect::dead_in(&self.db, instance)
     }
 
