@@ -543,3 +543,6 @@ pub fn open_offline(path: &Path) -> Result<Store, Error> {
     }
     Store::open(&options, fdatasync()).map(|(store, _)| store)
 }
+
+#[cfg(test)]
+mod tests;

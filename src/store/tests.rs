@@ -1,0 +1,356 @@
+//! Store behaviour: durability hooks, merging rules, dead letters, counters and recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+fn options(dir: &Path) -> StoreOptions {
+    StoreOptions {
+        path: dir.join("store"),
+        cache_bytes: 4 * 1024 * 1024,
+        mode: OpenMode::Daemon,
+    }
+}
+
+/// Opens the store, waiting (bounded) for a dropped handle's committer to let go of sled's lock.
+fn open(dir: &Path) -> (Store, PreviousRun) {
+    let mut last = None;
+    for _ in 0..100 {
+        match Store::open(&options(dir), fdatasync()) {
+            Ok(opened) => return opened,
+            Err(err) => last = Some(err),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("open: {last:?}")
+}
+
+fn target(account: &str, coalesce: bool) -> IngestTarget {
+    IngestTarget {
+        instance: "acme".into(),
+        account: account.into(),
+        coalesce,
+        quota_bytes: u64::MAX,
+    }
+}
+
+fn body(marker: u32) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"list_folder": {{"accounts": ["dbid:a"]}}, "delta": {{"users": [{marker}]}}}}"#
+    ))
+}
+
+async fn ingest_one(store: &Store, marker: u32, coalesce: bool) -> Placed {
+    let placed = store
+        .ingest(body(marker), now_ms(), vec![target("dbid:a", coalesce)])
+        .await
+        .unwrap_or_else(|e| panic!("ingest: {e}"));
+    placed
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("nothing placed"))
+}
+
+fn created(placed: Placed) -> Event {
+    match placed {
+        Placed::Created(event) => event,
+        other => panic!("expected a new event, got {other:?}"),
+    }
+}
+
+fn refused(attempts: u32) -> Retry {
+    Retry {
+        attempts,
+        due_ms: now_ms() + 60_000,
+        definite_refusal: true,
+        last_status: Some(500),
+        last_error: Some("500".into()),
+    }
+}
+
+#[tokio::test]
+async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    let sync: SyncFn = Box::new(move |file: &File| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        file.sync_data()
+    });
+    let (store, previous) =
+        Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(previous.last_alive_ms, None);
+    let before = syncs.load(Ordering::SeqCst);
+    let event = created(ingest_one(&store, 1, true).await);
+    assert!(
+        syncs.load(Ordering::SeqCst) > before,
+        "answered before fdatasync"
+    );
+    assert_eq!(event.raw, Some(body(1)));
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(1)
+    );
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+
+    let (store, previous) = open(dir.path());
+    assert!(previous.clean_stop);
+    let pending = store.pending_events(None).unwrap_or_default();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, event.id.to_string());
+    assert_eq!(pending[0].raw, body(1).to_vec());
+    assert_eq!(
+        store
+            .due_ids("acme", now_ms(), 10, |_| false)
+            .unwrap_or_default(),
+        vec![event.id]
+    );
+    drop(store);
+    let (_store, previous) = open(dir.path());
+    assert!(
+        !previous.clean_stop,
+        "a run that did not close must count as unclean"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_sync_is_sticky_and_nothing_is_acknowledged_after_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let sync: SyncFn = Box::new(move |_file: &File| {
+        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
+            Err(io::Error::other("injected EIO"))
+        } else {
+            Ok(())
+        }
+    });
+    let (store, _) = Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
+    created(ingest_one(&store, 1, false).await);
+    let failed = store
+        .ingest(body(2), now_ms(), vec![target("dbid:a", false)])
+        .await;
+    assert!(matches!(failed, Err(Error::Failed(_))), "{failed:?}");
+    assert!(store.failure().is_some_and(|f| f.contains("injected EIO")));
+    let later = store
+        .ingest(body(3), now_ms(), vec![target("dbid:a", false)])
+        .await;
+    assert!(matches!(later, Err(Error::Failed(_))));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a failed sync must not be retried"
+    );
+}
+
+#[tokio::test]
+async fn notifications_merge_only_into_a_waiting_event_that_was_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let first = created(ingest_one(&store, 1, true).await);
+    // In flight (handed to delivery): a new notification makes a new event.
+    let second = created(ingest_one(&store, 2, true).await);
+    store
+        .reschedule("acme", first.id, refused(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ingest_one(&store, 3, true).await,
+        Placed::Merged { id: first.id }
+    );
+    // coalesce = false: never merged while under quota.
+    assert!(matches!(
+        ingest_one(&store, 4, false).await,
+        Placed::Created(_)
+    ));
+    // A timeout (not a definite refusal) makes the event unmergeable for good.
+    let timed_out = Retry {
+        definite_refusal: false,
+        ..refused(1)
+    };
+    store
+        .reschedule("acme", second.id, timed_out)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .reschedule(
+            "acme",
+            first.id,
+            Retry {
+                definite_refusal: false,
+                ..refused(2)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        ingest_one(&store, 5, true).await,
+        Placed::Created(_)
+    ));
+    // The merged event carries the newest raw body and keeps its id.
+    let claimed = store
+        .claim("acme", vec![first.id])
+        .await
+        .unwrap_or_default();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].raw, Some(body(3)));
+    assert_eq!(claimed[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn a_claimed_event_is_no_merge_target() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let first = created(ingest_one(&store, 1, true).await);
+    store
+        .reschedule("acme", first.id, refused(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .claim("acme", vec![first.id])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        ingest_one(&store, 2, true).await,
+        Placed::Created(_)
+    ));
+}
+
+#[tokio::test]
+async fn over_quota_events_park_and_merge_whatever_coalesce_says() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let tiny = |account: &str| IngestTarget {
+        quota_bytes: 1,
+        ..target(account, false)
+    };
+    created(
+        store
+            .ingest(body(1), now_ms(), vec![tiny("dbid:a")])
+            .await
+            .unwrap_or_default()
+            .remove(0),
+    );
+    let parked = store
+        .ingest(body(2), now_ms(), vec![tiny("dbid:a")])
+        .await
+        .unwrap_or_default();
+    let Placed::Parked { id } = parked[0] else {
+        panic!("expected a parked event, got {parked:?}");
+    };
+    for marker in 3..10 {
+        let placed = store
+            .ingest(body(marker), now_ms(), vec![tiny("dbid:a")])
+            .await
+            .unwrap_or_default();
+        assert_eq!(placed, vec![Placed::Merged { id }]);
+    }
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn delivered_events_and_their_notifications_are_removed() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let targets = vec![target("dbid:a", false), target("dbid:b", false)];
+    let placed = store
+        .ingest(body(1), now_ms(), targets)
+        .await
+        .unwrap_or_default();
+    let events: Vec<Event> = placed.into_iter().map(created).collect();
+    store
+        .delivered("acme", events[0].id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The other event still needs the shared body.
+    let claimed = store
+        .claim("acme", vec![events[1].id])
+        .await
+        .unwrap_or_default();
+    assert_eq!(claimed[0].raw, Some(body(1)));
+    store
+        .delivered("acme", events[1].id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(store.pending_events(None).unwrap_or_default().is_empty());
+    assert_eq!(store.total_bytes(), 0);
+    let leftovers = store.db.scan_prefix(keys::NOTIFICATION).count();
+    assert_eq!(
+        leftovers, 0,
+        "notification bodies must go with their last event"
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_are_replayed_purged_and_expired() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let ids: Vec<Ulid> = [
+        ingest_one(&store, 1, false).await,
+        ingest_one(&store, 2, false).await,
+        ingest_one(&store, 3, false).await,
+    ]
+    .into_iter()
+    .map(|p| created(p).id)
+    .collect();
+    for id in &ids {
+        let dead = DeadLetter {
+            attempts: 10,
+            reason: "max_attempts reached".into(),
+            last_status: Some(503),
+            last_error: None,
+        };
+        store
+            .dead_letter("acme", *id, dead)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(store.dead_letters(None).unwrap_or_default().len(), 3);
+    assert_eq!(
+        store.replay_dead(vec![("acme".into(), ids[0])]).await.ok(),
+        Some(1)
+    );
+    let pending = store.claim("acme", vec![ids[0]]).await.unwrap_or_default();
+    assert_eq!(pending[0].attempts, 0);
+    assert_eq!(pending[0].raw, Some(body(1)));
+    assert_eq!(
+        store.purge_dead(vec![("acme".into(), ids[1])]).await.ok(),
+        Some(1)
+    );
+    assert_eq!(store.expire_dead(now_ms() + 1).await.ok(), Some(1));
+    assert!(store.dead_letters(None).unwrap_or_default().is_empty());
+    let counters = store.counters().get("acme").copied().unwrap_or_default();
+    assert_eq!((counters.pending_events, counters.dead_events), (1, 0));
+}
+
+#[tokio::test]
+async fn catch_up_gives_each_seen_pair_one_unknown_event() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let targets = vec![target("dbid:a", false), target("dbid:b", false)];
+    store
+        .ingest(body(1), now_ms(), targets.clone())
+        .await
+        .unwrap_or_default();
+    store
+        .ingest(body(2), now_ms(), targets)
+        .await
+        .unwrap_or_default();
+    let events = store
+        .catch_up(vec!["acme".into(), "other".into()])
+        .await
+        .unwrap_or_default();
+    let mut accounts: Vec<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    accounts.sort();
+    assert_eq!(accounts, ["dbid:a", "dbid:b"]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == EventKind::Unknown && e.raw.is_none())
+    );
+}
