@@ -37,7 +37,7 @@ pub use problem::{ConfigError, Problem};
 
 /// A configuration that passed every rule, with the warnings it drew (e.g. a secret file that
 /// every user can read). Warnings never contain secret values.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
