@@ -107,7 +107,7 @@ pub(crate) fn decode<T: DeserializeOwned + Default>(
         let rule = if configuration::is_secret_path(&key) {
             SECRET_TYPE_RULE.to_owned()
         } else {
-            single_line(err.message())
+            in_toml_words(err.message())
         };
         problems.push(Problem::new(key, rule));
         match location.table_key {
@@ -200,4 +200,19 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 
 fn single_line(message: &str) -> String {
     message.trim().replace('\n', "; ")
+}
+
+/// serde's message on one line, with Rust's type names in TOML's words.
+fn in_toml_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 4] = [
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected a table"),
+    ];
+    WORDS
+        .iter()
+        .fold(single_line(message), |text, (rust, toml)| {
+            text.replace(rust, toml)
+        })
 }

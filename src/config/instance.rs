@@ -21,18 +21,19 @@ pub(crate) fn all(
     base: &Delivery,
 ) -> Result<Vec<Instance>, Reported> {
     let mut seen = Seen::default();
-    let mut instances = Ok(Vec::with_capacity(raws.len()));
-    for (index, raw) in raws.iter().enumerate() {
-        let path = format!("instance[{index}]");
-        let (identity, instance) = one(c, raw, &path, base);
-        seen.check(c, &path, identity);
-        match (&mut instances, instance) {
-            (Ok(list), Ok(instance)) => list.push(instance),
-            (_, Err(reported)) => instances = Err(reported),
-            (Err(_), Ok(_)) => {}
-        }
-    }
-    instances
+    let checked: Vec<Result<Instance, Reported>> = raws
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            let path = format!("instance[{index}]");
+            let (identity, instance) = one(c, raw, &path, base);
+            seen.check(c, &path, identity);
+            instance
+        })
+        .collect();
+    // Collected in two steps so that every instance is checked, not only those before the first
+    // invalid one.
+    checked.into_iter().collect()
 }
 
 /// What the rules across instances look at, as far as it is valid.
@@ -148,16 +149,17 @@ fn events(c: &mut Checker, raw: &RawInstance, path: &str) -> Result<EventsMode, 
 }
 
 fn tags(c: &mut Checker, raw: Option<&[RawText]>, path: &str) -> Result<Vec<String>, Reported> {
-    let mut tags = Ok(Vec::new());
-    for (index, tag) in raw.unwrap_or_default().iter().enumerate() {
-        let tag = c.text(Some(tag), &format!("{path}[{index}]"));
-        match (&mut tags, tag) {
-            (Ok(list), Ok(Some(tag))) => list.push(tag),
-            (_, Err(reported)) => tags = Err(reported),
-            _ => {}
-        }
-    }
-    tags
+    let checked: Vec<Result<String, Reported>> = raw
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, tag)| {
+            let key = format!("{path}[{index}]");
+            let tag = c.text(Some(tag), &key);
+            c.required(tag, &key)
+        })
+        .collect();
+    checked.into_iter().collect()
 }
 
 fn accounts(
@@ -171,16 +173,12 @@ fn accounts(
         return Err(c.report(path, rule, Some("[]".to_owned())));
     }
     let mut seen = BTreeSet::new();
-    let mut accounts = Ok(Vec::with_capacity(raw.len()));
-    for (index, entry) in raw.iter().enumerate() {
-        let account = account(c, entry, &format!("{path}[{index}]"), &mut seen);
-        match (&mut accounts, account) {
-            (Ok(list), Ok(account)) => list.push(account),
-            (_, Err(reported)) => accounts = Err(reported),
-            (Err(_), Ok(_)) => {}
-        }
-    }
-    accounts.map(Some)
+    let checked: Vec<Result<String, Reported>> = raw
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| account(c, entry, &format!("{path}[{index}]"), &mut seen))
+        .collect();
+    checked.into_iter().collect::<Result<_, _>>().map(Some)
 }
 
 fn account(

@@ -3,6 +3,13 @@
 //! `{ file = "…" }` secret references and the reload rules (what may change on SIGHUP).
 //!
 //! Loading collects every problem, each naming the file, the key, the rule and the value.
+//!
+//! The way through, file by file:
+//! - `document`: text → `toml::Table` → the `raw` serde types, one table at a time;
+//!   `configuration` flattens `[instance.configuration]`'s quoted or dotted keys.
+//! - `validate` (sections), `instance` and `configuration` (per instance): raw → the types
+//!   below, through `check::Checker`, which reads `{ file = … }` values (`file_value`), applies
+//!   the `grammar`s and the `defaults`, and records each `problem`.
 
 mod check;
 mod configuration;
@@ -32,7 +39,7 @@ pub use problem::{ConfigError, Problem};
 
 /// A configuration that passed every rule, with the warnings it drew (e.g. a secret file that
 /// every user can read). Warnings never contain secret values.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
