@@ -91,7 +91,8 @@ impl Lane {
                     return;
                 }
                 wake_at = self.dispatch(instance);
-                if let Some(due) = self.next_due_ms {
+                // A due retry matters only when there is room to take it (no busy wake-ups).
+                if let Some(due) = self.next_due_ms.filter(|_| self.ready.len() < REFILL_BELOW) {
                     let due_at = instant_at(due);
                     wake_at = Some(wake_at.map_or(due_at, |w| w.min(due_at)));
                 }
