@@ -223,20 +223,33 @@ fn spawn_housekeeping(
                 _ = heartbeat.tick() => {
                     let _ = store.heartbeat().await;
                 }
-                _ = retention.tick() => {
-                    let ttl = live.load().config.instances.iter().map(|i| i.delivery.dead_letter_ttl).max();
-                    let ttl = ttl.unwrap_or(Duration::from_secs(30 * 86_400));
-                    let cutoff = store::now_ms().saturating_sub(ttl.as_millis() as u64);
-                    match store.expire_dead(cutoff).await {
-                        Ok(0) => {}
-                        Ok(count) => info!(count, "expired dead letters past dead_letter_ttl"),
-                        Err(err) => warn!(error = %err, "dead-letter retention failed"),
-                    }
-                }
+                _ = retention.tick() => expire_dead_letters(&store, &live).await,
                 _ = watchdog.tick() => notifier.watchdog(),
             }
         }
     })
+}
+
+/// Deletes dead letters older than their instance's `dead_letter_ttl`; held instances keep
+/// theirs for the longest configured ttl.
+async fn expire_dead_letters(store: &Store, live: &LiveConfig) {
+    let now = store::now_ms();
+    let cutoff = |ttl: Duration| now.saturating_sub(ttl.as_millis() as u64);
+    let live = live.load();
+    let instances = &live.config.instances;
+    let longest = instances.iter().map(|i| i.delivery.dead_letter_ttl).max();
+    let cutoffs = store::Cutoffs {
+        by_instance: instances
+            .iter()
+            .map(|i| (i.name.clone(), cutoff(i.delivery.dead_letter_ttl)))
+            .collect(),
+        otherwise: cutoff(longest.unwrap_or(Duration::from_secs(30 * 86_400))),
+    };
+    match store.expire_dead(cutoffs).await {
+        Ok(0) => {}
+        Ok(count) => info!(count, "deleted dead letters past dead_letter_ttl"),
+        Err(err) => warn!(error = %err, "dead-letter retention failed"),
+    }
 }
 
 async fn control_loop(

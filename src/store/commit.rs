@@ -15,7 +15,8 @@ use super::record::{
     Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
 };
 use super::{
-    DeadLetter, Error, Event, IngestTarget, MAX_BATCH, Placed, Retry, Shared, SyncFn, sled_error,
+    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, Placed, Retry, Shared, SyncFn,
+    sled_error,
 };
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
@@ -64,7 +65,7 @@ pub(super) enum Op {
         instance: String,
     },
     ExpireDead {
-        before_ms: u64,
+        cutoffs: Cutoffs,
     },
     CatchUp {
         instances: Vec<String>,
@@ -265,7 +266,7 @@ impl Committer {
                 Ok(Reply::Count(count))
             }
             Op::PurgePending { instance } => self.purge_pending(view, &instance).map(Reply::Count),
-            Op::ExpireDead { before_ms } => self.expire_dead(view, before_ms).map(Reply::Count),
+            Op::ExpireDead { cutoffs } => self.expire_dead(view, &cutoffs).map(Reply::Count),
             Op::CatchUp { instances, now_ms } => {
                 self.catch_up(view, &instances, now_ms).map(Reply::Events)
             }
@@ -544,13 +545,15 @@ impl Committer {
         Ok(count)
     }
 
-    fn expire_dead(&mut self, view: &mut BatchView<'_>, before_ms: u64) -> Result<u64, Error> {
-        let end = [keys::DEAD_BY_TIME, &before_ms.to_be_bytes()[..]].concat();
+    fn expire_dead(&mut self, view: &mut BatchView<'_>, cutoffs: &Cutoffs) -> Result<u64, Error> {
+        let latest = cutoffs.latest();
+        let end = [keys::DEAD_BY_TIME, &latest.to_be_bytes()[..]].concat();
         let expired: Vec<(String, Ulid)> = self
             .db
             .range(keys::DEAD_BY_TIME.to_vec()..end)
             .keys()
             .filter_map(|k| k.ok().and_then(|k| keys::parse_dead_by_time(&k)))
+            .filter(|(dead_at, instance, _)| *dead_at < cutoffs.for_instance(instance))
             .map(|(_, instance, id)| (instance, id))
             .collect();
         let mut count = 0;

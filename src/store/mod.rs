@@ -168,6 +168,33 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
 }
 
+/// Dead-letter retention: letters that died before these times are deleted.
+#[derive(Debug, Clone, Default)]
+pub struct Cutoffs {
+    /// Per configured instance (now − its `dead_letter_ttl`), in ms.
+    pub by_instance: BTreeMap<String, u64>,
+    /// For instances no longer configured (held).
+    pub otherwise: u64,
+}
+
+impl Cutoffs {
+    fn for_instance(&self, instance: &str) -> u64 {
+        self.by_instance
+            .get(instance)
+            .copied()
+            .unwrap_or(self.otherwise)
+    }
+
+    fn latest(&self) -> u64 {
+        self.by_instance
+            .values()
+            .copied()
+            .chain([self.otherwise])
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// State shared between the handle and the committer.
 struct Shared {
     failure: OnceLock<String>,
@@ -367,9 +394,9 @@ impl Store {
         .await
     }
 
-    /// Deletes dead letters that died before `before_ms`. Returns how many.
-    pub async fn expire_dead(&self, before_ms: u64) -> Result<u64, Error> {
-        self.count_request(Op::ExpireDead { before_ms }).await
+    /// Deletes dead letters that died before their instance's cutoff. Returns how many.
+    pub async fn expire_dead(&self, cutoffs: Cutoffs) -> Result<u64, Error> {
+        self.count_request(Op::ExpireDead { cutoffs }).await
     }
 
     /// Gives every (instance, account) seen before one `UNKNOWN` event. Returns the new events.

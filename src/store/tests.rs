@@ -322,7 +322,20 @@ async fn dead_letters_are_replayed_purged_and_expired() {
         store.purge_dead(vec![("acme".into(), ids[1])]).await.ok(),
         Some(1)
     );
-    assert_eq!(store.expire_dead(now_ms() + 1).await.ok(), Some(1));
+    let keep = Cutoffs {
+        by_instance: [("acme".to_owned(), 0)].into(),
+        otherwise: now_ms() + 1,
+    };
+    assert_eq!(
+        store.expire_dead(keep).await.ok(),
+        Some(0),
+        "acme's ttl has not passed"
+    );
+    let expire = Cutoffs {
+        by_instance: [("acme".to_owned(), now_ms() + 1)].into(),
+        otherwise: 0,
+    };
+    assert_eq!(store.expire_dead(expire).await.ok(), Some(1));
     assert!(store.dead_letters(None).unwrap_or_default().is_empty());
     let counters = store.counters().get("acme").copied().unwrap_or_default();
     assert_eq!((counters.pending_events, counters.dead_events), (1, 0));
