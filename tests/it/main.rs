@@ -1,1 +1,11 @@
-//! integration tests
+//! hookrelay's integration tests: the real binary against loopback fakes (a fake Dropbox sender,
+//! fake consumer callbacks), one test binary. See `support/` for the harness.
+
+// The harness is an API for tests: not every helper is used by every test file.
+#[allow(dead_code)]
+mod support;
+
+mod cli_config;
+mod delivery;
+mod ingest;
+mod lifecycle;

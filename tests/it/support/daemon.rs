@@ -1,0 +1,305 @@
+//! `Daemon`: the real `hookrelay` binary running `run --config <tmp>/config.toml` in its own
+//! temp dir (config, `data/` store, logs), with signals, restarts and admin-endpoint helpers.
+//! Dropping it kills the process; a test that panics prints the daemon's logs.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::config::TestConfig;
+use super::http::{client, get, send};
+use super::metrics::metric_value;
+
+/// Bound for the daemon to answer `/readyz` 200 after a start.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where `--config` goes on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigArg {
+    /// `hookrelay run --config PATH`
+    AfterCommand,
+    /// `hookrelay --config PATH run`
+    BeforeCommand,
+}
+
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    config: TestConfig,
+    order: ConfigArg,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Writes `config`, starts the daemon and waits until `/readyz` answers 200.
+    pub async fn start(config: &TestConfig) -> Daemon {
+        Self::start_with(config, ConfigArg::AfterCommand).await
+    }
+
+    pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("hookrelay-it-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let mut d = Daemon {
+            dir,
+            config: config.clone(),
+            order,
+            child: None,
+            starts: 0,
+        };
+        d.rewrite_config(config);
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        self.starts += 1;
+        let marker = format!("===== start #{} =====\n", self.starts);
+        let out = self.log_file("daemon.stdout.log", &marker);
+        let err = self.log_file("daemon.stderr.log", &marker);
+        let config = self.config_path();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+        match self.order {
+            ConfigArg::AfterCommand => cmd.arg("run").arg("--config").arg(&config),
+            ConfigArg::BeforeCommand => cmd.arg("--config").arg(&config).arg("run"),
+        };
+        cmd.current_dir(self.dir.path())
+            .env("RUST_LOG", "hookrelay=debug")
+            .env_remove("HOOKRELAY_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        self.child = Some(cmd.spawn().expect("spawning hookrelay"));
+    }
+
+    fn log_file(&self, name: &str, marker: &str) -> File {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(name))
+            .expect("opening a log file");
+        f.write_all(marker.as_bytes())
+            .expect("writing a log marker");
+        f
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "hookrelay exited with {status} before becoming ready\n{}",
+                    self.logs()
+                );
+            }
+            if let Some((200, _)) = self.try_readyz().await {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "hookrelay not ready after {READY_TIMEOUT:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The config last written.
+    pub fn config(&self) -> &TestConfig {
+        &self.config
+    }
+
+    /// The sled directory (`storage.path = "./data"` next to the config).
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `http://ADDR/events/dropbox` of the config last written.
+    pub fn ingest_url(&self) -> String {
+        format!("http://{}/events/dropbox", self.config.server_listen)
+    }
+
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.config.admin_listen)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is not running").id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `INT`, …) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    pub fn sighup(&self) {
+        self.signal("HUP");
+    }
+
+    pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    pub fn sigint(&self) {
+        self.signal("INT");
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the daemon is not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The exit status if the process has exited (then it is reaped and forgotten).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait().expect("try_wait") {
+            Some(status) => {
+                self.child = None;
+                Some(status)
+            }
+            None => None,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
+    /// Waits for the process to exit; panics (with logs) after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        assert!(self.child.is_some(), "the daemon is not running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "hookrelay still running {timeout:?} after being asked to exit\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then asserts exit 0 within 30 s.
+    pub async fn stop(&mut self) {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "hookrelay exited with {status} on SIGTERM\n{}",
+            self.logs()
+        );
+    }
+
+    /// Writes `config` as the config file (used by the next reload or restart).
+    pub fn rewrite_config(&mut self, config: &TestConfig) {
+        self.config = config.clone();
+        std::fs::write(self.config_path(), config.to_toml()).expect("writing config.toml");
+    }
+
+    /// Writes arbitrary text as the config file (the remembered `TestConfig` is kept).
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("writing config.toml");
+    }
+
+    /// Starts the stopped daemon again (same dir, config file, store and ports); waits for ready.
+    pub async fn restart(&mut self) {
+        assert!(
+            !self.is_running(),
+            "restart() needs a stopped daemon (stop(), kill9() or wait_exit() first)"
+        );
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    async fn try_readyz(&self) -> Option<(u16, serde_json::Value)> {
+        let r = send(client().get(format!("{}/readyz", self.admin_url())))
+            .await
+            .ok()?;
+        let json = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        Some((r.status, json))
+    }
+
+    /// `GET /readyz`: status and JSON body (`Null` if the body is not JSON).
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        match self.try_readyz().await {
+            Some(r) => r,
+            None => panic!("GET /readyz failed\n{}", self.logs()),
+        }
+    }
+
+    /// `config_generation` from `/readyz`.
+    pub async fn generation(&self) -> Option<u64> {
+        self.readyz().await.1["config_generation"].as_u64()
+    }
+
+    /// `GET /healthz` status.
+    pub async fn healthz(&self) -> u16 {
+        get(&format!("{}/healthz", self.admin_url())).await.status
+    }
+
+    /// `GET /metrics` body.
+    pub async fn metrics(&self) -> String {
+        let r = get(&format!("{}/metrics", self.admin_url())).await;
+        assert_eq!(r.status, 200, "GET /metrics\n{}", self.logs());
+        r.text()
+    }
+
+    /// The value of a metric: `name` or `name{label="v",…}`. Sums every series of that name
+    /// carrying (at least) these labels; `None` when there is none.
+    pub async fn metric(&self, selector: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, selector)
+    }
+
+    /// stdout and stderr of every start so far.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "----- hookrelay stdout -----\n{}\n----- hookrelay stderr -----\n{}\n----- end -----",
+            read("daemon.stdout.log"),
+            read("daemon.stderr.log")
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}

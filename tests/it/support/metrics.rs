@@ -1,0 +1,114 @@
+//! Reading one value out of the daemon's Prometheus/OpenMetrics text (`GET /metrics`).
+
+/// Parses `name` or `name{k="v",…}` (also a sample line without its value).
+fn parse_series(s: &str) -> (String, Vec<(String, String)>) {
+    let Some(open) = s.find('{') else {
+        return (s.trim().to_owned(), Vec::new());
+    };
+    let name = s[..open].trim().to_owned();
+    let mut labels = Vec::new();
+    let mut rest = s[open + 1..].chars().peekable();
+    loop {
+        while rest.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            rest.next();
+        }
+        if matches!(rest.peek(), Some('}') | None) {
+            break;
+        }
+        let key: String = rest.by_ref().take_while(|c| *c != '=').collect();
+        if rest.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = rest.next() {
+            match c {
+                '\\' => match rest.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.push((key.trim().to_owned(), value));
+    }
+    (name, labels)
+}
+
+/// The sum of the samples in Prometheus/OpenMetrics `text` matching `selector`.
+pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
+    let (want_name, want_labels) = parse_series(selector);
+    let mut total = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // The value follows the series: after the closing brace, or after the name.
+        let series_end = match line.rfind('}') {
+            Some(i) => i + 1,
+            None => line.find(char::is_whitespace).unwrap_or(line.len()),
+        };
+        let (series, value) = line.split_at(series_end);
+        let Some(value) = value.split_whitespace().next() else {
+            continue;
+        };
+        let (name, labels) = parse_series(series);
+        if name != want_name || !want_labels.iter().all(|l| labels.contains(l)) {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_value;
+
+    const TEXT: &str = "\
+# HELP hookrelay_config_generation Config generation.
+# TYPE hookrelay_config_generation gauge
+hookrelay_config_generation 2
+# TYPE hookrelay_config_reloads_total counter
+hookrelay_config_reloads_total{result=\"ok\"} 1
+hookrelay_config_reloads_total{result=\"error\"} 3
+hookrelay_deliveries_total{instance=\"a\",outcome=\"success\"} 4
+hookrelay_deliveries_total{outcome=\"failure\", instance=\"a\"} 5 1700000000
+hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
+# EOF
+";
+
+    #[test]
+    fn metric_value_selects_by_name_and_labels() {
+        assert_eq!(metric_value(TEXT, "hookrelay_config_generation"), Some(2.0));
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_config_reloads_total{result=\"ok\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_config_reloads_total{result=\"error\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_config_reloads_total"),
+            Some(4.0)
+        );
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"a\"}"),
+            Some(9.0)
+        );
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"b,\\\"x\"}"),
+            Some(7.0)
+        );
+        assert_eq!(metric_value(TEXT, "hookrelay_config"), None);
+        assert_eq!(
+            metric_value(TEXT, "hookrelay_config_reloads_total{result=\"other\"}"),
+            None
+        );
+    }
+}
