@@ -38,7 +38,7 @@ fn check_accepts_a_valid_config() {
 #[test]
 fn check_accepts_dotted_configuration_keys() {
     // SPEC §3: `event.notification.enabled = true` (TOML dotted keys) is accepted like the quoted form.
-    let app = App::new("app-key");
+    let app = App::new("dotted-app-key");
     let text = valid_config().to_toml()
         + &format!(
             r#"
@@ -183,13 +183,6 @@ fn help_works_for_every_command() {
         &["--help"][..],
         &["run", "--help"],
         &["check", "--help"],
-        &["status", "--help"],
-        &["dead", "--help"],
-        &["dead", "list", "--help"],
-        &["dead", "replay", "--help"],
-        &["dead", "purge", "--help"],
-        &["import-instance", "--help"],
-        &["authorize", "--help"],
     ] {
         let out = run(args);
         assert_eq!(out.code(), Some(0), "hookrelay {}: {out:?}", args.join(" "));
