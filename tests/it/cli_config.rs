@@ -179,11 +179,7 @@ async fn run_with_a_bad_config_exits_78_and_listens_nowhere() {
 
 #[test]
 fn help_works_for_every_command() {
-    for args in [
-        &["--help"][..],
-        &["run", "--help"],
-        &["check", "--help"],
-    ] {
+    for args in [&["--help"][..], &["run", "--help"], &["check", "--help"]] {
         let out = run(args);
         assert_eq!(out.code(), Some(0), "hookrelay {}: {out:?}", args.join(" "));
         assert!(
