@@ -6,8 +6,10 @@ use std::time::Duration;
 use super::{Delivery, Rate};
 
 pub(crate) const SERVER_MAX_BODY_BYTES: u64 = 64 * KIB;
-/// The largest `server.max_body_bytes` accepted: Dropbox notifications are small.
-pub(crate) const SERVER_MAX_BODY_BYTES_LIMIT: u64 = 16 * MIB;
+/// The largest `server.max_body_bytes` accepted. Dropbox notifications are a few hundred bytes;
+/// the cap keeps every stored record far below sled's blob threshold (a quarter of its 512 KiB
+/// segments), since sled writes blob files without syncing them.
+pub(crate) const SERVER_MAX_BODY_BYTES_LIMIT: u64 = 96 * KIB;
 pub(crate) const SERVER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const STORAGE_MAX_BYTES: u64 = 10 * GIB;
 pub(crate) const STORAGE_CACHE_BYTES: u64 = 32 * MIB;

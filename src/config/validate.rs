@@ -88,7 +88,11 @@ fn server(c: &mut Checker, raw: &RawServer) -> Result<Server, Reported> {
         .size(raw.max_body_bytes.as_ref(), key, SERVER_MAX_BODY_BYTES)
         .and_then(|bytes| {
             if bytes > SERVER_MAX_BODY_BYTES_LIMIT {
-                return Err(c.report(key, "must be at most 16MiB", Some(bytes.to_string())));
+                return Err(c.report(
+                    key,
+                    "must be at most 96KiB (larger records would reach sled's unsynced blob files)",
+                    Some(bytes.to_string()),
+                ));
             }
             Ok(bytes)
         });

@@ -79,10 +79,10 @@ fn sizes_accept_integers_and_strings_within_limits() {
     let config = valid(&MINIMAL.replace("[server]", "[server]\nmax_body_bytes = 1024"));
     assert_eq!(config.server.max_body_bytes, 1024);
     let too_big =
-        only_problem(&MINIMAL.replace("[server]", "[server]\nmax_body_bytes = \"17MiB\""));
+        only_problem(&MINIMAL.replace("[server]", "[server]\nmax_body_bytes = \"97KiB\""));
     assert_eq!(
         too_big.to_string(),
-        "server.max_body_bytes: must be at most 16MiB (got 17825792)"
+        "server.max_body_bytes: must be at most 96KiB (larger records would reach sled's unsynced blob files) (got 99328)"
     );
     let negative = only_problem(&MINIMAL.replace("[storage]", "[storage]\ncache_bytes = -5"));
     assert_eq!(
