@@ -140,7 +140,19 @@ impl Lane {
         if !due && !hinted {
             return Ok(());
         }
+        // Take what ingest already handed over first, so the scan below does not claim those
+        // events a second time from the store.
+        while self.ready.len() < READY_CAPACITY {
+            match self.handoff.try_recv() {
+                Ok(event) => self.accept(event),
+                Err(_) => break,
+            }
+        }
         let room = READY_CAPACITY - self.ready.len();
+        if room == 0 {
+            self.handle.backlog.store(true, Ordering::Release);
+            return Ok(());
+        }
         let held = &self.held;
         let ids = self
             .ctx
