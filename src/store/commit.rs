@@ -109,6 +109,14 @@ impl<'a> BatchView<'a> {
         }
     }
 
+    fn get_event(&self, key: &[u8]) -> Result<Option<EventV1>, Error> {
+        self.get(key)?.map(|v| EventRecord::decode(&v)).transpose()
+    }
+
+    fn get_dead(&self, key: &[u8]) -> Result<Option<DeadV1>, Error> {
+        self.get(key)?.map(|v| DeadRecord::decode(&v)).transpose()
+    }
+
     fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }
@@ -377,11 +385,7 @@ impl Committer {
             return Ok(None);
         };
         let event_key = keys::event(&target.instance, id);
-        let Some(mut event) = view
-            .get(&event_key)?
-            .map(|v| EventRecord::decode(&v))
-            .transpose()?
-        else {
+        let Some(mut event) = view.get_event(&event_key)? else {
             view.remove(pair_key);
             return Ok(None);
         };
@@ -389,9 +393,7 @@ impl Committer {
             view.remove(pair_key);
             return Ok(None);
         }
-        if let Some(old) = event.notification.as_deref().and_then(|s| s.parse().ok()) {
-            self.release_notification(view, old)?;
-        }
+        self.release_notification_of(view, &event)?;
         let new_bytes = body_bytes + EVENT_OVERHEAD_BYTES;
         let counter = self.counter_mut(&target.instance);
         counter.pending_bytes = counter
@@ -415,11 +417,7 @@ impl Committer {
         retry: Retry,
     ) -> Result<(), Error> {
         let event_key = keys::event(instance, id);
-        let Some(mut event) = view
-            .get(&event_key)?
-            .map(|v| EventRecord::decode(&v))
-            .transpose()?
-        else {
+        let Some(mut event) = view.get_event(&event_key)? else {
             return Ok(());
         };
         view.remove(keys::due(instance, event.due_ms, id));
@@ -475,11 +473,7 @@ impl Committer {
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
             let event_key = keys::event(instance, id);
-            let Some(event) = view
-                .get(&event_key)?
-                .map(|v| EventRecord::decode(&v))
-                .transpose()?
-            else {
+            let Some(event) = view.get_event(&event_key)? else {
                 continue;
             };
             // In flight from now on: no longer a merge target.
@@ -519,14 +513,7 @@ impl Committer {
         let Some(dead) = self.take_dead(view, instance, id)? else {
             return Ok(false);
         };
-        if let Some(old) = dead
-            .event
-            .notification
-            .as_deref()
-            .and_then(|s| s.parse().ok())
-        {
-            self.release_notification(view, old)?;
-        }
+        self.release_notification_of(view, &dead.event)?;
         Ok(true)
     }
 
@@ -619,11 +606,7 @@ impl Committer {
         id: Ulid,
     ) -> Result<Option<EventV1>, Error> {
         let event_key = keys::event(instance, id);
-        let Some(event) = view
-            .get(&event_key)?
-            .map(|v| EventRecord::decode(&v))
-            .transpose()?
-        else {
+        let Some(event) = view.get_event(&event_key)? else {
             return Ok(None);
         };
         view.remove(event_key);
@@ -646,9 +629,7 @@ impl Committer {
         let Some(event) = self.take_pending(view, instance, id)? else {
             return Ok(false);
         };
-        if let Some(old) = event.notification.as_deref().and_then(|s| s.parse().ok()) {
-            self.release_notification(view, old)?;
-        }
+        self.release_notification_of(view, &event)?;
         Ok(true)
     }
 
@@ -659,11 +640,7 @@ impl Committer {
         id: Ulid,
     ) -> Result<Option<DeadV1>, Error> {
         let dead_key = keys::dead(instance, id);
-        let Some(dead) = view
-            .get(&dead_key)?
-            .map(|v| DeadRecord::decode(&v))
-            .transpose()?
-        else {
+        let Some(dead) = view.get_dead(&dead_key)? else {
             return Ok(None);
         };
         view.remove(dead_key);
@@ -685,6 +662,18 @@ impl Committer {
             view.remove(pair_key.to_vec());
         }
         Ok(())
+    }
+
+    /// Drops the event's reference to its notification, if it has one.
+    fn release_notification_of(
+        &mut self,
+        view: &mut BatchView<'_>,
+        event: &EventV1,
+    ) -> Result<(), Error> {
+        match event.notification.as_deref().and_then(|s| s.parse().ok()) {
+            Some(id) => self.release_notification(view, id),
+            None => Ok(()),
+        }
     }
 
     /// Drops one reference to a notification, deleting it with the last one.
