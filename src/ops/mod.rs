@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod sd_notify;
 pub mod signals;
 pub mod status;
+pub mod watchdog;
