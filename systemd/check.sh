@@ -59,8 +59,16 @@ if command -v systemd-sysusers >/dev/null 2>&1; then
   echo "sysusers: $(grep '^hookrelay:' "$root/etc/passwd")"
 fi
 if command -v systemd-tmpfiles >/dev/null 2>&1; then
+  touch "$root/etc/hookrelay/config.toml"
+  chmod 0666 "$root/etc/hookrelay/config.toml"
   systemd-tmpfiles --root="$root" --create hookrelay.conf
-  test -d "$root/etc/hookrelay/credentials"
-  echo "tmpfiles: $(stat -c '%A %U' "$root/etc/hookrelay/credentials") /etc/hookrelay/credentials"
+  # Owners as numbers: the names live in the scratch root's /etc/group, not the host's.
+  gid="$(awk -F: '$1 == "hookrelay" { print $3 }' "$root/etc/group")"
+  mode="$(stat -c '%a %u %g' "$root/etc/hookrelay/config.toml")"
+  if [ "$mode" != "640 0 $gid" ]; then
+    echo "tmpfiles: config.toml is '$mode', expected '640 0 $gid' (root:hookrelay 0640)" >&2
+    exit 1
+  fi
+  echo "tmpfiles: /etc/hookrelay/config.toml 0640 root:hookrelay"
 fi
 echo "systemd checks passed"
