@@ -22,6 +22,7 @@ use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::ops::sd_notify::{self, Notifier};
 use crate::ops::signals::{Control, Signals};
+use crate::ops::watchdog::{self, Pulse};
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
 
 /// Down for longer than this (or stopped uncleanly), every known pair gets a catch-up event.
@@ -111,25 +112,28 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         ADMIN_LIMITS,
         admin_stopped,
     ));
-    let background = spawn_housekeeping(store.clone(), live.clone(), notifier.clone());
+    let pulse = Arc::new(Pulse::new());
+    let background =
+        spawn_housekeeping(store.clone(), live.clone(), notifier.clone(), pulse.clone());
 
     admin.ready.store(true, Ordering::Release);
     notifier.ready();
-    notifier.status("ready");
+    notifier.status(&status_line("ready", &live, &store));
     info!(listen = %live.load().config.server.listen, admin = %live.load().config.admin.listen, "hookrelay ready");
 
-    let outcome = control_loop(
-        &mut signals,
+    let controls = Controls {
         config_path,
-        &live,
-        &dispatcher,
-        &metrics,
-        &store,
-        &notifier,
-    )
-    .await;
+        live: &live,
+        dispatcher: &dispatcher,
+        metrics: &metrics,
+        store: &store,
+        notifier: &notifier,
+        pulse: &pulse,
+    };
+    let outcome = control_loop(&mut signals, &controls).await;
 
     notifier.stopping();
+    notifier.status("stopping: finishing in-flight deliveries");
     admin.ready.store(false, Ordering::Release);
     info!("stopping: no new notifications, finishing in-flight deliveries");
     let _ = stop_ingest.send(true);
@@ -206,28 +210,53 @@ async fn catch_up_if_needed(
     Ok(())
 }
 
-/// Heartbeat (for "down since") and dead-letter retention.
+/// Heartbeat (for "down since") with a `STATUS=` line, dead-letter retention, and the
+/// watchdog: `WATCHDOG=1` only while the control loop turns and the store committer answers.
 fn spawn_housekeeping(
     store: Store,
     live: LiveConfig,
     notifier: Notifier,
+    pulse: Arc<Pulse>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut retention = tokio::time::interval(RETENTION_EVERY);
-        let mut watchdog = tokio::time::interval(
-            sd_notify::watchdog_interval().unwrap_or(Duration::from_secs(3600)),
-        );
+        let watchdog_every = sd_notify::watchdog_interval().filter(|_| notifier.is_enabled());
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     let _ = store.heartbeat().await;
+                    notifier.status(&status_line("ready", &live, &store));
                 }
                 _ = retention.tick() => expire_dead_letters(&store, &live).await,
-                _ = watchdog.tick() => notifier.watchdog(),
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    // Half the ping interval for the check, so a slow answer still leaves
+                    // the next ping inside WatchdogSec.
+                    let within = watchdog_every.unwrap_or_default() / 2;
+                    match watchdog::runtime_answers(&store, &pulse, within).await {
+                        Ok(()) => notifier.watchdog(),
+                        Err(reason) => warn!(reason, "not answering the systemd watchdog"),
+                    }
+                }
             }
         }
     })
+}
+
+/// The one-line `STATUS=`: state, instances, queue and dead-letter totals, config generation.
+fn status_line(state: &str, live: &LiveConfig, store: &Store) -> String {
+    let live = live.load();
+    let counters = store.counters();
+    let queued: u64 = counters.values().map(|c| c.pending_events).sum();
+    let dead: u64 = counters.values().map(|c| c.dead_events).sum();
+    format!(
+        "{state}; {} instance(s), {queued} queued, {dead} dead-lettered; config generation {}",
+        live.config.instances.len(),
+        live.generation
+    )
 }
 
 /// Deletes dead letters older than their instance's `dead_letter_ttl`; held instances keep
@@ -252,25 +281,34 @@ async fn expire_dead_letters(store: &Store, live: &LiveConfig) {
     }
 }
 
-async fn control_loop(
-    signals: &mut Signals,
-    config_path: &Path,
-    live: &LiveConfig,
-    dispatcher: &Dispatcher,
-    metrics: &Metrics,
-    store: &Store,
-    notifier: &Notifier,
-) -> Result<(), DaemonError> {
+/// What the control loop acts on.
+struct Controls<'a> {
+    config_path: &'a Path,
+    live: &'a LiveConfig,
+    dispatcher: &'a Dispatcher,
+    metrics: &'a Metrics,
+    store: &'a Store,
+    notifier: &'a Notifier,
+    /// Beats on every turn, for the watchdog.
+    pulse: &'a Pulse,
+}
+
+async fn control_loop(signals: &mut Signals, c: &Controls<'_>) -> Result<(), DaemonError> {
+    let (live, store, notifier) = (c.live, c.store, c.notifier);
     let mut store_check = tokio::time::interval(Duration::from_millis(250));
     loop {
+        c.pulse.beat();
         tokio::select! {
             control = signals.next() => match control {
                 Control::Shutdown => return Ok(()),
                 Control::Reload => {
+                    // Valid or not, a reload ends in READY=1 (the old config keeps serving).
                     notifier.reloading();
-                    reload(config_path, live, dispatcher, metrics);
+                    notifier.status("reloading");
+                    let applied = reload(c.config_path, live, c.dispatcher, c.metrics);
                     notifier.ready();
-                    notifier.status(&format!("config generation {}", live.load().generation));
+                    let state = if applied { "ready (reloaded)" } else { "ready (reload rejected, old config kept)" };
+                    notifier.status(&status_line(state, live, store));
                 }
             },
             _ = store_check.tick() => {
@@ -285,7 +323,13 @@ async fn control_loop(
 }
 
 /// Re-reads the file through the same path as start-up; on any problem the old config stays.
-fn reload(config_path: &Path, live: &LiveConfig, dispatcher: &Dispatcher, metrics: &Metrics) {
+/// Returns whether the new one was applied.
+fn reload(
+    config_path: &Path,
+    live: &LiveConfig,
+    dispatcher: &Dispatcher,
+    metrics: &Metrics,
+) -> bool {
     let current = live.load_full();
     let result = Config::load(config_path)
         .map_err(|e| e.to_string())
@@ -309,7 +353,7 @@ fn reload(config_path: &Path, live: &LiveConfig, dispatcher: &Dispatcher, metric
         Err(problems) => {
             error!("reload rejected: {problems}");
             metrics.config_reload(false);
-            return;
+            return false;
         }
     };
     let clients = match dispatcher.prepare(&config) {
@@ -317,7 +361,7 @@ fn reload(config_path: &Path, live: &LiveConfig, dispatcher: &Dispatcher, metric
         Err(err) => {
             error!(error = %err, "reload rejected: cannot build HTTP clients");
             metrics.config_reload(false);
-            return;
+            return false;
         }
     };
     let generation = current.generation + 1;
@@ -326,4 +370,5 @@ fn reload(config_path: &Path, live: &LiveConfig, dispatcher: &Dispatcher, metric
     metrics.config_reload(true);
     metrics.set_config_generation(generation);
     info!(generation, "configuration reloaded");
+    true
 }

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 pub use reqwest::Url;
 
+pub(crate) use configuration::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
 pub use grammar::{parse_duration, parse_rate, parse_size};
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};

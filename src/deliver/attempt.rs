@@ -62,6 +62,8 @@ pub async fn run(
                 last_status: Some(status),
                 last_error: None,
             };
+            // `status` shows it as the instance's last error.
+            stats.record_error(&dead.reason);
             give_up(ctx, instance, event, dead).await;
             None
         }

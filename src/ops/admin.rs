@@ -1,19 +1,43 @@
-//! The admin listener (SPEC §7): `/healthz`, `/readyz`, `/metrics`, and `/admin/status`.
-//! Bearer-token checks use a constant-time comparison.
+//! The admin listener (SPEC §7): `/healthz`, `/readyz` and `/metrics` for everyone, and the
+//! CLI's JSON API under `/admin/`, which needs `Authorization: Bearer <admin.token>` when a
+//! token is configured (compared in constant time; otherwise 401):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /admin/status` | `[InstanceStatus…]` (see [`status`]) |
+//! | `GET /admin/dead?instance=&since=&until=` | `[EventSummary…]`, oldest death first |
+//! | `POST /admin/dead/replay` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` (+ `since`, `until`) | `{"count": N, "not_found": […]}` |
+//! | `POST /admin/dead/purge` (the same body) | `{"count": N, "held": M, "not_found": […]}` |
+//!
+//! Times are Unix ms or RFC 3339 (an age such as `2h` works too). A purge by `instance`
+//! without a time window also drops the held pending events of an instance that is no longer
+//! configured (`held`). After a replay the affected lanes are poked to look at the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
-use crate::config::LiveConfig;
+use tracing::{info, warn};
+
+use crate::config::{LiveConfig, Url};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
+use crate::ops::dead::{self, Selection, SelectionBody, Window};
 use crate::ops::metrics::{self, Metrics, QueueFigures};
+use crate::ops::status;
 use crate::store::{self, Store};
+
+/// Largest JSON body of a replay or purge (a few thousand ids).
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// Time allowed to receive such a body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -33,34 +57,87 @@ struct Readiness<'a> {
     reason: Option<&'a str>,
 }
 
-/// One instance's line of `status`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct InstanceStatus {
-    pub instance: String,
-    /// "active", "paused", "disabled" or "held" (no longer configured).
-    pub state: String,
-    pub queued: u64,
-    pub queued_bytes: u64,
-    pub dead_lettered: u64,
-    pub oldest_pending_age_seconds: Option<f64>,
-    pub last_success_ms: Option<u64>,
-    pub last_error: Option<String>,
-}
-
 impl Admin {
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
-        match (request.method(), request.uri().path()) {
+        let path = request.uri().path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            if !self.authorized(&request) {
+                return unauthorized();
+            }
+            return self.admin_api(request).await;
+        }
+        match (request.method(), path) {
             (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/metrics") => {
                 let body = self.render_metrics();
                 respond(StatusCode::OK, metrics::CONTENT_TYPE, body)
             }
+            (_, "/healthz" | "/readyz" | "/metrics") => method_not_allowed(),
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    /// `/admin/*`, after the token check.
+    async fn admin_api(self: Arc<Self>, request: Request<Incoming>) -> HttpResponse {
+        match (request.method(), request.uri().path()) {
             (&Method::GET, "/admin/status") => {
-                if !self.authorized(&request) {
-                    return unauthorized();
+                let this = self.clone();
+                blocking(move || {
+                    let live = this.live.load();
+                    Ok(status::instances(
+                        &live.config,
+                        &this.store,
+                        Some(&this.dispatcher),
+                    ))
+                })
+                .await
+            }
+            (&Method::GET, "/admin/dead") => {
+                let (instance, window) = match dead_query(request.uri().query()) {
+                    Ok(query) => query,
+                    Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+                };
+                let store = self.store.clone();
+                blocking(move || dead::list(&store, instance.as_deref(), &window)).await
+            }
+            (&Method::POST, "/admin/dead/replay") => {
+                let selection = match read_selection(request).await {
+                    Ok(selection) => selection,
+                    Err(response) => return response,
+                };
+                match dead::replay(&self.store, &selection).await {
+                    Ok(outcome) => {
+                        for instance in &outcome.instances {
+                            self.dispatcher.poke(instance);
+                        }
+                        info!(count = outcome.count, "dead letters replayed (admin API)");
+                        json(StatusCode::OK, &outcome)
+                    }
+                    Err(err) => store_error(&err),
                 }
-                json(StatusCode::OK, &self.status())
+            }
+            (&Method::POST, "/admin/dead/purge") => {
+                let selection = match read_selection(request).await {
+                    Ok(selection) => selection,
+                    Err(response) => return response,
+                };
+                let live = self.live.load();
+                let configured = |name: &str| live.config.instance(name).is_some();
+                match dead::purge(&self.store, &selection, configured).await {
+                    Ok(outcome) => {
+                        info!(
+                            count = outcome.count,
+                            held = outcome.held,
+                            "dead letters purged (admin API)"
+                        );
+                        json(StatusCode::OK, &outcome)
+                    }
+                    Err(err) => store_error(&err),
+                }
+            }
+            (_, "/admin/status" | "/admin/dead" | "/admin/dead/replay" | "/admin/dead/purge") => {
+                method_not_allowed()
             }
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
@@ -99,71 +176,24 @@ impl Admin {
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
         constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
     }
 
-    /// Per instance: configured ones first, then held ones (pending events, no config).
-    pub fn status(&self) -> Vec<InstanceStatus> {
-        let live = self.live.load();
-        let counters = self.store.counters();
-        let now = store::now_ms();
-        let mut names: Vec<String> = live
-            .config
-            .instances
-            .iter()
-            .map(|i| i.name.clone())
-            .collect();
-        for (name, counter) in counters.iter() {
-            if counter.pending_events + counter.dead_events > 0 && !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
-        names
-            .into_iter()
-            .map(|name| {
-                let counter = counters.get(&name).copied().unwrap_or_default();
-                let state = match live.config.instance(&name) {
-                    None => "held",
-                    Some(i) if !i.enabled => "disabled",
-                    Some(i) if i.delivery.paused => "paused",
-                    Some(_) => "active",
-                };
-                let lane = self.dispatcher.stats(&name);
-                let oldest = self.store.oldest_pending_ms(&name).ok().flatten();
-                InstanceStatus {
-                    state: state.to_owned(),
-                    queued: counter.pending_events,
-                    queued_bytes: counter.pending_bytes,
-                    dead_lettered: counter.dead_events,
-                    oldest_pending_age_seconds: oldest
-                        .map(|ms| now.saturating_sub(ms) as f64 / 1000.0),
-                    last_success_ms: lane
-                        .as_ref()
-                        .map(|l| l.stats.last_success_ms.load(Ordering::Relaxed))
-                        .filter(|ms| *ms > 0),
-                    last_error: lane
-                        .as_ref()
-                        .and_then(|l| l.stats.last_error.load_full())
-                        .map(|e| e.1.clone()),
-                    instance: name,
-                }
-            })
-            .collect()
-    }
-
     fn render_metrics(&self) -> String {
-        let figures: Vec<QueueFigures> = self
-            .status()
-            .into_iter()
-            .map(|s| QueueFigures {
-                instance: s.instance,
-                queued: s.queued,
-                dead: s.dead_lettered,
-                oldest_pending_age_seconds: s.oldest_pending_age_seconds.unwrap_or(0.0),
-            })
-            .collect();
+        let live = self.live.load();
+        let figures: Vec<QueueFigures> =
+            status::queue_figures(&live.config, &self.store, Some(&self.dispatcher))
+                .into_iter()
+                .map(|s| QueueFigures {
+                    instance: s.instance,
+                    queued: s.queued,
+                    dead: s.dead_lettered,
+                    oldest_pending_age_seconds: s.oldest_pending_age_seconds.unwrap_or(0.0),
+                })
+                .collect();
         self.metrics
             .render(&figures, self.store.total_bytes(), self.store.disk_bytes())
     }
@@ -172,6 +202,81 @@ impl Admin {
 fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     let body = serde_json::to_vec(value).unwrap_or_default();
     respond(status, "application/json", Bytes::from(body))
+}
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn store_error(err: &store::Error) -> HttpResponse {
+    warn!(error = %err, "admin request failed in the store");
+    let status = match err {
+        store::Error::Failed(_) | store::Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &err.to_string())
+}
+
+fn method_not_allowed() -> HttpResponse {
+    respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        "method not allowed\n",
+    )
+}
+
+/// Runs a store scan off the async workers and answers its result as JSON.
+async fn blocking<T, F>(scan: F) -> HttpResponse
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce() -> Result<T, store::Error> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(scan).await {
+        Ok(Ok(value)) => json(StatusCode::OK, &value),
+        Ok(Err(err)) => store_error(&err),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    }
+}
+
+/// `?instance=&since=&until=` of `GET /admin/dead`; times as [`dead::parse_time`] reads them.
+fn dead_query(query: Option<&str>) -> Result<(Option<String>, Window), String> {
+    let mut instance = None;
+    let mut window = Window::default();
+    let now = store::now_ms();
+    let mut url = Url::parse("http://admin/").map_err(|e| e.to_string())?;
+    url.set_query(query);
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "instance" => instance = Some(value.into_owned()),
+            "since" => window.since_ms = Some(dead::parse_time(&value, now)?),
+            "until" => window.until_ms = Some(dead::parse_time(&value, now)?),
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}; expected instance, since or until"
+                ));
+            }
+        }
+    }
+    Ok((instance, window))
+}
+
+/// Reads and checks the JSON body of a replay or purge.
+async fn read_selection(request: Request<Incoming>) -> Result<Selection, HttpResponse> {
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {err}"),
+            ));
+        }
+        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body took too long")),
+    };
+    let body: SelectionBody = serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))?;
+    body.into_selection(store::now_ms())
+        .map_err(|message| error(StatusCode::BAD_REQUEST, &message))
 }
 
 fn unauthorized() -> HttpResponse {

@@ -1,7 +1,11 @@
-//! Operating the daemon (SPEC §7): the admin listener, metrics, logs, signals and sd_notify.
+//! Operating the daemon (SPEC §7): the admin listener and what it serves (status figures,
+//! dead-letter administration, metrics), logs, signals, sd_notify and the watchdog check.
 
 pub mod admin;
+pub mod dead;
 pub mod logging;
 pub mod metrics;
 pub mod sd_notify;
 pub mod signals;
+pub mod status;
+pub mod watchdog;

@@ -3,15 +3,15 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use super::keys;
 use super::record::{DeadRecord, EventRecord, EventV1, NotificationRecord};
 use super::{Error, sled_error};
 
-/// One pending event or dead letter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One pending event or dead letter (also the admin API's JSON for it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventSummary {
     pub id: String,
     pub instance: String,

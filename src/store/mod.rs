@@ -82,6 +82,14 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// The store is open in another process (sled holds an exclusive lock on its files): the
+    /// daemon, or another CLI command.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Open { message, .. } if message.contains("could not acquire lock"))
+    }
+}
+
 /// Where and how to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -491,6 +499,21 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// How many of `instance`'s events wait for a later attempt (due after `now_ms`: a retry or a
+    /// `Retry-After`), for `status`. Scans the due index's keys from `now_ms` on.
+    pub fn waiting_retry(&self, instance: &str, now_ms: u64) -> Result<u64, Error> {
+        let prefix = keys::instance_prefix(keys::DUE, instance);
+        let start = keys::due_from(instance, now_ms.saturating_add(1));
+        let mut count = 0;
+        for entry in self.db.range(start..).keys() {
+            if !entry.map_err(sled_error)?.starts_with(&prefix) {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// The oldest pending event's id time (ULIDs sort by creation), for "oldest pending age".

@@ -367,3 +367,34 @@ async fn catch_up_gives_each_seen_pair_one_unknown_event() {
             .all(|e| e.kind == EventKind::Unknown && e.raw.is_none())
     );
 }
+
+#[tokio::test]
+async fn waiting_retry_counts_events_due_later() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let first = created(ingest_one(&store, 1, false).await);
+    let _second = created(ingest_one(&store, 2, false).await);
+    assert_eq!(store.waiting_retry("acme", now_ms()).ok(), Some(0));
+    store
+        .reschedule("acme", first.id, refused(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.waiting_retry("acme", now_ms()).ok(), Some(1));
+    assert_eq!(store.waiting_retry("other", now_ms()).ok(), Some(0));
+    assert_eq!(
+        store.waiting_retry("acme", now_ms() + 120_000).ok(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn a_second_open_reports_the_lock() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let err = open_offline(&dir.path().join("store"))
+        .err()
+        .unwrap_or_else(|| panic!("opened twice"));
+    assert!(err.is_locked(), "{err}");
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!Error::Closed.is_locked());
+}

@@ -1,0 +1,246 @@
+//! `hookrelay dead list|replay|purge`: through the admin API, or on the stopped store with
+//! the same selection code ([`crate::ops::dead`]).
+
+use super::access::Access;
+use super::status::{age, render};
+use super::{EXIT_FAILURE, Failure, SelectArgs, WindowArgs};
+use crate::config::{Config, Url};
+use crate::ops::dead::{self, Outcome, Selection, SelectionBody, Target, Window};
+use crate::store::{self, inspect::EventSummary};
+
+impl From<WindowArgs> for Window {
+    fn from(args: WindowArgs) -> Window {
+        Window {
+            since_ms: args.since,
+            until_ms: args.until,
+        }
+    }
+}
+
+impl From<SelectArgs> for Selection {
+    fn from(args: SelectArgs) -> Selection {
+        let target = if !args.ids.is_empty() {
+            Target::Ids(args.ids)
+        } else if let Some(instance) = args.instance {
+            Target::Instance(instance)
+        } else {
+            Target::All
+        };
+        Selection {
+            target,
+            window: args.window.into(),
+        }
+    }
+}
+
+fn store_failure(err: store::Error) -> Failure {
+    Failure::new(EXIT_FAILURE, err.to_string())
+}
+
+pub async fn list(
+    config: &Config,
+    instance: Option<String>,
+    window: WindowArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let window = Window::from(window);
+    let access = Access::open(config).await?;
+    let letters: Vec<EventSummary> = match &access {
+        Access::Daemon(client) => client.get(&list_path(instance.as_deref(), &window)).await?,
+        Access::Offline(offline) => match &offline.store {
+            Some(store) => {
+                dead::list(store, instance.as_deref(), &window).map_err(store_failure)?
+            }
+            None => Vec::new(),
+        },
+    };
+    access.close().await?;
+    if json {
+        let text = serde_json::to_string_pretty(&letters)
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+        println!("{text}");
+    } else if letters.is_empty() {
+        println!("no dead letters");
+    } else {
+        print!("{}", table(&letters, store::now_ms()));
+    }
+    Ok(())
+}
+
+/// `/admin/dead?instance=…&since=…&until=…` with the query properly encoded.
+fn list_path(instance: Option<&str>, window: &Window) -> String {
+    let Ok(mut url) = Url::parse("http://admin/admin/dead") else {
+        return "/admin/dead".into();
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(instance) = instance {
+            query.append_pair("instance", instance);
+        }
+        if let Some(since) = window.since_ms {
+            query.append_pair("since", &since.to_string());
+        }
+        if let Some(until) = window.until_ms {
+            query.append_pair("until", &until.to_string());
+        }
+    }
+    match url.query() {
+        Some(query) if !query.is_empty() => format!("{}?{query}", url.path()),
+        _ => url.path().to_owned(),
+    }
+}
+
+fn table(letters: &[EventSummary], now_ms: u64) -> String {
+    let header = [
+        "ID",
+        "INSTANCE",
+        "ACCOUNT",
+        "ATTEMPTS",
+        "DEAD AT (UTC)",
+        "AGE",
+        "LAST STATUS",
+        "REASON",
+    ];
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|l| {
+            let dead_at = l.dead_at_ms.unwrap_or(0);
+            vec![
+                l.id.clone(),
+                l.instance.clone(),
+                l.account.clone(),
+                l.attempts.to_string(),
+                rfc3339(dead_at),
+                age(now_ms.saturating_sub(dead_at)),
+                l.last_status.map_or_else(|| "-".into(), |s| s.to_string()),
+                l.reason
+                    .clone()
+                    .unwrap_or_default()
+                    .replace(['\n', '\r'], " "),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
+fn rfc3339(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+pub async fn replay(config: &Config, select: SelectArgs) -> Result<(), Failure> {
+    let selection = Selection::from(select);
+    let access = Access::open(config).await?;
+    let outcome: Outcome = match &access {
+        Access::Daemon(client) => {
+            client
+                .post(
+                    "/admin/dead/replay",
+                    &SelectionBody::from_selection(&selection),
+                )
+                .await?
+        }
+        Access::Offline(offline) => match &offline.store {
+            Some(store) => dead::replay(store, &selection)
+                .await
+                .map_err(store_failure)?,
+            None => nothing_stored(&selection),
+        },
+    };
+    let daemon_runs = matches!(access, Access::Daemon(_));
+    access.close().await?;
+    println!(
+        "replayed {} dead letter(s){}",
+        outcome.count,
+        if daemon_runs || outcome.count == 0 {
+            ""
+        } else {
+            "; they are delivered when the daemon starts"
+        }
+    );
+    missing(&outcome)
+}
+
+pub async fn purge(config: &Config, select: SelectArgs) -> Result<(), Failure> {
+    let selection = Selection::from(select);
+    let access = Access::open(config).await?;
+    let outcome: Outcome = match &access {
+        Access::Daemon(client) => {
+            client
+                .post(
+                    "/admin/dead/purge",
+                    &SelectionBody::from_selection(&selection),
+                )
+                .await?
+        }
+        Access::Offline(offline) => match &offline.store {
+            Some(store) => {
+                let configured = |name: &str| config.instance(name).is_some();
+                dead::purge(store, &selection, configured)
+                    .await
+                    .map_err(store_failure)?
+            }
+            None => nothing_stored(&selection),
+        },
+    };
+    access.close().await?;
+    println!("purged {} dead letter(s)", outcome.count);
+    if outcome.held > 0
+        && let Target::Instance(name) = &selection.target
+    {
+        println!(
+            "purged {} held pending event(s) of {name}, which is no longer configured",
+            outcome.held
+        );
+    }
+    missing(&outcome)
+}
+
+/// What a replay or purge finds in a store that does not exist yet.
+fn nothing_stored(selection: &Selection) -> Outcome {
+    let not_found = match &selection.target {
+        Target::Ids(ids) => ids.iter().map(ToString::to_string).collect(),
+        Target::Instance(_) | Target::All => Vec::new(),
+    };
+    Outcome {
+        not_found,
+        ..Outcome::default()
+    }
+}
+
+/// Ids asked for but not found make the command fail (after the others were handled).
+fn missing(outcome: &Outcome) -> Result<(), Failure> {
+    if outcome.not_found.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        EXIT_FAILURE,
+        format!(
+            "no dead letter with id {} (within the --since/--until window, if given)",
+            outcome.not_found.join(", ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_paths_encode_their_query() {
+        assert_eq!(list_path(None, &Window::default()), "/admin/dead");
+        let window = Window {
+            since_ms: Some(5),
+            until_ms: Some(9),
+        };
+        assert_eq!(
+            list_path(Some("acme dropbox&x"), &window),
+            "/admin/dead?instance=acme+dropbox%26x&since=5&until=9"
+        );
+    }
+
+    #[test]
+    fn dead_at_is_shown_in_utc() {
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
+    }
+}

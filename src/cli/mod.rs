@@ -1,0 +1,341 @@
+//! The command line (SPEC §2): parsing, and each command's entry point. Exit codes follow
+//! sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
+//!
+//! - `run` and `check` are here;
+//! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or
+//!   the store directly when the daemon is stopped ([`access`]);
+//! - `import-instance` ([`import`]) needs no configuration at all.
+
+mod access;
+mod dead;
+mod import;
+mod status;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use ulid::Ulid;
+
+use crate::config::{Config, ConfigError};
+use crate::daemon::{self, DaemonError};
+use crate::ops::logging::{self, LogFormat};
+use crate::store;
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+/// EX_UNAVAILABLE: the daemon is needed but does not answer.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// EX_NOPERM: the admin API rejected the token.
+pub const EXIT_NOPERM: u8 = 77;
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Self-hosted relay for Dropbox webhooks: verifies, queues durably, delivers re-signed events.
+#[derive(Debug, Parser)]
+#[command(name = "hookrelay", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/config.toml]
+    #[arg(long, global = true, value_name = "PATH", env = "HOOKRELAY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd Type=notify)
+    Run {
+        /// Log format on stderr
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate the configuration; every problem is printed with file, key, rule and value
+    Check,
+    /// Per instance: state, queued, in retry, dead-lettered, oldest pending age, last success,
+    /// last error (from the daemon, or from the store when it is stopped)
+    Status {
+        /// One JSON document for scripts instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, replay or purge dead-lettered events
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Turn a Cloud Elements instance JSON into an [[instance]] block on stdout
+    ImportInstance {
+        /// The instance JSON (as POSTed to /elements/api-v2/instances)
+        #[arg(value_name = "FILE.json")]
+        file: PathBuf,
+        /// The instance id (the envelope's instanceId) when the JSON has no "id"
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        id: Option<u64>,
+        /// Write secrets inline instead of { file = "…" } references
+        #[arg(long)]
+        include_secrets: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// Dead-lettered events, oldest first
+    List {
+        /// Only this instance's
+        #[arg(long, value_name = "NAME")]
+        instance: Option<String>,
+        #[command(flatten)]
+        window: WindowArgs,
+        /// JSON for scripts instead of the table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on the queue with a fresh attempt count and age
+    Replay(SelectArgs),
+    /// Delete dead letters (and, with --instance of a removed instance, its held events)
+    Purge(SelectArgs),
+}
+
+/// Which dead letters: by id, by instance, or all; within an optional window.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("selector").required(true).args(["ids", "instance", "all"])))]
+pub struct SelectArgs {
+    /// These events (repeat --id, or give several ids after it)
+    #[arg(long = "id", value_name = "ID", num_args = 1.., value_parser = event_id)]
+    pub ids: Vec<Ulid>,
+    /// Every dead letter of this instance
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Every dead letter
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub window: WindowArgs,
+}
+
+/// `--since` / `--until`: when the events were dead-lettered.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WindowArgs {
+    /// Dead-lettered at or after TIME: RFC 3339 (UTC) or an age such as 2h (two hours ago)
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    pub since: Option<u64>,
+    /// Dead-lettered before TIME: RFC 3339 (UTC) or an age such as 30m
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
+    pub until: Option<u64>,
+}
+
+fn time_arg(text: &str) -> Result<u64, String> {
+    crate::ops::dead::parse_time(text, store::now_ms())
+}
+
+fn event_id(text: &str) -> Result<Ulid, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an event id (26 characters, as `dead list` shows)"))
+}
+
+/// Why a command failed: the message for stderr and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl Cli {
+    fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/hookrelay/config.toml"))
+    }
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let path = cli.config_path();
+    match cli.command {
+        Command::Run { log_format } => run(&path, log_format),
+        Command::Check => check(&path),
+        Command::Status { json } => {
+            with_config(
+                &path,
+                |config| async move { status::run(&config, json).await },
+            )
+        }
+        Command::Dead { command } => with_config(&path, |config| async move {
+            match command {
+                DeadCommand::List {
+                    instance,
+                    window,
+                    json,
+                } => dead::list(&config, instance, window, json).await,
+                DeadCommand::Replay(select) => dead::replay(&config, select).await,
+                DeadCommand::Purge(select) => dead::purge(&config, select).await,
+            }
+        }),
+        Command::ImportInstance {
+            file,
+            id,
+            include_secrets,
+        } => exit(import::run(&file, id, include_secrets)),
+    }
+}
+
+fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("hookrelay: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Loads the config (78 if it is invalid), then runs `command` on a small runtime.
+fn with_config<F, Fut>(path: &Path, command: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let config = match Config::load(path) {
+        Ok(loaded) => loaded.config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hookrelay: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    exit(runtime.block_on(command(config)))
+}
+
+fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+    logging::init(log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hookrelay: cannot start the runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(daemon::run(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(DaemonError::Config(err)) => {
+            eprintln!("hookrelay: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("hookrelay: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} instance(s))",
+                loaded.config.source.display(),
+                loaded.config.instances.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err @ ConfigError::Read { .. }) | Err(err @ ConfigError::Invalid { .. }) => {
+            eprintln!("{err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([&["hookrelay"], args].concat())
+    }
+
+    #[test]
+    fn dead_replay_needs_exactly_one_selector() {
+        let id = Ulid::from_parts(1, 1).to_string();
+        for ok in [
+            vec!["dead", "replay", "--all"],
+            vec!["dead", "replay", "--instance", "acme", "--since", "2h"],
+            vec!["dead", "purge", "--id", &id, "--id", &id],
+            vec![
+                "dead",
+                "purge",
+                "--id",
+                &id,
+                &id,
+                "--until",
+                "2026-01-01T00:00:00Z",
+            ],
+        ] {
+            assert!(parse(&ok).is_ok(), "{ok:?}: {:?}", parse(&ok).err());
+        }
+        for bad in [
+            vec!["dead", "replay"],
+            vec!["dead", "replay", "--all", "--instance", "acme"],
+            vec!["dead", "purge", "--id", "not-an-id"],
+            vec!["dead", "purge", "--all", "--since", "yesterday"],
+        ] {
+            let err = parse(&bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} parsed"));
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ages_become_times_in_the_past() {
+        let Ok(cli) = parse(&["dead", "list", "--since", "2h", "--json"]) else {
+            panic!("parses")
+        };
+        let Command::Dead {
+            command: DeadCommand::List { window, json, .. },
+        } = cli.command
+        else {
+            panic!("dead list")
+        };
+        assert!(json);
+        let since = window.since.unwrap_or_default();
+        let two_hours_ago = store::now_ms() - 7_200_000;
+        assert!(since.abs_diff(two_hours_ago) < 60_000, "{since}");
+    }
+
+    #[test]
+    fn import_instance_ids_are_positive() {
+        assert!(parse(&["import-instance", "x.json", "--id", "7"]).is_ok());
+        assert!(parse(&["import-instance", "x.json", "--id", "0"]).is_err());
+        assert!(parse(&["--config", "c.toml", "status", "--json"]).is_ok());
+        assert!(parse(&["status", "--config", "c.toml"]).is_ok());
+    }
+}

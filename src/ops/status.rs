@@ -1,0 +1,95 @@
+//! Per-instance figures for `status` (SPEC §2) and the queue gauges of `/metrics`, read from
+//! the store's counters and, when the daemon runs, its lanes. The same code serves the admin
+//! API and `status` with the daemon stopped (no lanes: no last success or last error then).
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::deliver::Dispatcher;
+use crate::store::{self, Store};
+
+/// One instance's line of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    /// "active", "paused", "disabled" or "held" (no longer configured; its events wait).
+    pub state: String,
+    /// Pending events: waiting, in flight, in retry, or held.
+    pub queued: u64,
+    /// Of `queued`, those waiting for a later attempt (a retry or a `Retry-After`).
+    #[serde(default)]
+    pub in_retry: u64,
+    pub queued_bytes: u64,
+    pub dead_lettered: u64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Unix ms of the last 2xx since the daemon started.
+    pub last_success_ms: Option<u64>,
+    /// The last failed attempt's error since the daemon started.
+    pub last_error: Option<String>,
+}
+
+/// Every configured instance in file order, then held ones (pending events or dead letters
+/// under a name no longer configured); `in_retry` is left at 0 (see [`instances`]).
+pub fn queue_figures(
+    config: &Config,
+    store: &Store,
+    lanes: Option<&Dispatcher>,
+) -> Vec<InstanceStatus> {
+    let counters = store.counters();
+    let now = store::now_ms();
+    let mut names: Vec<String> = config.instances.iter().map(|i| i.name.clone()).collect();
+    for (name, counter) in counters.iter() {
+        if counter.pending_events + counter.dead_events > 0 && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let counter = counters.get(&name).copied().unwrap_or_default();
+            let state = match config.instance(&name) {
+                None => "held",
+                Some(i) if !i.enabled => "disabled",
+                Some(i) if i.delivery.paused => "paused",
+                Some(_) => "active",
+            };
+            let lane = lanes.and_then(|lanes| lanes.stats(&name));
+            let oldest = store.oldest_pending_ms(&name).ok().flatten();
+            InstanceStatus {
+                state: state.to_owned(),
+                queued: counter.pending_events,
+                in_retry: 0,
+                queued_bytes: counter.pending_bytes,
+                dead_lettered: counter.dead_events,
+                oldest_pending_age_seconds: oldest.map(|ms| now.saturating_sub(ms) as f64 / 1000.0),
+                last_success_ms: lane
+                    .as_ref()
+                    .map(|l| l.stats.last_success_ms.load(Ordering::Relaxed))
+                    .filter(|ms| *ms > 0),
+                last_error: lane
+                    .as_ref()
+                    .and_then(|l| l.stats.last_error.load_full())
+                    .map(|e| e.1.clone()),
+                instance: name,
+            }
+        })
+        .collect()
+}
+
+/// [`queue_figures`] with `in_retry` counted (a scan of each instance's future due entries).
+pub fn instances(
+    config: &Config,
+    store: &Store,
+    lanes: Option<&Dispatcher>,
+) -> Vec<InstanceStatus> {
+    let now = store::now_ms();
+    let mut figures = queue_figures(config, store, lanes);
+    for status in &mut figures {
+        if status.queued > 0 {
+            status.in_retry = store.waiting_retry(&status.instance, now).unwrap_or(0);
+        }
+    }
+    figures
+}
