@@ -179,7 +179,17 @@ async fn run_with_a_bad_config_exits_78_and_listens_nowhere() {
 
 #[test]
 fn help_works_for_every_command() {
-    for args in [&["--help"][..], &["run", "--help"], &["check", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["status", "--help"],
+        &["dead", "--help"],
+        &["dead", "list", "--help"],
+        &["dead", "replay", "--help"],
+        &["dead", "purge", "--help"],
+        &["import-instance", "--help"],
+    ] {
         let out = run(args);
         assert_eq!(out.code(), Some(0), "hookrelay {}: {out:?}", args.join(" "));
         assert!(
