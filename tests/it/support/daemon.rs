@@ -30,6 +30,8 @@ pub struct Daemon {
     order: ConfigArg,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment variables for every later start (see [`Daemon::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -49,6 +51,7 @@ impl Daemon {
             order,
             child: None,
             starts: 0,
+            env: Vec::new(),
         };
         d.rewrite_config(config);
         d.spawn();
@@ -74,6 +77,8 @@ impl Daemon {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("WATCHDOG_USEC")
+            .env_remove(hookrelay::daemon::CATCH_UP_AFTER_ENV)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -229,6 +234,18 @@ impl Daemon {
     /// Writes arbitrary text as the config file (the remembered `TestConfig` is kept).
     pub fn write_config_text(&self, text: &str) {
         std::fs::write(self.config_path(), text).expect("writing config.toml");
+    }
+
+    /// Sets an environment variable for the daemon's later starts (`restart()`), replacing an
+    /// earlier value of the same variable.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Undoes [`Daemon::set_env`] for `key` (later starts run without it).
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     /// Starts the stopped daemon again (same dir, config file, store and ports); waits for ready.
