@@ -33,6 +33,8 @@ use std::time::Duration;
 
 pub use reqwest::Url;
 
+use crate::tls::TlsIdentity;
+
 pub use grammar::{parse_duration, parse_rate, parse_size};
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
@@ -161,6 +163,9 @@ pub struct Server {
     pub listen: SocketAddr,
     pub max_body_bytes: u64,
     pub shutdown_timeout: Duration,
+    /// `tls_cert` and `tls_key`, loaded and checked: the listener serves HTTPS with them.
+    /// `None`: plain HTTP (behind a reverse proxy that terminates TLS).
+    pub tls: Option<TlsIdentity>,
 }
 
 /// `[admin]`: health, metrics and the CLI's API.
