@@ -9,3 +9,4 @@ mod cli_config;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod tls;
