@@ -39,6 +39,9 @@ const ADMIN_LIMITS: Limits = Limits {
     max_connections: 64,
     header_read_timeout: Duration::from_secs(5),
 };
+/// With `server.tls_cert`/`tls_key`: how long a client may take over the TLS handshake, before
+/// the header-read timeout starts.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -99,10 +102,11 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         metrics: metrics.clone(),
         ready: Default::default(),
     });
-    let ingest_task = tokio::spawn(http::serve(
+    let ingest_task = tokio::spawn(http::serve_with_tls(
         ingest_listener,
         move |request| ingest.clone().handle(request),
         INGEST_LIMITS,
+        Some(ingest_tls(&live, &metrics)),
         ingest_stopped,
     ));
     let admin_for_server = admin.clone();
@@ -119,7 +123,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     admin.ready.store(true, Ordering::Release);
     notifier.ready();
     notifier.status(&status_line("ready", &live, &store));
-    info!(listen = %live.load().config.server.listen, admin = %live.load().config.admin.listen, "hookrelay ready");
+    info!(listen = %live.load().config.server.listen, tls = live.load().config.server.tls.is_some(), admin = %live.load().config.admin.listen, "hookrelay ready");
 
     let controls = Controls {
         config_path,
@@ -161,6 +165,26 @@ async fn open_store(config: &Config) -> Result<(Store, PreviousRun), DaemonError
         .await
         .map_err(|e| store::Error::Failed(e.to_string()))??;
     Ok(opened)
+}
+
+/// TLS on the Dropbox listener, read per accepted connection from the configuration in force,
+/// so a reload with a renewed certificate (or with TLS switched on or off) applies to every
+/// connection accepted after it.
+fn ingest_tls(live: &LiveConfig, metrics: &Arc<Metrics>) -> http::Tls {
+    let live = live.clone();
+    let metrics = metrics.clone();
+    http::Tls {
+        source: Arc::new(move || {
+            let live = live.load();
+            live.config
+                .server
+                .tls
+                .as_ref()
+                .map(|tls| tls.server_config())
+        }),
+        handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+        on_failure: Arc::new(move |failure| metrics.tls_handshake_failure(failure.as_str())),
+    }
 }
 
 async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -365,6 +389,14 @@ fn reload(
         }
     };
     let generation = current.generation + 1;
+    if current.config.server.tls != config.server.tls {
+        match &config.server.tls {
+            Some(tls) => {
+                info!(cert = %tls.cert_path().display(), key = %tls.key_path().display(), "TLS certificate loaded; new connections use it")
+            }
+            None => info!("TLS switched off; new connections are served plain HTTP"),
+        }
+    }
     live.store(Arc::new(Live { config, generation }));
     dispatcher.apply_config(&live.load().config, clients);
     metrics.config_reload(true);

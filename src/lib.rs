@@ -2,6 +2,7 @@
 //!
 //! Modules, in data-flow order:
 //! - [`config`]: the TOML file → validated [`config::Config`].
+//! - [`tls`]: the Dropbox listener's certificate and key → a rustls server config.
 //! - [`ingest`]: the Dropbox-facing listener: challenge, verification, fan-out, durable commit.
 //! - [`store`]: the durable queue (the only module that touches sled).
 //! - [`deliver`]: per-instance lanes that sign, rate-limit, send and retry.
@@ -18,3 +19,4 @@ pub mod ingest;
 pub mod ops;
 pub mod sign;
 pub mod store;
+pub mod tls;

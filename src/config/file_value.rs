@@ -65,8 +65,9 @@ fn trim_one_newline(mut text: String) -> String {
     text
 }
 
+/// A warning when the secret file at `path` (the value of `key`) is readable by every user.
 #[cfg(unix)]
-fn world_readable_warning(key: &str, path: &Path) -> Option<String> {
+pub(crate) fn world_readable_warning(key: &str, path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
     (mode & 0o004 != 0).then(|| {
@@ -79,6 +80,6 @@ fn world_readable_warning(key: &str, path: &Path) -> Option<String> {
 }
 
 #[cfg(not(unix))]
-fn world_readable_warning(_key: &str, _path: &Path) -> Option<String> {
+pub(crate) fn world_readable_warning(_key: &str, _path: &Path) -> Option<String> {
     None
 }

@@ -33,7 +33,9 @@ use std::time::Duration;
 
 pub use reqwest::Url;
 
+use crate::tls::TlsIdentity;
 pub(crate) use configuration::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
+
 pub use grammar::{parse_duration, parse_rate, parse_size};
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
@@ -162,6 +164,9 @@ pub struct Server {
     pub listen: SocketAddr,
     pub max_body_bytes: u64,
     pub shutdown_timeout: Duration,
+    /// `tls_cert` and `tls_key`, loaded and checked: the listener serves HTTPS with them.
+    /// `None`: plain HTTP (behind a reverse proxy that terminates TLS).
+    pub tls: Option<TlsIdentity>,
 }
 
 /// `[admin]`: health, metrics and the CLI's API.

@@ -30,6 +30,8 @@ pub(crate) struct RawServer {
     pub listen: Option<RawText>,
     pub max_body_bytes: Option<RawIntOrText>,
     pub shutdown_timeout: Option<RawText>,
+    pub tls_cert: Option<RawText>,
+    pub tls_key: Option<RawText>,
 }
 
 /// `[admin]`.

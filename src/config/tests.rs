@@ -6,6 +6,7 @@ mod grammar;
 mod instances;
 mod load;
 mod rules;
+mod tls;
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::{self, TlsIdentity};
+
 use super::check::{Checker, Reported};
 use super::defaults::{
     DROPBOX_API_URL, DROPBOX_CONTENT_URL, DROPBOX_NOTIFY_URL, SERVER_MAX_BODY_BYTES,
@@ -14,7 +16,7 @@ use super::problem::{child, quoted};
 use super::raw::{RawAdmin, RawDelivery, RawDropbox, RawServer, RawStorage, RawText};
 use super::{
     Admin, Config, ConfigError, Delivery, DropboxApi, LoadContext, Loaded, Server, Storage,
-    grammar, instance,
+    file_value, grammar, instance,
 };
 
 /// Parses and validates `text`; every problem found is in the error.
@@ -61,7 +63,7 @@ fn section_order(key: &str) -> (usize, usize) {
 }
 
 fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Config, Reported> {
-    let server = server(c, &sections.server);
+    let server = server(c, &sections.server, ctx);
     let admin = admin(c, &sections.admin);
     let storage = storage(c, &sections.storage, ctx);
     let delivery = delivery(c, &sections.delivery, "delivery", &Delivery::default());
@@ -80,7 +82,7 @@ fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Con
     })
 }
 
-fn server(c: &mut Checker, raw: &RawServer) -> Result<Server, Reported> {
+fn server(c: &mut Checker, raw: &RawServer, ctx: &LoadContext) -> Result<Server, Reported> {
     let listen = c.socket_addr(raw.listen.as_ref(), "server.listen");
     let listen = c.required(listen, "server.listen");
     let key = "server.max_body_bytes";
@@ -101,11 +103,62 @@ fn server(c: &mut Checker, raw: &RawServer) -> Result<Server, Reported> {
         "server.shutdown_timeout",
         SERVER_SHUTDOWN_TIMEOUT,
     );
+    let tls = server_tls(c, raw, ctx);
     Ok(Server {
         listen: listen?,
         max_body_bytes: max_body_bytes?,
         shutdown_timeout: shutdown_timeout?,
+        tls: tls?,
     })
+}
+
+/// `server.tls_cert` and `server.tls_key`: both or neither; when both, the files are read and
+/// checked now (at `check`, at start and at every reload), so a bad pair is a config problem.
+fn server_tls(
+    c: &mut Checker,
+    raw: &RawServer,
+    ctx: &LoadContext,
+) -> Result<Option<TlsIdentity>, Reported> {
+    let cert = tls_path(c, raw.tls_cert.as_ref(), tls::CERT_KEY, ctx);
+    let key = tls_path(c, raw.tls_key.as_ref(), tls::KEY_KEY, ctx);
+    let both = "both server.tls_cert and server.tls_key, or neither, must be set";
+    match (cert?, key?) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(c.report(tls::KEY_KEY, format!("is required: {both}"), None)),
+        (None, Some(_)) => Err(c.report(tls::CERT_KEY, format!("is required: {both}"), None)),
+        (Some((cert, cert_text)), Some((key, key_text))) => match TlsIdentity::load(&cert, &key) {
+            Ok(identity) => {
+                c.warnings
+                    .extend(file_value::world_readable_warning(tls::KEY_KEY, &key));
+                Ok(Some(identity))
+            }
+            Err(err) => {
+                let shown = if err.key() == tls::CERT_KEY {
+                    cert_text
+                } else {
+                    key_text
+                };
+                Err(c.report(err.key(), err.to_string(), Some(quoted(&shown))))
+            }
+        },
+    }
+}
+
+/// A PEM file's path as written, and resolved from the config's folder (not from
+/// `$CREDENTIALS_DIRECTORY`: those files are fixed at start, and reloads must see renewals).
+fn tls_path(
+    c: &mut Checker,
+    raw: Option<&RawText>,
+    key: &str,
+    ctx: &LoadContext,
+) -> Result<Option<(PathBuf, String)>, Reported> {
+    let Some(text) = c.text(raw, key)? else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Err(c.report(key, "must not be empty", Some(quoted(&text))));
+    }
+    Ok(Some((ctx.base_dir.join(&text), text)))
 }
 
 fn admin(c: &mut Checker, raw: &RawAdmin) -> Result<Admin, Reported> {

@@ -19,6 +19,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabel {
     pub instance: String,
 }
@@ -51,6 +56,7 @@ pub struct Metrics {
     config_generation: Gauge,
     store_bytes: Gauge,
     store_disk_bytes: Gauge,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -80,6 +86,7 @@ impl Metrics {
             config_generation: Gauge::default(),
             store_bytes: Gauge::default(),
             store_disk_bytes: Gauge::default(),
+            tls_handshake_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +144,11 @@ impl Metrics {
             "Bytes the store's files take on disk (sled never shrinks them)",
             metrics.store_disk_bytes.clone(),
         );
+        registry.register(
+            "hookrelay_tls_handshake_failures",
+            "TLS handshakes on the Dropbox listener that failed (reason=\"error\", e.g. plain HTTP or an untrusted certificate) or timed out (reason=\"timeout\")",
+            metrics.tls_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -175,6 +187,13 @@ impl Metrics {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads
             .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// A TLS handshake on the Dropbox listener that failed (`"error"`) or timed out (`"timeout"`).
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

@@ -10,3 +10,4 @@ mod delivery;
 mod ingest;
 mod lifecycle;
 mod policy;
+mod tls;
