@@ -437,13 +437,19 @@ impl Store {
 
     /// Marks a clean stop, flushes, and stops the committer. Later requests fail with `Closed`.
     pub async fn close(&self) -> Result<(), Error> {
-        let result = self
-            .request(Op::Close {
-                mark_clean: self.mode == OpenMode::Daemon,
-                now_ms: now_ms(),
-            })
-            .await
-            .map(drop);
+        // Sent even after a failure (unlike other requests): the committer must still stop.
+        let op = Op::Close {
+            mark_clean: self.mode == OpenMode::Daemon,
+            now_ms: now_ms(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let result = match self.requests.send(Request { op, reply }).await {
+            Ok(()) => answer
+                .await
+                .map_err(|_| Error::Closed)
+                .and_then(|r| r.map(drop)),
+            Err(_) => Err(Error::Closed),
+        };
         let handle = self.committer.lock().map_err(|_| Error::Closed)?.take();
         if let Some(handle) = handle {
             let _joined = tokio::task::spawn_blocking(move || handle.join()).await;

@@ -143,6 +143,9 @@ async fn a_failed_sync_is_sticky_and_nothing_is_acknowledged_after_it() {
         2,
         "a failed sync must not be retried"
     );
+    // Closing still stops the committer, so the daemon can exit and be restarted.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), store.close()).await;
+    assert!(closed.is_ok(), "close hung after a store failure");
 }
 
 #[tokio::test]
