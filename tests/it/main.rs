@@ -6,6 +6,8 @@
 mod support;
 
 mod cli_config;
+mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
+mod storage_faults;
