@@ -1,8 +1,8 @@
 //! Crash loop (reliability.md §6 T1/T2, SPEC §6 "at least once … across kill -9"): signed
 //! load from concurrent senders, two instances delivering to callbacks that are up but answer
-//! some 500s, and `kill -9` at a random moment U(0.2 s, 1.5 s) after every (re)start. A
-//! history verifier then checks that every (notification acknowledged 200, instance) was
-//! delivered (a 2xx from its callback) or dead-lettered.
+//! some 500s, and `kill -9` at a random moment U(0.2 s, 1.5 s) after every (re)start (once
+//! `/readyz` answers 200). A history verifier then checks that every (notification acknowledged
+//! 200, instance) was delivered (a 2xx from its callback) or dead-lettered.
 //!
 //! Each notification carries a unique marker (`delta.users[0]`, which hookrelay forwards
 //! verbatim in `message.raw`); accounts come from a small fixed set so the catch-up `UNKNOWN`
@@ -349,8 +349,8 @@ async fn crash_loop_loses_no_acknowledged_notification() {
                 .iter()
                 .all(|(name, recorder)| recorder.delivered(m, name))
         });
-        let depth = d.metric("hookrelay_queue_depth").await.unwrap_or(0.0);
-        if all_delivered || depth == 0.0 {
+        let empty = d.metric("hookrelay_queue_depth").await == Some(0.0);
+        if all_delivered || empty {
             drained = true;
             break;
         }

@@ -377,9 +377,11 @@ fn parse_strace(log: &str) -> Vec<Call> {
     let mut open: HashMap<String, (usize, String)> = HashMap::new();
     let mut calls = Vec::new();
     for (index, line) in log.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_time), Some(rest)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // "PID TIME call…": strace pads the pid ("1993  12:00:00.000001 …").
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         if let Some(head) = rest.strip_suffix("<unfinished ...>") {
@@ -612,7 +614,7 @@ async fn every_200_follows_an_fdatasync_of_the_store() {
 fn strace_lines_are_joined_and_decoded() {
     let log = concat!(
         "10 12:00:00.000001 recvfrom(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>,  <unfinished ...>\n",
-        "11 12:00:00.000002 fdatasync(7</s/db>) = 0\n",
+        "11    12:00:00.000002 fdatasync(7</s/db>) = 0\n",
         "10 12:00:00.000003 <... recvfrom resumed>\"POST / HTTP/1.1\\r\\n\\r\\n{\\\"delta\\\": {\\\"users\\\": [3000000001]}}\", 8192, 0, NULL, NULL) = 60\n",
         "11 12:00:00.000004 fdatasync(7</s/db>) = 0\n",
         "10 12:00:00.000005 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",

@@ -2,7 +2,7 @@
 //! temp dir (config, `data/` store, logs), with signals, restarts and admin-endpoint helpers.
 //! Dropping it kills the process; a test that panics prints the daemon's logs.
 //!
-//! A daemon may run under a wrapper command (e.g. `strace -f … --`), see [`Daemon::launch`]:
+//! A daemon may run under a wrapper command (e.g. `strace -f -o LOG`), see [`Daemon::launch`]:
 //! then signals and `kill9` go to the hookrelay process itself, the wrapper's child.
 
 use std::fs::{File, OpenOptions};
@@ -46,6 +46,23 @@ impl Daemon {
     }
 
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
+        let mut d = Daemon::create(config, order, &[]);
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    /// Writes `config` and starts the daemon under `wrapper` (a command line the binary's own
+    /// command line is appended to, e.g. `["strace", "-f", "-o", "log"]`; empty: none) without
+    /// waiting for readiness: see [`Daemon::wait_ready_or_exit`].
+    pub fn launch(config: &TestConfig, wrapper: &[String]) -> Daemon {
+        let mut d = Daemon::create(config, ConfigArg::AfterCommand, wrapper);
+        d.spawn();
+        d
+    }
+
+    /// A fresh temp dir with `config` written, nothing started.
+    fn create(config: &TestConfig, order: ConfigArg, wrapper: &[String]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hookrelay-it-")
             .tempdir()
@@ -56,34 +73,10 @@ impl Daemon {
             order,
             child: None,
             starts: 0,
-            wrapper: Vec::new(),
-            wrapped: false,
-        };
-        d.rewrite_config(config);
-        d.spawn();
-        d.wait_ready().await;
-        d
-    }
-
-    /// Writes `config` and starts the daemon under `wrapper` (a command line the binary's own
-    /// command line is appended to, e.g. `["strace", "-f", "-o", "log"]`; empty: none) without
-    /// waiting for readiness: see [`Daemon::wait_ready_or_exit`].
-    pub fn launch(config: &TestConfig, wrapper: &[String]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("hookrelay-it-")
-            .tempdir()
-            .expect("creating a temp dir");
-        let mut d = Daemon {
-            dir,
-            config: config.clone(),
-            order: ConfigArg::AfterCommand,
-            child: None,
-            starts: 0,
             wrapper: wrapper.to_vec(),
             wrapped: false,
         };
         d.rewrite_config(config);
-        d.spawn();
         d
     }
 
@@ -158,24 +151,11 @@ impl Daemon {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_wait() {
-                panic!(
-                    "hookrelay exited with {status} before becoming ready\n{}",
-                    self.logs()
-                );
-            }
-            if let Some((200, _)) = self.try_readyz().await {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "hookrelay not ready after {READY_TIMEOUT:?}\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(status) = self.wait_ready_or_exit().await {
+            panic!(
+                "hookrelay exited with {status} before becoming ready\n{}",
+                self.logs()
+            );
         }
     }
 
