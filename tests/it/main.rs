@@ -6,8 +6,10 @@
 mod support;
 
 mod cli_config;
+mod crash;
 mod delivery;
 mod ingest;
 mod lifecycle;
 mod policy;
+mod storage_faults;
 mod tls;

@@ -1,6 +1,9 @@
 //! `Daemon`: the real `hookrelay` binary running `run --config <tmp>/config.toml` in its own
 //! temp dir (config, `data/` store, logs), with signals, restarts and admin-endpoint helpers.
 //! Dropping it kills the process; a test that panics prints the daemon's logs.
+//!
+//! A daemon may run under a wrapper command (e.g. `strace -f -o LOG`), see [`Daemon::launch`]:
+//! then signals and `kill9` go to the hookrelay process itself, the wrapper's child.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -32,6 +35,10 @@ pub struct Daemon {
     starts: u32,
     /// Extra environment variables for every later start (see [`Daemon::set_env`]).
     env: Vec<(String, String)>,
+    /// A command line the binary runs under (empty: none).
+    wrapper: Vec<String>,
+    /// The running child is the wrapper, not hookrelay itself.
+    wrapped: bool,
 }
 
 impl Daemon {
@@ -41,6 +48,23 @@ impl Daemon {
     }
 
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
+        let mut d = Daemon::create(config, order, &[]);
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
+    /// Writes `config` and starts the daemon under `wrapper` (a command line the binary's own
+    /// command line is appended to, e.g. `["strace", "-f", "-o", "log"]`; empty: none) without
+    /// waiting for readiness: see [`Daemon::wait_ready_or_exit`].
+    pub fn launch(config: &TestConfig, wrapper: &[String]) -> Daemon {
+        let mut d = Daemon::create(config, ConfigArg::AfterCommand, wrapper);
+        d.spawn();
+        d
+    }
+
+    /// A fresh temp dir with `config` written, nothing started.
+    fn create(config: &TestConfig, order: ConfigArg, wrapper: &[String]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hookrelay-it-")
             .tempdir()
@@ -52,11 +76,37 @@ impl Daemon {
             child: None,
             starts: 0,
             env: Vec::new(),
+            wrapper: wrapper.to_vec(),
+            wrapped: false,
         };
         d.rewrite_config(config);
-        d.spawn();
-        d.wait_ready().await;
         d
+    }
+
+    /// The wrapper for the next (re)start; empty: run the binary directly.
+    pub fn set_wrapper(&mut self, wrapper: &[String]) {
+        self.wrapper = wrapper.to_vec();
+    }
+
+    /// Waits until `/readyz` answers 200 (`Ok`) or the process exits (`Err` with its status);
+    /// panics (with logs) after [`READY_TIMEOUT`].
+    pub async fn wait_ready_or_exit(&mut self) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Err(status);
+            }
+            if let Some((200, _)) = self.try_readyz().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "hookrelay not ready after {READY_TIMEOUT:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn spawn(&mut self) {
@@ -66,7 +116,15 @@ impl Daemon {
         let out = self.log_file("daemon.stdout.log", &marker);
         let err = self.log_file("daemon.stderr.log", &marker);
         let config = self.config_path();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+        let binary = env!("CARGO_BIN_EXE_hookrelay");
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+        };
         match self.order {
             ConfigArg::AfterCommand => cmd.arg("run").arg("--config").arg(&config),
             ConfigArg::BeforeCommand => cmd.arg("--config").arg(&config).arg("run"),
@@ -83,6 +141,7 @@ impl Daemon {
             .stdout(out)
             .stderr(err);
         self.child = Some(cmd.spawn().expect("spawning hookrelay"));
+        self.wrapped = !self.wrapper.is_empty();
     }
 
     fn log_file(&self, name: &str, marker: &str) -> File {
@@ -97,24 +156,11 @@ impl Daemon {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_wait() {
-                panic!(
-                    "hookrelay exited with {status} before becoming ready\n{}",
-                    self.logs()
-                );
-            }
-            if let Some((200, _)) = self.try_readyz().await {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "hookrelay not ready after {READY_TIMEOUT:?}\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(status) = self.wait_ready_or_exit().await {
+            panic!(
+                "hookrelay exited with {status} before becoming ready\n{}",
+                self.logs()
+            );
         }
     }
 
@@ -146,8 +192,24 @@ impl Daemon {
         format!("http://{}", self.config.admin_listen)
     }
 
+    /// The pid of the hookrelay process (under a wrapper: the wrapper's hookrelay child).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the daemon is not running").id()
+        let child = self.child.as_ref().expect("the daemon is not running").id();
+        if !self.wrapped {
+            return child;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = hookrelay_child_of(child) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no hookrelay process under the wrapper (pid {child})\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends a signal by name (`HUP`, `TERM`, `INT`, …) with `kill(1)`.
@@ -172,11 +234,10 @@ impl Daemon {
         self.signal("INT");
     }
 
-    /// SIGKILL, and reap the process.
+    /// SIGKILL, and reap the process (under a wrapper: hookrelay first, then the wrapper).
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("the daemon is not running");
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_wrapped(&mut child, self.wrapped);
     }
 
     /// The exit status if the process has exited (then it is reaped and forgotten).
@@ -198,17 +259,25 @@ impl Daemon {
 
     /// Waits for the process to exit; panics (with logs) after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_exit_within(timeout).await {
+            Some(status) => status,
+            None => panic!(
+                "hookrelay still running {timeout:?} after being asked to exit\n{}",
+                self.logs()
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit: its status, or `None` if it still runs.
+    pub async fn wait_exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
         assert!(self.child.is_some(), "the daemon is not running");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_wait() {
-                return status;
+                return Some(status);
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "hookrelay still running {timeout:?} after being asked to exit\n{}",
-                    self.logs()
-                );
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -309,11 +378,59 @@ impl Daemon {
     }
 }
 
+/// The `hookrelay` process whose parent is `parent`, if any (found through `/proc`).
+fn hookrelay_child_of(parent: u32) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may contain spaces, so split after the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.starts_with("hookrelay") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// SIGKILL to hookrelay (the wrapper's child when `wrapped`), then to `child`; reaps `child`.
+fn kill_wrapped(child: &mut Child, wrapped: bool) {
+    if wrapped && let Some(pid) = hookrelay_child_of(child.id()) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        // The wrapper (strace) exits once its tracee is gone; bounded, then forced.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_wrapped(&mut child, self.wrapped);
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());

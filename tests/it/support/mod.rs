@@ -9,6 +9,7 @@
 //! - [`signatures`]: checks of a delivery's signature headers.
 //! - [`metrics`]: one value out of `/metrics`.
 //! - [`http`]: the shared HTTP client and polling helpers.
+//! - [`rng`]: a seeded xorshift for fault schedules; the long-tier switch.
 //!
 //! Every wait here is bounded; on failure the daemon's logs are printed.
 
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod dropbox;
 pub mod http;
 pub mod metrics;
+pub mod rng;
 pub mod signatures;
 pub mod store;
 
