@@ -40,7 +40,16 @@ impl Daemon {
         Self::start_with(config, ConfigArg::AfterCommand).await
     }
 
+    /// Like [`Daemon::start`], with extra environment variables from the first start on.
+    pub async fn start_with_env(config: &TestConfig, env: &[(&str, &str)]) -> Daemon {
+        Self::start_inner(config, ConfigArg::AfterCommand, env).await
+    }
+
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
+        Self::start_inner(config, order, &[]).await
+    }
+
+    async fn start_inner(config: &TestConfig, order: ConfigArg, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hookrelay-it-")
             .tempdir()
@@ -51,7 +60,10 @@ impl Daemon {
             order,
             child: None,
             starts: 0,
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.rewrite_config(config);
         d.spawn();
@@ -78,6 +90,7 @@ impl Daemon {
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("WATCHDOG_USEC")
             .env_remove(hookrelay::daemon::CATCH_UP_AFTER_ENV)
+            .env_remove(hookrelay::changes::POLL_INTERVAL_ENV)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
