@@ -354,3 +354,28 @@ async fn polling_finds_a_change_without_a_webhook() {
         .await;
     assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropbox_5xx_answers_are_retried_with_backoff() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    let id = api.write_file("/retry.txt");
+    api.fail_next(2);
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
+    assert!(
+        api.calls("2/files/list_folder/continue") >= 3,
+        "{}",
+        d.logs()
+    );
+}
