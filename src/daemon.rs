@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::changes::Walker;
 use crate::config::{self, Config, ConfigError, Live, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{self, Limits};
@@ -86,6 +87,13 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         metrics.clone(),
     )?);
     catch_up_if_needed(&store, &live, &dispatcher, previous).await?;
+    let walker = Arc::new(Walker::new(
+        store.clone(),
+        live.clone(),
+        dispatcher.clone(),
+        metrics.clone(),
+    )?);
+    walker.start();
 
     let (stop_ingest, ingest_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -93,6 +101,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         live: live.clone(),
         store: store.clone(),
         dispatcher: dispatcher.clone(),
+        walker: walker.clone(),
         metrics: metrics.clone(),
     });
     let admin = Arc::new(Admin {
@@ -144,6 +153,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let deadline = tokio::time::Instant::now() + shutdown_timeout;
     let _ = tokio::time::timeout_at(deadline, ingest_task).await;
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    walker.stop();
     dispatcher.drain(remaining).await;
     background.abort();
     if let Err(err) = store.close().await {
@@ -221,6 +231,22 @@ async fn catch_up_if_needed(
         .filter(|i| i.enabled && i.events == config::EventsMode::Notify)
         .map(|i| i.name.clone())
         .collect();
+    // Change-events instances walk their cursors instead: every known account owes a walk.
+    let mut walks = Vec::new();
+    for instance in live.load().config.instances.iter() {
+        if instance.enabled && instance.events == config::EventsMode::Changes {
+            for account in store.cursor_accounts(&instance.name)? {
+                walks.push((instance.name.clone(), account));
+            }
+        }
+    }
+    if !walks.is_empty() {
+        info!(
+            walks = walks.len(),
+            "catch-up: change-events accounts walk their cursors"
+        );
+        store.mark_walk(walks).await?;
+    }
     let events = store.catch_up(instances).await?;
     info!(
         events = events.len(),

@@ -5,11 +5,13 @@
 //! - [`tls`]: the Dropbox listener's certificate and key → a rustls server config.
 //! - [`ingest`]: the Dropbox-facing listener: challenge, verification, fan-out, durable commit.
 //! - [`store`]: the durable queue (the only module that touches sled).
+//! - [`changes`]: change events: cursor walks against the Dropbox API, per-object events.
 //! - [`deliver`]: per-instance lanes that sign, rate-limit, send and retry.
 //! - [`sign`]: inbound Dropbox signature checks and outbound callback signatures (no IO).
 //! - [`ops`]: signals, sd_notify, the admin listener, metrics and logs.
 //! - [`daemon`]: wiring of the stages for `run`; [`cli`]: the command line.
 
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod daemon;

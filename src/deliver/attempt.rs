@@ -38,8 +38,7 @@ pub async fn run(
             last_status: None,
             last_error: None,
         };
-        give_up(ctx, instance, event, dead).await;
-        return None;
+        return give_up(ctx, instance, event, dead).await;
     }
     let started = Instant::now();
     let outcome = send(ctx, instance, event).await;
@@ -49,11 +48,15 @@ pub async fn run(
     match outcome {
         Outcome::Delivered { status } => {
             debug!(instance = %instance.name, event = %event.id, status, attempts, "delivered");
-            if let Err(err) = ctx.store.delivered(&instance.name, event.id).await {
-                warn!(instance = %instance.name, event = %event.id, error = %err, "delivered, but the store could not record it");
-            }
             stats.record_success();
-            None
+            match ctx.store.delivered(&instance.name, event.id).await {
+                // The next change envelope of the pair is due now: the lane looks for it.
+                Ok(promoted) => promoted,
+                Err(err) => {
+                    warn!(instance = %instance.name, event = %event.id, error = %err, "delivered, but the store could not record it");
+                    None
+                }
+            }
         }
         Outcome::Gone { status } => {
             let dead = DeadLetter {
@@ -64,8 +67,7 @@ pub async fn run(
             };
             // `status` shows it as the instance's last error.
             stats.record_error(&dead.reason);
-            give_up(ctx, instance, event, dead).await;
-            None
+            give_up(ctx, instance, event, dead).await
         }
         Outcome::Failed {
             status,
@@ -87,8 +89,7 @@ pub async fn run(
                     last_status: status,
                     last_error: Some(error),
                 };
-                give_up(ctx, instance, event, dead).await;
-                return None;
+                return give_up(ctx, instance, event, dead).await;
             }
             let delay = retry_delay(delivery, attempts, retry_after);
             let due_ms = store::now_ms().saturating_add(delay.as_millis() as u64);
@@ -119,7 +120,14 @@ fn retry_delay(delivery: &Delivery, attempts: u32, retry_after: Option<Duration>
     schedule::retry_delay(&policy, attempts, schedule::random_jitter(), retry_after)
 }
 
-async fn give_up(ctx: &Context, instance: &Instance, event: &Event, dead: DeadLetter) {
+/// Dead-letters `event`; returns when the next change envelope of its pair is due, if one was
+/// promoted.
+async fn give_up(
+    ctx: &Context,
+    instance: &Instance,
+    event: &Event,
+    dead: DeadLetter,
+) -> Option<u64> {
     info!(
         instance = %instance.name,
         event = %event.id,
@@ -130,8 +138,12 @@ async fn give_up(ctx: &Context, instance: &Instance, event: &Event, dead: DeadLe
         reason = %dead.reason,
         "dead-lettered"
     );
-    if let Err(err) = ctx.store.dead_letter(&instance.name, event.id, dead).await {
-        warn!(instance = %instance.name, event = %event.id, error = %err, "could not dead-letter");
+    match ctx.store.dead_letter(&instance.name, event.id, dead).await {
+        Ok(promoted) => promoted,
+        Err(err) => {
+            warn!(instance = %instance.name, event = %event.id, error = %err, "could not dead-letter");
+            None
+        }
     }
 }
 

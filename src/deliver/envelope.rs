@@ -24,7 +24,7 @@ struct Message<'a> {
     instance_tags: &'a [String],
     account_id: &'a str,
     raw: &'a RawValue,
-    events: [ObjectEvent<'a>; 1],
+    events: &'a RawValue,
 }
 
 #[derive(Serialize)]
@@ -41,17 +41,39 @@ struct ObjectEvent<'a> {
 const CATCH_UP_RAW: &str = r#"{"hookrelay": {"reason": "changes may have been missed"}}"#;
 
 /// Serialises the envelope of `event` for `instance`.
+///
+/// Notify and catch-up events carry one account-level event; a change envelope (SPEC §8)
+/// carries the per-object events and the Dropbox entries (`{"entries": [...]}`) stored with it.
 pub fn build(event: &Event, instance: &Instance) -> Vec<u8> {
     let raw_text = match (&event.raw, event.kind) {
-        (Some(raw), EventKind::Notify) => std::str::from_utf8(raw).unwrap_or("null"),
+        (Some(raw), EventKind::Notify | EventKind::Changes) => {
+            std::str::from_utf8(raw).unwrap_or("null")
+        }
         _ => CATCH_UP_RAW,
     };
     let raw: Box<RawValue> =
         RawValue::from_string(raw_text.to_owned()).unwrap_or_else(|_| RawValue::NULL.to_owned());
-    let event_type = match event.kind {
-        EventKind::Notify => "UPDATED",
-        EventKind::Unknown => "UNKNOWN",
+    let events_text = match (&event.objects, event.kind) {
+        (Some(objects), EventKind::Changes) => {
+            std::str::from_utf8(objects).unwrap_or("[]").to_owned()
+        }
+        _ => {
+            let event_type = match event.kind {
+                EventKind::Notify | EventKind::Changes => "UPDATED",
+                EventKind::Unknown => "UNKNOWN",
+            };
+            let one = [ObjectEvent {
+                element_key: &instance.element,
+                event_type,
+                object_type: "account",
+                object_id: &event.account,
+                date: rfc3339(event.date_ms),
+            }];
+            serde_json::to_string(&one).unwrap_or_else(|_| "[]".into())
+        }
     };
+    let events: Box<RawValue> =
+        RawValue::from_string(events_text).unwrap_or_else(|_| RawValue::NULL.to_owned());
     let envelope = Envelope {
         message: Message {
             element_key: &instance.element,
@@ -61,19 +83,14 @@ pub fn build(event: &Event, instance: &Instance) -> Vec<u8> {
             instance_tags: &instance.tags,
             account_id: &event.account,
             raw: &raw,
-            events: [ObjectEvent {
-                element_key: &instance.element,
-                event_type,
-                object_type: "account",
-                object_id: &event.account,
-                date: rfc3339(event.date_ms),
-            }],
+            events: &events,
         },
     };
     serde_json::to_vec(&envelope).unwrap_or_default()
 }
 
-fn rfc3339(ms: u64) -> String {
+/// `ms` since the epoch as RFC 3339 in whole seconds (`2026-11-28T17:00:00Z`).
+pub fn rfc3339(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_secs(ms / 1000);
     humantime::format_rfc3339_seconds(time).to_string()
 }
@@ -106,6 +123,7 @@ mod tests {
             account: "dbid:a".into(),
             kind: EventKind::Notify,
             raw: Some(Bytes::from(raw)),
+            objects: None,
             date_ms: 1_764_349_200_000,
             age_base_ms: 0,
             attempts: 0,
@@ -124,5 +142,28 @@ mod tests {
         assert_eq!(message["events"][0]["eventType"], "UPDATED");
         assert_eq!(message["events"][0]["objectType"], "account");
         assert_eq!(message["events"][0]["date"], "2025-11-28T17:00:00Z");
+    }
+
+    #[test]
+    fn changes_envelope_carries_the_stored_events_and_entries() {
+        let raw =
+            r#"{"entries":[{".tag":"file","id":"id:1","path_lower":"/a","path_display":"/A"}]}"#;
+        let objects = r#"[{"elementKey":"dropbox","eventType":"CREATED","objectType":"file","objectId":"id:1","date":"2025-11-28T17:00:00Z","path":"/A"}]"#;
+        let event = Event {
+            id: Ulid::from_parts(1_764_349_200_000, 2),
+            instance: "acme-dropbox".into(),
+            account: "dbid:a".into(),
+            kind: EventKind::Changes,
+            raw: Some(Bytes::from(raw)),
+            objects: Some(Bytes::from(objects)),
+            date_ms: 1_764_349_200_000,
+            age_base_ms: 0,
+            attempts: 0,
+            due_ms: 0,
+            refused_only: true,
+        };
+        let body = String::from_utf8(build(&event, &instance())).unwrap_or_default();
+        assert!(body.contains(&format!(r#""raw":{raw}"#)), "{body}");
+        assert!(body.contains(&format!(r#""events":{objects}"#)), "{body}");
     }
 }

@@ -44,6 +44,8 @@ pub struct Context {
 pub struct LaneStats {
     pub last_success_ms: AtomicU64,
     pub last_error: ArcSwapOption<(u64, String)>,
+    /// Change events: Dropbox refused the instance's refresh token; it needs `authorize`.
+    pub needs_authorize: AtomicBool,
 }
 
 impl LaneStats {
@@ -52,7 +54,7 @@ impl LaneStats {
             .store(store::now_ms(), Ordering::Relaxed);
     }
 
-    fn record_error(&self, error: &str) {
+    pub fn record_error(&self, error: &str) {
         self.last_error
             .store(Some(Arc::new((store::now_ms(), error.to_owned()))));
     }

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use tracing::{debug, info, warn};
 
+use crate::changes::Walker;
 use crate::config::{Config, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
@@ -35,6 +36,7 @@ pub struct Ingest {
     pub live: LiveConfig,
     pub store: Store,
     pub dispatcher: Arc<Dispatcher>,
+    pub walker: Arc<Walker>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -140,7 +142,7 @@ impl Ingest {
                 );
             }
         };
-        let (mut created, mut merged) = (0, 0);
+        let (mut created, mut merged, mut walks) = (0, 0, 0);
         for (instance, place) in instances.iter().zip(placed) {
             self.metrics.event_accepted(instance);
             match place {
@@ -150,9 +152,13 @@ impl Ingest {
                 }
                 Placed::Parked { .. } => created += 1,
                 Placed::Merged { .. } => merged += 1,
+                Placed::WalkPending { instance, account } => {
+                    walks += 1;
+                    self.walker.request(&instance, &account);
+                }
             }
         }
-        info!(events = created, merged, instances = ?instances, "notification accepted");
+        info!(events = created, merged, walks, instances = ?instances, "notification accepted");
         (Reply::Empty(StatusCode::OK), "accepted")
     }
 }
@@ -237,6 +243,7 @@ fn targets(config: &Config, apps: &[&str], accounts: &[String]) -> Vec<IngestTar
                 account: account.clone(),
                 coalesce: instance.delivery.coalesce,
                 quota_bytes: instance.delivery.max_queued_bytes,
+                changes: instance.events == crate::config::EventsMode::Changes,
             });
         }
     }

@@ -57,6 +57,15 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_disk_bytes: Gauge,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
+    changes_walks: Family<ResultInstanceLabel, Counter>,
+    changes_token_refreshes: Family<InstanceLabel, Counter>,
+    changes_needs_authorize: Family<InstanceLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultInstanceLabel {
+    pub instance: String,
+    pub result: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -87,6 +96,9 @@ impl Metrics {
             store_bytes: Gauge::default(),
             store_disk_bytes: Gauge::default(),
             tls_handshake_failures: Family::default(),
+            changes_walks: Family::default(),
+            changes_token_refreshes: Family::default(),
+            changes_needs_authorize: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +161,21 @@ impl Metrics {
             "TLS handshakes on the Dropbox listener that failed (reason=\"error\", e.g. plain HTTP or an untrusted certificate) or timed out (reason=\"timeout\")",
             metrics.tls_handshake_failures.clone(),
         );
+        registry.register(
+            "hookrelay_changes_walks",
+            "Change-events cursor walks by instance and result (done, reset, needs_authorize, error)",
+            metrics.changes_walks.clone(),
+        );
+        registry.register(
+            "hookrelay_changes_token_refreshes",
+            "Dropbox access-token refreshes by instance",
+            metrics.changes_token_refreshes.clone(),
+        );
+        registry.register(
+            "hookrelay_changes_needs_authorize",
+            "1 while a change-events instance needs `authorize` (its refresh token was refused)",
+            metrics.changes_needs_authorize.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -195,6 +222,32 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// A change-events walk ended (`done`, `reset`, `needs_authorize`, `error`).
+    pub fn changes_walk(&self, instance: &str, result: &'static str) {
+        self.changes_walks
+            .get_or_create(&ResultInstanceLabel {
+                instance: instance.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn changes_token_refresh(&self, instance: &str) {
+        self.changes_token_refreshes
+            .get_or_create(&InstanceLabel {
+                instance: instance.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_changes_needs_authorize(&self, instance: &str, needs: bool) {
+        self.changes_needs_authorize
+            .get_or_create(&InstanceLabel {
+                instance: instance.to_owned(),
+            })
+            .set(i64::from(needs));
     }
 
     pub fn set_config_generation(&self, generation: u64) {

@@ -14,7 +14,8 @@ use crate::store::{self, Store};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub instance: String,
-    /// "active", "paused", "disabled" or "held" (no longer configured; its events wait).
+    /// "active", "paused", "disabled", "held" (no longer configured; its events wait) or
+    /// "needs_authorize" (change events: Dropbox refused the refresh token).
     pub state: String,
     /// Pending events: waiting, in flight, in retry, or held.
     pub queued: u64,
@@ -56,6 +57,12 @@ pub fn queue_figures(
                 Some(_) => "active",
             };
             let lane = lanes.and_then(|lanes| lanes.stats(&name));
+            let state = match &lane {
+                Some(l) if state == "active" && l.stats.needs_authorize.load(Ordering::Relaxed) => {
+                    "needs_authorize"
+                }
+                _ => state,
+            };
             let oldest = store.oldest_pending_ms(&name).ok().flatten();
             InstanceStatus {
                 state: state.to_owned(),

@@ -12,11 +12,11 @@ use ulid::Ulid;
 
 use super::keys;
 use super::record::{
-    Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
+    ChangesV1, Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
 };
 use super::{
-    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, Placed, Retry, Shared, SyncFn,
-    sled_error,
+    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, Shared,
+    SyncFn, WalkPage, sled_error,
 };
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
@@ -74,6 +74,16 @@ pub(super) enum Op {
     Heartbeat {
         now_ms: u64,
     },
+    MarkWalk {
+        pairs: Vec<(String, String)>,
+    },
+    SetCursor {
+        instance: String,
+        account: String,
+        cursor: String,
+        only_if_absent: bool,
+    },
+    CommitWalkPage(Box<WalkPage>),
     Close {
         mark_clean: bool,
         now_ms: u64,
@@ -86,7 +96,12 @@ pub(super) enum Reply {
     Placed(Vec<Placed>),
     Events(Vec<Event>),
     Count(u64),
+    /// The due time of a change envelope that became its queue's head, if one did.
+    Promoted(Option<u64>),
 }
+
+/// A key and its value.
+type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// The writes of one batch, readable before they are applied.
 struct BatchView<'a> {
@@ -125,6 +140,29 @@ impl<'a> BatchView<'a> {
         self.writes.insert(key, None);
     }
 
+    /// The first key (and its value) under `prefix`, as the batch would leave it.
+    fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let mut from_db = None;
+        for entry in self.db.scan_prefix(prefix) {
+            let (key, value) = entry.map_err(sled_error)?;
+            match self.writes.get(key.as_ref()) {
+                Some(None) => continue,
+                Some(Some(written)) => from_db = Some((key.to_vec(), written.clone())),
+                None => from_db = Some((key.to_vec(), value.to_vec())),
+            }
+            break;
+        }
+        let from_writes = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .find_map(|(key, value)| value.as_ref().map(|v| (key.clone(), v.clone())));
+        Ok(match (from_db, from_writes) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        })
+    }
+
     fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (key, value) in self.writes {
@@ -145,6 +183,8 @@ pub(super) struct Committer {
     shared: Arc<Shared>,
     /// Instances whose counters changed in the current batch.
     touched: Vec<String>,
+    /// Due times of change envelopes promoted to their queue's head by the current request.
+    promoted: Vec<u64>,
 }
 
 impl Committer {
@@ -162,6 +202,7 @@ impl Committer {
             counters,
             shared,
             touched: Vec::new(),
+            promoted: Vec::new(),
         }
     }
 
@@ -240,8 +281,9 @@ impl Committer {
                 .ingest(view, id, body, accepted_ms, targets)
                 .map(Reply::Placed),
             Op::Delivered { instance, id } => {
+                self.promoted.clear();
                 self.remove_pending(view, &instance, id)?;
-                Ok(Reply::Done)
+                Ok(Reply::Promoted(self.promoted.drain(..).min()))
             }
             Op::Reschedule {
                 instance,
@@ -255,9 +297,11 @@ impl Committer {
                 id,
                 dead,
                 now_ms,
-            } => self
-                .dead_letter(view, &instance, id, dead, now_ms)
-                .map(|_| Reply::Done),
+            } => {
+                self.promoted.clear();
+                self.dead_letter(view, &instance, id, dead, now_ms)?;
+                Ok(Reply::Promoted(self.promoted.drain(..).min()))
+            }
             Op::Claim { instance, ids } => self.claim(view, &instance, ids).map(Reply::Events),
             Op::ReplayDead { letters, now_ms } => {
                 let mut count = 0;
@@ -282,6 +326,26 @@ impl Committer {
                 view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
                 Ok(Reply::Done)
             }
+            Op::MarkWalk { pairs } => {
+                for (instance, account) in pairs {
+                    let token = Ulid::generate().to_bytes().to_vec();
+                    view.insert(keys::pair(keys::WALK, &instance, &account), token);
+                }
+                Ok(Reply::Done)
+            }
+            Op::SetCursor {
+                instance,
+                account,
+                cursor,
+                only_if_absent,
+            } => {
+                let key = keys::pair(keys::CURSOR, &instance, &account);
+                if !only_if_absent || view.get(&key)?.is_none() {
+                    view.insert(key, cursor.into_bytes());
+                }
+                Ok(Reply::Done)
+            }
+            Op::CommitWalkPage(page) => self.commit_walk_page(view, *page).map(Reply::Events),
             Op::Close { mark_clean, now_ms } => {
                 if mark_clean {
                     view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
@@ -306,6 +370,19 @@ impl Committer {
         let body_bytes = body.len() as u64;
         for target in targets {
             self.mark_seen(view, &target.instance, &target.account, accepted_ms)?;
+            if target.changes {
+                // A fresh token: a walk already running clears the marker only if nothing
+                // asked for a walk after it started.
+                view.insert(
+                    keys::pair(keys::WALK, &target.instance, &target.account),
+                    notification.to_bytes().to_vec(),
+                );
+                placed.push(Placed::WalkPending {
+                    instance: target.instance,
+                    account: target.account,
+                });
+                continue;
+            }
             let over_quota = self.counter(&target.instance).pending_bytes >= target.quota_bytes;
             if (target.coalesce || over_quota)
                 && let Some(id) =
@@ -326,6 +403,7 @@ impl Committer {
                 last_status: None,
                 last_error: None,
                 bytes: body_bytes + EVENT_OVERHEAD_BYTES,
+                changes: None,
             };
             let id = Ulid::generate();
             self.insert_pending(view, &target.instance, id, &event);
@@ -346,10 +424,14 @@ impl Committer {
                 )));
             }
         }
-        if !placed.is_empty() {
+        let refs = placed
+            .iter()
+            .filter(|p| !matches!(p, Placed::WalkPending { .. }))
+            .count();
+        if refs > 0 {
             let record = NotificationRecord {
                 accepted_ms,
-                refs: placed.len() as u32,
+                refs: refs as u32,
                 body: body.to_vec(),
             };
             view.insert(keys::notification(notification), record.encode());
@@ -478,7 +560,10 @@ impl Committer {
             };
             // In flight from now on: no longer a merge target.
             self.unlink_pair(view, &pair_key(instance, &event.account), id)?;
-            let raw = self.notification_body(view, &event)?;
+            let raw = match &event.changes {
+                Some(changes) => Some(Bytes::from(changes.raw.clone())),
+                None => self.notification_body(view, &event)?,
+            };
             events.push(to_event(id, instance, &event, raw));
         }
         Ok(events)
@@ -497,6 +582,10 @@ impl Committer {
             return Ok(false);
         };
         let mut event = dead.event;
+        if let Some(changes) = event.changes.as_mut() {
+            // A replayed change envelope is delivered on its own, outside its pair's queue.
+            changes.seq = None;
+        }
         event.attempts = 0;
         event.age_base_ms = now_ms;
         event.due_ms = now_ms;
@@ -579,6 +668,7 @@ impl Committer {
                     last_status: None,
                     last_error: None,
                     bytes: EVENT_OVERHEAD_BYTES,
+                    changes: None,
                 };
                 let id = Ulid::generate();
                 self.insert_pending(view, instance, id, &event);
@@ -586,6 +676,146 @@ impl Committer {
             }
         }
         Ok(events)
+    }
+
+    // === change events ===
+
+    fn commit_walk_page(
+        &mut self,
+        view: &mut BatchView<'_>,
+        page: WalkPage,
+    ) -> Result<Vec<Event>, Error> {
+        let (instance, account) = (page.instance.as_str(), page.account.as_str());
+        if let Some(cursor) = page.cursor {
+            view.insert(
+                keys::pair(keys::CURSOR, instance, account),
+                cursor.into_bytes(),
+            );
+        }
+        for write in page.map {
+            match write {
+                MapWrite::Put(object) => {
+                    let value = object.encode();
+                    view.insert(
+                        keys::object_id(instance, account, &object.id),
+                        value.clone(),
+                    );
+                    view.insert(
+                        keys::object_path(instance, account, &object.path_lower),
+                        value,
+                    );
+                }
+                MapWrite::RemovePath(path) => {
+                    view.remove(keys::object_path(instance, account, &path));
+                }
+                MapWrite::RemoveId(id) => view.remove(keys::object_id(instance, account, &id)),
+            }
+        }
+        let mut heads = Vec::new();
+        for envelope in page.envelopes {
+            if let Some(head) = self.enqueue(view, instance, account, envelope, page.date_ms)? {
+                heads.push(head);
+            }
+        }
+        if let Some(token) = page.clear_marker {
+            let key = keys::pair(keys::WALK, instance, account);
+            if view.get(&key)?.as_deref() == Some(token.as_slice()) {
+                view.remove(key);
+            }
+        }
+        Ok(heads)
+    }
+
+    /// Appends an envelope to its pair's queue. Only the head is in the due index; if this one
+    /// is the head, it is returned for hand-off.
+    fn enqueue(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        account: &str,
+        envelope: super::NewEnvelope,
+        date_ms: u64,
+    ) -> Result<Option<Event>, Error> {
+        let seq_key = keys::pair(keys::QUEUE, instance, account);
+        let seq = match view.get(&seq_key)? {
+            Some(bytes) => u64_from(&bytes).unwrap_or(0),
+            None => 0,
+        };
+        view.insert(seq_key, (seq + 1).to_be_bytes().to_vec());
+        let is_head = view
+            .first_with_prefix(&keys::queue_prefix(instance, account))?
+            .is_none();
+        let now = super::now_ms();
+        let bytes = (envelope.events.len() + envelope.raw.len()) as u64 + EVENT_OVERHEAD_BYTES;
+        let event = EventV1 {
+            account: account.to_owned(),
+            kind: EventKind::Changes,
+            notification: None,
+            date_ms,
+            age_base_ms: now,
+            attempts: 0,
+            due_ms: if is_head { now } else { u64::MAX },
+            refused_only: true,
+            last_status: None,
+            last_error: None,
+            bytes,
+            changes: Some(ChangesV1 {
+                events: envelope.events,
+                raw: envelope.raw,
+                seq: Some(seq),
+            }),
+        };
+        let id = Ulid::generate();
+        view.insert(keys::event(instance, id), EventRecord::encode(&event));
+        view.insert(keys::queue(instance, account, seq), id.to_bytes().to_vec());
+        let counter = self.counter_mut(instance);
+        counter.pending_events += 1;
+        counter.pending_bytes += event.bytes;
+        if !is_head {
+            return Ok(None);
+        }
+        view.insert(keys::due(instance, now, id), Vec::new());
+        Ok(Some(changes_event(id, instance, &event)))
+    }
+
+    /// Removes a change envelope from its pair's queue; if it was the head, the next one
+    /// becomes due now (recorded in `self.promoted`).
+    fn leave_queue(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        account: &str,
+        seq: u64,
+    ) -> Result<(), Error> {
+        let prefix = keys::queue_prefix(instance, account);
+        let key = keys::queue(instance, account, seq);
+        let was_head = view
+            .first_with_prefix(&prefix)?
+            .is_some_and(|(first, _)| first == key);
+        if view.get(&key)?.is_none() {
+            return Ok(());
+        }
+        view.remove(key);
+        if !was_head {
+            return Ok(());
+        }
+        let Some((_, value)) = view.first_with_prefix(&prefix)? else {
+            return Ok(());
+        };
+        let Some(next) = ulid_from(&value) else {
+            return Ok(());
+        };
+        let event_key = keys::event(instance, next);
+        let Some(mut event) = view.get_event(&event_key)? else {
+            return Ok(());
+        };
+        let now = super::now_ms();
+        view.remove(keys::due(instance, event.due_ms, next));
+        event.due_ms = now;
+        view.insert(keys::due(instance, now, next), Vec::new());
+        view.insert(event_key, EventRecord::encode(&event));
+        self.promoted.push(now);
+        Ok(())
     }
 
     // === record plumbing ===
@@ -613,6 +843,9 @@ impl Committer {
         view.remove(keys::due(instance, event.due_ms, id));
         let pair_key = keys::pair(keys::PAIR, instance, &event.account);
         self.unlink_pair(view, &pair_key, id)?;
+        if let Some(seq) = event.changes.as_ref().and_then(|c| c.seq) {
+            self.leave_queue(view, instance, &event.account, seq)?;
+        }
         let counter = self.counter_mut(instance);
         counter.pending_events = counter.pending_events.saturating_sub(1);
         counter.pending_bytes = counter.pending_bytes.saturating_sub(event.bytes);
@@ -741,6 +974,16 @@ impl Committer {
     }
 }
 
+fn u64_from(bytes: &[u8]) -> Option<u64> {
+    let array: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_be_bytes(array))
+}
+
+fn changes_event(id: Ulid, instance: &str, event: &EventV1) -> Event {
+    let raw = event.changes.as_ref().map(|c| Bytes::from(c.raw.clone()));
+    to_event(id, instance, event, raw)
+}
+
 fn ulid_from(bytes: &[u8]) -> Option<Ulid> {
     let array: [u8; 16] = bytes.try_into().ok()?;
     Some(Ulid::from_bytes(array))
@@ -753,6 +996,10 @@ pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<By
         account: event.account.clone(),
         kind: event.kind,
         raw,
+        objects: event
+            .changes
+            .as_ref()
+            .map(|c| Bytes::from(c.events.clone())),
         date_ms: event.date_ms,
         age_base_ms: event.age_base_ms,
         attempts: event.attempts,

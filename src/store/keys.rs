@@ -24,6 +24,17 @@ pub const COUNTERS: &[u8] = b"c/";
 /// `s/<instance>\0<account>`: pairs seen before, for catch-up after an outage.
 pub const SEEN: &[u8] = b"s/";
 
+/// `w/<instance>\0<account>`: a walk of the pair's cursor is owed (change events); the value
+/// is a token that changes with every new request, so a walk clears only what it covered.
+pub const WALK: &[u8] = b"w/";
+/// `k/<instance>\0<account>`: the pair's Dropbox `list_folder` cursor.
+pub const CURSOR: &[u8] = b"k/";
+/// `o/<instance>\0<account>\0i<id>` and `…\0p<path_lower>`: the object maps of change events.
+pub const OBJECT: &[u8] = b"o/";
+/// `q/<instance>\0<account>\0<seq u64>`: the pair's FIFO of change envelopes (value: event
+/// id); `q/<instance>\0<account>` holds the next seq.
+pub const QUEUE: &[u8] = b"q/";
+
 pub fn meta(name: &str) -> Vec<u8> {
     [META, name.as_bytes()].concat()
 }
@@ -73,6 +84,46 @@ pub fn pair(family: &[u8], instance: &str, account: &str) -> Vec<u8> {
     let mut key = instance_prefix(family, instance);
     key.extend_from_slice(account.as_bytes());
     key
+}
+
+/// The prefix of one pair's queue entries: `q/<instance>\0<account>\0`.
+pub fn queue_prefix(instance: &str, account: &str) -> Vec<u8> {
+    let mut key = pair(QUEUE, instance, account);
+    key.push(0);
+    key
+}
+
+pub fn queue(instance: &str, account: &str, seq: u64) -> Vec<u8> {
+    let mut key = queue_prefix(instance, account);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `o/<instance>\0<account>\0i<id>`.
+pub fn object_id(instance: &str, account: &str, id: &str) -> Vec<u8> {
+    let mut key = pair(OBJECT, instance, account);
+    key.push(0);
+    key.push(b'i');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `o/<instance>\0<account>\0p<path_lower>`.
+pub fn object_path(instance: &str, account: &str, path_lower: &str) -> Vec<u8> {
+    let mut key = pair(OBJECT, instance, account);
+    key.push(0);
+    key.push(b'p');
+    key.extend_from_slice(path_lower.as_bytes());
+    key
+}
+
+/// Splits a `<family><instance>\0<account>` key.
+pub fn parse_pair(family: &[u8], key: &[u8]) -> Option<(String, String)> {
+    let rest = key.strip_prefix(family)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let instance = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
+    let account = std::str::from_utf8(&rest[nul + 1..]).ok()?.to_owned();
+    Some((instance, account))
 }
 
 pub fn dead(instance: &str, id: Ulid) -> Vec<u8> {

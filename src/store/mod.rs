@@ -27,8 +27,15 @@
 //! | `t/<dead at ms><instance>\0<event>` | dead letters by age, for `dead_letter_ttl` |
 //! | `c/<instance>` | [`record::Counters`]: pending and dead events and bytes |
 //! | `s/<instance>\0<account>` | first time a pair was seen, for catch-up |
+//! | `w/<instance>\0<account>` | change events: a walk is owed; value a token replaced by each new request |
+//! | `k/<instance>\0<account>` | change events: the pair's `list_folder` cursor |
+//! | `o/<instance>\0<account>\0i<id>`, `…\0p<path_lower>` | change events: [`record::ObjectV1`] by id and by path |
+//! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
 //!
-//! Reserved for change events: `k/` cursors, `o/` object-id and path maps, `a/` OAuth tokens.
+//! Change envelopes are `e/` events of kind [`EventKind::Changes`] whose record carries the
+//! events and raw entries ([`record::ChangesV1`]); only the head of each pair's `q/` queue has a
+//! `d/` entry, and delivering or dead-lettering it promotes the next one in the same batch.
+//! Reserved: `a/` OAuth tokens (for `authorize`).
 //! Events of an instance that is no longer configured stay under its name ("held").
 //!
 //! # Recovery
@@ -123,8 +130,10 @@ pub struct Event {
     pub instance: String,
     pub account: String,
     pub kind: EventKind,
-    /// The Dropbox notification body (notify mode), verbatim.
+    /// The Dropbox notification body (notify mode), verbatim; change events: `{"entries": [...]}`.
     pub raw: Option<Bytes>,
+    /// Change events only: the JSON array of the envelope's per-object events.
+    pub objects: Option<Bytes>,
     pub date_ms: u64,
     pub age_base_ms: u64,
     pub attempts: u32,
@@ -142,6 +151,9 @@ pub struct IngestTarget {
     pub coalesce: bool,
     /// The instance's `max_queued_bytes`: past it, the notification merges whatever `coalesce` says.
     pub quota_bytes: u64,
+    /// `events = "changes"`: the notification becomes a durable "walk pending" marker
+    /// (`w/`) instead of an event.
+    pub changes: bool,
 }
 
 /// Where a notification went for one target.
@@ -153,6 +165,42 @@ pub enum Placed {
     Parked { id: Ulid },
     /// Merged into an existing event, which keeps its id.
     Merged { id: Ulid },
+    /// A change-events pair: a walk of its cursor is now owed (durably).
+    WalkPending { instance: String, account: String },
+}
+
+/// One change-events envelope to store (see [`record::ChangesV1`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEnvelope {
+    /// JSON array of the per-object events.
+    pub events: String,
+    /// The envelope's `raw` JSON.
+    pub raw: String,
+}
+
+/// A change to a pair's object maps (`o/`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapWrite {
+    /// The object now lives at `path_lower` (both maps).
+    Put(record::ObjectV1),
+    /// Nothing is known at this path any more.
+    RemovePath(String),
+    /// Nothing is known of this id any more.
+    RemoveId(String),
+}
+
+/// One page of a cursor walk, committed in one batch (SPEC §8: a crash repeats, never skips).
+#[derive(Debug, Clone)]
+pub struct WalkPage {
+    pub instance: String,
+    pub account: String,
+    /// The cursor after this page (`None`: keep the stored one).
+    pub cursor: Option<String>,
+    pub envelopes: Vec<NewEnvelope>,
+    pub map: Vec<MapWrite>,
+    /// The walk is complete: clear the pair's `w/` marker if it still holds this token.
+    pub clear_marker: Option<Vec<u8>>,
+    pub date_ms: u64,
 }
 
 /// The result of a failed attempt that will be retried.
@@ -327,14 +375,51 @@ impl Store {
         }
     }
 
-    /// Removes a delivered event.
-    pub async fn delivered(&self, instance: &str, id: Ulid) -> Result<(), Error> {
-        self.request(Op::Delivered {
+    /// Removes a delivered event. For a change envelope, the next one of its pair becomes due
+    /// now: the answer is that due time, so that the lane looks for it.
+    pub async fn delivered(&self, instance: &str, id: Ulid) -> Result<Option<u64>, Error> {
+        match self
+            .request(Op::Delivered {
+                instance: instance.to_owned(),
+                id,
+            })
+            .await?
+        {
+            Reply::Promoted(due) => Ok(due),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Marks pairs as owing a walk (polling, catch-up), with a fresh token each.
+    pub async fn mark_walk(&self, pairs: Vec<(String, String)>) -> Result<(), Error> {
+        self.request(Op::MarkWalk { pairs }).await.map(drop)
+    }
+
+    /// Stores a pair's cursor; with `only_if_absent`, an existing cursor is kept.
+    pub async fn set_cursor(
+        &self,
+        instance: &str,
+        account: &str,
+        cursor: &str,
+        only_if_absent: bool,
+    ) -> Result<(), Error> {
+        self.request(Op::SetCursor {
             instance: instance.to_owned(),
-            id,
+            account: account.to_owned(),
+            cursor: cursor.to_owned(),
+            only_if_absent,
         })
         .await
         .map(drop)
+    }
+
+    /// Commits one page of a walk: cursor, object maps and envelopes in one batch. Returns the
+    /// envelopes that became the head of their pair's queue (due now), for hand-off.
+    pub async fn commit_walk_page(&self, page: WalkPage) -> Result<Vec<Event>, Error> {
+        match self.request(Op::CommitWalkPage(Box::new(page))).await? {
+            Reply::Events(events) => Ok(events),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Records a failed attempt and when to try again.
@@ -354,15 +439,19 @@ impl Store {
         instance: &str,
         id: Ulid,
         dead: DeadLetter,
-    ) -> Result<(), Error> {
-        self.request(Op::DeadLetter {
-            instance: instance.to_owned(),
-            id,
-            dead,
-            now_ms: now_ms(),
-        })
-        .await
-        .map(drop)
+    ) -> Result<Option<u64>, Error> {
+        match self
+            .request(Op::DeadLetter {
+                instance: instance.to_owned(),
+                id,
+                dead,
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Reply::Promoted(due) => Ok(due),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Takes events out of the store for delivery: they stop being merge targets, and their
@@ -532,6 +621,77 @@ impl Store {
             }
             None => Ok(None),
         }
+    }
+
+    /// A pair's cursor (change events).
+    pub fn cursor(&self, instance: &str, account: &str) -> Result<Option<String>, Error> {
+        let value = self
+            .db
+            .get(keys::pair(keys::CURSOR, instance, account))
+            .map_err(sled_error)?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Accounts of `instance` that have a cursor.
+    pub fn cursor_accounts(&self, instance: &str) -> Result<Vec<String>, Error> {
+        let prefix = keys::instance_prefix(keys::CURSOR, instance);
+        let mut accounts = Vec::new();
+        for key in self.db.scan_prefix(&prefix).keys() {
+            let key = key.map_err(sled_error)?;
+            accounts.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        }
+        Ok(accounts)
+    }
+
+    /// Every pair owing a walk, with its marker token.
+    pub fn walk_markers(&self) -> Result<Vec<(String, String, Vec<u8>)>, Error> {
+        let mut markers = Vec::new();
+        for entry in self.db.scan_prefix(keys::WALK) {
+            let (key, value) = entry.map_err(sled_error)?;
+            if let Some((instance, account)) = keys::parse_pair(keys::WALK, &key) {
+                markers.push((instance, account, value.to_vec()));
+            }
+        }
+        Ok(markers)
+    }
+
+    /// The marker token of a pair owing a walk.
+    pub fn walk_marker(&self, instance: &str, account: &str) -> Result<Option<Vec<u8>>, Error> {
+        let value = self
+            .db
+            .get(keys::pair(keys::WALK, instance, account))
+            .map_err(sled_error)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    /// What the object maps know of an id.
+    pub fn object_by_id(
+        &self,
+        instance: &str,
+        account: &str,
+        id: &str,
+    ) -> Result<Option<record::ObjectV1>, Error> {
+        let key = keys::object_id(instance, account, id);
+        self.db
+            .get(key)
+            .map_err(sled_error)?
+            .map(|v| record::ObjectV1::decode(&v))
+            .transpose()
+    }
+
+    /// What the object maps know of a lower-case path.
+    pub fn object_by_path(
+        &self,
+        instance: &str,
+        account: &str,
+        path_lower: &str,
+    ) -> Result<Option<record::ObjectV1>, Error> {
+        let key = keys::object_path(instance, account, path_lower);
+        self.db
+            .get(key)
+            .map_err(sled_error)?
+            .map(|v| record::ObjectV1::decode(&v))
+            .transpose()
     }
 
     /// Dead letters, optionally of one instance, oldest death first is not guaranteed.

@@ -13,6 +13,44 @@ pub enum EventKind {
     Notify,
     /// "Changes may have been missed" (catch-up after an outage): one `UNKNOWN` event.
     Unknown,
+    /// Per-object change events (SPEC §8): one envelope of a cursor walk, delivered in order
+    /// per (instance, account) through the `q/` queue; see [`ChangesV1`].
+    Changes,
+}
+
+/// The stored body of a change-events envelope: the per-object events and the Dropbox entries
+/// behind them, both as JSON text exactly as they go into the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangesV1 {
+    /// A JSON array of event objects (`elementKey`, `eventType`, `objectType`, `objectId`,
+    /// `date`, `path`, `previousPath`?).
+    pub events: String,
+    /// The envelope's `raw`: `{"entries": [...]}`.
+    pub raw: String,
+    /// Position in the pair's FIFO queue (`q/<instance>\0<account>\0<seq>`); `None` once the
+    /// event left that queue (a replayed dead letter).
+    pub seq: Option<u64>,
+}
+
+/// What the store remembers of a Dropbox object (`o/` records), by id and by lower-case path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectV1 {
+    pub id: String,
+    pub path_lower: String,
+    /// `path_display` as last seen (else `path_lower`).
+    pub path: String,
+    /// `file` or `folder`.
+    pub object_type: String,
+}
+
+impl ObjectV1 {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("object record: {e}")))
+    }
 }
 
 /// A pending event (`e/` records).
@@ -43,6 +81,9 @@ pub struct EventV1 {
     pub last_error: Option<String>,
     /// Bytes this event accounts for against the quotas.
     pub bytes: u64,
+    /// Change events only: the envelope's events and raw entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangesV1>,
 }
 
 /// A dead letter (`x/` records).
@@ -189,6 +230,7 @@ mod tests {
             last_status: Some(500),
             last_error: None,
             bytes: 300,
+            changes: None,
         };
         let bytes = EventRecord::encode(&event);
         assert!(bytes.starts_with(br#"{"v":"1""#));

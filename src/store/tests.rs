@@ -32,6 +32,7 @@ fn target(account: &str, coalesce: bool) -> IngestTarget {
         account: account.into(),
         coalesce,
         quota_bytes: u64::MAX,
+        changes: false,
     }
 }
 
@@ -400,4 +401,145 @@ async fn a_second_open_reports_the_lock() {
     assert!(err.is_locked(), "{err}");
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!Error::Closed.is_locked());
+}
+
+fn page(envelopes: usize, clear_marker: Option<Vec<u8>>) -> WalkPage {
+    WalkPage {
+        instance: "acme".into(),
+        account: "dbid:a".into(),
+        cursor: Some(format!("c{envelopes}")),
+        envelopes: (0..envelopes)
+            .map(|n| NewEnvelope {
+                events: format!(r#"[{{"n":{n}}}]"#),
+                raw: r#"{"entries":[]}"#.into(),
+            })
+            .collect(),
+        map: vec![MapWrite::Put(record::ObjectV1 {
+            id: "id:1".into(),
+            path_lower: "/a".into(),
+            path: "/A".into(),
+            object_type: "file".into(),
+        })],
+        clear_marker,
+        date_ms: now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn change_envelopes_form_a_fifo_with_only_the_head_due() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let heads = store
+        .commit_walk_page(page(3, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(heads.len(), 1, "only the first envelope is the head");
+    assert_eq!(heads[0].objects.as_deref(), Some(&br#"[{"n":0}]"#[..]));
+    assert_eq!(
+        store.cursor("acme", "dbid:a").ok().flatten().as_deref(),
+        Some("c3")
+    );
+    assert!(
+        store
+            .object_by_path("acme", "dbid:a", "/a")
+            .ok()
+            .flatten()
+            .is_some()
+    );
+    let due = store
+        .due_ids("acme", u64::MAX, 10, |_| false)
+        .unwrap_or_default();
+    assert_eq!(due, vec![heads[0].id]);
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(3)
+    );
+
+    // A retry keeps the head in place; delivering it promotes the next one, due now.
+    store
+        .reschedule("acme", heads[0].id, refused(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        store
+            .due_ids("acme", now_ms(), 10, |_| false)
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let promoted = store
+        .delivered("acme", heads[0].id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(promoted.is_some());
+    let due = store
+        .due_ids("acme", u64::MAX, 10, |_| false)
+        .unwrap_or_default();
+    assert_eq!(due.len(), 1);
+    let second = store.claim("acme", due).await.unwrap_or_default();
+    assert_eq!(second[0].objects.as_deref(), Some(&br#"[{"n":1}]"#[..]));
+    assert_eq!(second[0].raw.as_deref(), Some(&br#"{"entries":[]}"#[..]));
+
+    // Dead-lettering the head promotes the next one too; the last one leaves nothing due.
+    let dead = DeadLetter {
+        attempts: 1,
+        reason: "test".into(),
+        last_status: None,
+        last_error: None,
+    };
+    let promoted = store
+        .dead_letter("acme", second[0].id, dead)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(promoted.is_some());
+    let due = store
+        .due_ids("acme", u64::MAX, 10, |_| false)
+        .unwrap_or_default();
+    assert_eq!(due.len(), 1);
+    let promoted = store
+        .delivered("acme", due[0])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(promoted, None);
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn a_walk_clears_only_the_marker_it_started_with() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let changes = IngestTarget {
+        changes: true,
+        ..target("dbid:a", false)
+    };
+    let placed = store
+        .ingest(body(1), now_ms(), vec![changes.clone()])
+        .await
+        .unwrap_or_default();
+    assert!(matches!(placed[0], Placed::WalkPending { .. }));
+    assert_eq!(
+        store.db.scan_prefix(keys::NOTIFICATION).count(),
+        0,
+        "no body kept"
+    );
+    let token = store.walk_marker("acme", "dbid:a").ok().flatten();
+    assert!(token.is_some());
+    // A notification during the walk replaces the token: the walk's end does not clear it.
+    store
+        .ingest(body(2), now_ms(), vec![changes])
+        .await
+        .unwrap_or_default();
+    store
+        .commit_walk_page(page(0, token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let newer = store.walk_marker("acme", "dbid:a").ok().flatten();
+    assert!(newer.is_some(), "a newer request keeps its marker");
+    store
+        .commit_walk_page(page(0, newer))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.walk_markers().unwrap_or_default().len(), 0);
 }

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod changes;
 mod cli_config;
 mod crash;
 mod delivery;

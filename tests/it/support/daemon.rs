@@ -47,6 +47,17 @@ impl Daemon {
         Self::start_with(config, ConfigArg::AfterCommand).await
     }
 
+    /// Like [`Daemon::start`], with extra environment variables from the first start on.
+    pub async fn start_with_env(config: &TestConfig, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::create(config, ConfigArg::AfterCommand, &[]);
+        for (key, value) in env {
+            d.set_env(key, value);
+        }
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
         let mut d = Daemon::create(config, order, &[]);
         d.spawn();
@@ -136,6 +147,7 @@ impl Daemon {
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("WATCHDOG_USEC")
             .env_remove(hookrelay::daemon::CATCH_UP_AFTER_ENV)
+            .env_remove(hookrelay::changes::POLL_INTERVAL_ENV)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)

@@ -4,6 +4,7 @@
 //! - [`daemon`]: `Daemon`, the real `hookrelay` binary running in a temp dir.
 //! - [`cli`]: one-shot CLI invocations (`check`, `--help`, …), bounded.
 //! - [`dropbox`]: what Dropbox sends (signed notifications, challenges).
+//! - [`fake_api`]: `FakeDropboxApi`, the Dropbox API routes of change events, scripted.
 //! - [`callback`]: `FakeCallback`, a scripted consumer endpoint recording every request.
 //! - [`store`]: reads the sled store of a stopped daemon.
 //! - [`signatures`]: checks of a delivery's signature headers.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dropbox;
+pub mod fake_api;
 pub mod http;
 pub mod metrics;
 pub mod rng;

@@ -1,0 +1,381 @@
+//! Change events (SPEC §8) against a fake Dropbox API: per-object events in order, subfolders,
+//! envelopes of at most 20, `kill -9` between a committed page and its delivery, a cursor
+//! reset, an expired access token, and polling without a webhook.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::dropbox::{account_id, notification_body, post_notification};
+use crate::support::fake_api::{FakeDropboxApi, REFRESH_TOKEN};
+use crate::support::{
+    Action, App, Daemon, FakeCallback, InstanceConfig, Recorded, TestConfig, wait_until,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A change-events instance of `app` for `account`, with the fake's refresh token.
+fn changes_instance(app: &App, account: &str, callback: &str) -> InstanceConfig {
+    InstanceConfig::new("files", 31, app)
+        .raw("events = \"changes\"")
+        .accounts(&[account])
+        .callback(callback)
+        .signature_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .configuration("oauth.refresh_token", REFRESH_TOKEN)
+}
+
+/// Starts the daemon and waits until it took its first cursor.
+async fn start(cfg: &TestConfig, api: &FakeDropboxApi, env: &[(&str, &str)]) -> Daemon {
+    let d = Daemon::start_with_env(cfg, env).await;
+    wait_until(WAIT, "the first cursor", || async {
+        api.calls("2/files/list_folder/get_latest_cursor") >= 1
+    })
+    .await;
+    d
+}
+
+async fn notify(d: &Daemon, app: &App, account: &str) {
+    let status =
+        post_notification(&d.ingest_url(), &app.secret, &notification_body(&[account])).await;
+    assert_eq!(status, 200, "{}", d.logs());
+}
+
+/// Every event of every 2xx-answered delivery, in delivery order.
+fn delivered_events(reqs: &[Recorded]) -> Vec<Value> {
+    reqs.iter()
+        .filter(|r| r.answered == Some(200))
+        .flat_map(|r| {
+            r.message()["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn count_delivered(reqs: &[Recorded]) -> usize {
+    delivered_events(reqs).len()
+}
+
+fn field(e: &Value, key: &str) -> String {
+    e[key].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_created_modified_renamed_and_deleted_in_order() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+
+    let id = api.write_file("/Report.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "CREATED", |r| count_delivered(r) >= 1)
+        .await;
+    api.write_file("/Report.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "UPDATED", |r| count_delivered(r) >= 2)
+        .await;
+    api.rename("/Report.txt", "/Final Report.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "the move", |r| count_delivered(r) >= 3)
+        .await;
+    api.delete("/Final Report.txt");
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "DELETED", |r| count_delivered(r) >= 4)
+        .await;
+
+    let events = delivered_events(&reqs);
+    let rows: Vec<(String, String, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                field(e, "eventType"),
+                field(e, "objectType"),
+                field(e, "objectId"),
+                field(e, "path"),
+                field(e, "previousPath"),
+            )
+        })
+        .collect();
+    let row = |t: &str, p: &str, pp: &str| {
+        (
+            t.to_owned(),
+            "file".to_owned(),
+            id.clone(),
+            p.to_owned(),
+            pp.to_owned(),
+        )
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row("CREATED", "/Report.txt", ""),
+            row("UPDATED", "/Report.txt", ""),
+            row("UPDATED", "/Final Report.txt", "/Report.txt"),
+            row("DELETED", "/Final Report.txt", ""),
+        ],
+        "{}",
+        d.logs()
+    );
+    let first = reqs[0].message();
+    assert_eq!(first["accountId"], account.as_str());
+    assert_eq!(first["instanceId"], 31);
+    assert_eq!(first["events"][0]["elementKey"], "dropbox");
+    assert!(
+        first["events"][0]["date"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z'))
+    );
+    assert_eq!(first["raw"]["entries"][0]["id"], id.as_str());
+    // The move's raw holds both of its entries (the folded `deleted` and the new path).
+    let mv = reqs[2].message();
+    assert_eq!(mv["raw"]["entries"].as_array().map(Vec::len), Some(2));
+    crate::support::callback::verify_signatures(&reqs[0], "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_a_subfolder_is_reported_and_the_account_comes_from_get_current_account() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(false);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    assert!(api.calls("2/users/get_current_account") >= 1);
+
+    api.create_folder("/Projects");
+    api.create_folder("/Projects/2026");
+    let id = api.write_file("/Projects/2026/plan.md");
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "three events", |r| count_delivered(r) >= 3)
+        .await;
+    let events = delivered_events(&reqs);
+    let last = &events[2];
+    assert_eq!(field(last, "eventType"), "CREATED");
+    assert_eq!(field(last, "objectId"), id);
+    assert_eq!(field(last, "path"), "/Projects/2026/plan.md");
+    assert_eq!(field(&events[0], "objectType"), "folder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_five_changes_arrive_as_envelopes_of_20_20_and_5_in_order() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    let ids: Vec<String> = (0..45)
+        .map(|n| api.write_file(&format!("/f{n:02}.txt")))
+        .collect();
+    notify(&d, &app, &account).await;
+    let reqs = cb.wait_for(3, WAIT).await;
+    let sizes: Vec<usize> = reqs
+        .iter()
+        .map(|r| r.message()["events"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(sizes, [20, 20, 5], "{}", d.logs());
+    for r in &reqs {
+        let m = r.message();
+        assert_eq!(
+            m["raw"]["entries"].as_array().map(Vec::len),
+            m["events"].as_array().map(Vec::len),
+            "raw holds exactly the entries of the envelope's events"
+        );
+    }
+    let got: Vec<String> = delivered_events(&reqs)
+        .iter()
+        .map(|e| field(e, "objectId"))
+        .collect();
+    assert_eq!(got, ids);
+    // One in flight per pair: each envelope was sent after the previous one was answered.
+    assert!(reqs.windows(2).all(|w| w[0].at <= w[1].at));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_a_committed_page_and_its_delivery_loses_nothing() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    api.set_page_size(10);
+    let cb = FakeCallback::start([], Action::Hang).await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let mut d = start(&cfg, &api, &[]).await;
+    let ids: Vec<String> = (0..25)
+        .map(|n| api.write_file(&format!("/k{n:02}.txt")))
+        .collect();
+    notify(&d, &app, &account).await;
+    cb.wait_for(1, WAIT).await;
+    d.kill9();
+    cb.set_plan([], Action::Status(200));
+    d.restart().await;
+    let reqs = cb
+        .wait_until(WAIT, "all 25 objects delivered", |r| {
+            let got: std::collections::BTreeSet<String> = delivered_events(r)
+                .iter()
+                .map(|e| field(e, "objectId"))
+                .collect();
+            ids.iter().all(|id| got.contains(id))
+        })
+        .await;
+    // In order of first delivery.
+    let mut first_seen: Vec<String> = Vec::new();
+    for e in delivered_events(&reqs) {
+        let id = field(&e, "objectId");
+        if !first_seen.contains(&id) {
+            first_seen.push(id);
+        }
+    }
+    assert_eq!(first_seen, ids, "{}", d.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_reset_yields_one_unknown_event_and_the_walk_carries_on() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    api.write_file("/lost.txt");
+    api.reset_next();
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "UNKNOWN", |r| count_delivered(r) >= 1)
+        .await;
+    let id = api.write_file("/after-reset.txt");
+    api.rate_limit_next();
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the next change", |r| count_delivered(r) >= 2)
+        .await;
+    let events = delivered_events(&reqs);
+    assert_eq!(field(&events[0], "eventType"), "UNKNOWN", "{}", d.logs());
+    assert_eq!(field(&events[0], "objectId"), account);
+    assert_eq!(field(&events[1], "eventType"), "CREATED");
+    assert_eq!(field(&events[1], "objectId"), id);
+    assert_eq!(
+        events.len(),
+        2,
+        "nothing before the fresh cursor is replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_refreshed_exactly_once() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    let before = api.calls("oauth2/token");
+    api.expire_token();
+    api.write_file("/a.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "the change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(api.calls("oauth2/token"), before + 1, "{}", d.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_shows_needs_authorize_and_keeps_the_walk_pending() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    api.revoke_refresh_token(true);
+    api.expire_token();
+    api.write_file("/a.txt");
+    notify(&d, &app, &account).await;
+    wait_until(WAIT, "needs_authorize in status", || async {
+        let r = crate::support::http::get(&format!("{}/admin/status", d.admin_url())).await;
+        r.text().contains("needs_authorize")
+    })
+    .await;
+    assert_eq!(
+        d.metric("hookrelay_changes_needs_authorize{instance=\"files\"}")
+            .await,
+        Some(1.0)
+    );
+    // Authorized again (here: the token works again), the next request finds the change.
+    api.revoke_refresh_token(false);
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "the change", |r| count_delivered(r) >= 1)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_finds_a_change_without_a_webhook() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(
+            changes_instance(&app, &account, &cb.url())
+                .configuration("event.vendor.type", "polling")
+                .configuration("event.poller.refresh_interval", 1_i64),
+        )
+        .raw(&api.toml());
+    let _d = start(&cfg, &api, &[(hookrelay::changes::POLL_INTERVAL_ENV, "1s")]).await;
+    let id = api.write_file("/polled.txt");
+    let reqs = cb
+        .wait_until(WAIT, "the polled change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropbox_5xx_answers_are_retried_with_backoff() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(changes_instance(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let d = start(&cfg, &api, &[]).await;
+    let id = api.write_file("/retry.txt");
+    api.fail_next(2);
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
+    assert!(
+        api.calls("2/files/list_folder/continue") >= 3,
+        "{}",
+        d.logs()
+    );
+}

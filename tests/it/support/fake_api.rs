@@ -1,0 +1,324 @@
+//! `FakeDropboxApi`: the Dropbox API routes change events use (protocols.md §2), on
+//! `127.0.0.1:0`, over a scripted entry feed. A cursor is `c<N>`: the position in the feed.
+//! Scripts: the next `list_folder/continue` answers a 409 reset, a 429 or a 500; the access
+//! token can be expired (every call then answers 401 until a refresh); the refresh token can
+//! be revoked (`invalid_grant`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// The refresh token the fake accepts.
+pub const REFRESH_TOKEN: &str = "rt-test-refresh";
+
+#[derive(Default)]
+struct Inner {
+    account: String,
+    feed: Vec<Value>,
+    /// path_lower → (id, tag).
+    tree: HashMap<String, (String, String)>,
+    next_id: u64,
+    page_size: usize,
+    access: Option<String>,
+    issued: u64,
+    revoked: bool,
+    account_in_token: bool,
+    reset_next: bool,
+    rate_limit_next: bool,
+    fail_next: u32,
+    calls: BTreeMap<String, u64>,
+}
+
+pub struct FakeDropboxApi {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl FakeDropboxApi {
+    pub async fn start(account: &str) -> FakeDropboxApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake Dropbox API");
+        let addr = listener.local_addr().expect("local addr");
+        let inner = Arc::new(Mutex::new(Inner {
+            account: account.to_owned(),
+            page_size: 2000,
+            ..Inner::default()
+        }));
+        let (shutdown, mut stop) = watch::channel(false);
+        let state = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeDropboxApi {
+            addr,
+            inner,
+            shutdown,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `[dropbox] api_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The `[dropbox]` table pointing at this fake.
+    pub fn toml(&self) -> String {
+        format!("[dropbox]\napi_url = \"{}\"", self.url())
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap())
+    }
+
+    /// How many times a route was called (`2/files/list_folder/continue`, `oauth2/token`, …).
+    pub fn calls(&self, route: &str) -> u64 {
+        self.with(|i| i.calls.get(route).copied().unwrap_or(0))
+    }
+
+    pub fn set_page_size(&self, size: usize) {
+        self.with(|i| i.page_size = size);
+    }
+
+    /// Whether the token answer names `account_id` (else the daemon must ask
+    /// `users/get_current_account`).
+    pub fn set_account_in_token(&self, yes: bool) {
+        self.with(|i| i.account_in_token = yes);
+    }
+
+    pub fn expire_token(&self) {
+        self.with(|i| i.access = None);
+    }
+
+    pub fn revoke_refresh_token(&self, revoked: bool) {
+        self.with(|i| i.revoked = revoked);
+    }
+
+    pub fn reset_next(&self) {
+        self.with(|i| i.reset_next = true);
+    }
+
+    pub fn rate_limit_next(&self) {
+        self.with(|i| i.rate_limit_next = true);
+    }
+
+    pub fn fail_next(&self, times: u32) {
+        self.with(|i| i.fail_next = times);
+    }
+
+    fn push(&self, entry: Value) {
+        self.with(|i| i.feed.push(entry));
+    }
+
+    fn entry(tag: &str, id: &str, path: &str) -> Value {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let mut e = json!({".tag": tag, "name": name, "path_lower": path.to_lowercase(), "path_display": path});
+        if tag != "deleted" {
+            e["id"] = json!(id);
+        }
+        if tag == "file" {
+            e["rev"] = json!("a1c10ce0dd78");
+            e["size"] = json!(1);
+            e["server_modified"] = json!("2026-01-01T00:00:00Z");
+        }
+        e
+    }
+
+    fn put(&self, tag: &str, path: &str) -> String {
+        let id = self.with(|i| {
+            let lower = path.to_lowercase();
+            match i.tree.get(&lower) {
+                Some((id, _)) => id.clone(),
+                None => {
+                    i.next_id += 1;
+                    let id = format!("id:fake{}", i.next_id);
+                    i.tree.insert(lower, (id.clone(), tag.to_owned()));
+                    id
+                }
+            }
+        });
+        self.push(Self::entry(tag, &id, path));
+        id
+    }
+
+    /// A file created or modified at `path`; returns its id.
+    pub fn write_file(&self, path: &str) -> String {
+        self.put("file", path)
+    }
+
+    pub fn create_folder(&self, path: &str) -> String {
+        self.put("folder", path)
+    }
+
+    /// A move: `deleted` at the old path, then the object at the new one (same id).
+    pub fn rename(&self, from: &str, to: &str) -> String {
+        let (id, tag) = self.with(|i| {
+            i.tree
+                .remove(&from.to_lowercase())
+                .expect("renaming a path that does not exist")
+        });
+        self.with(|i| i.tree.insert(to.to_lowercase(), (id.clone(), tag.clone())));
+        self.push(Self::entry("deleted", "", from));
+        self.push(Self::entry(&tag, &id, to));
+        id
+    }
+
+    pub fn delete(&self, path: &str) {
+        self.with(|i| i.tree.remove(&path.to_lowercase()));
+        self.push(Self::entry("deleted", "", path));
+    }
+}
+
+impl Drop for FakeDropboxApi {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn reply(status: u16, body: Value, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    for (k, v) in headers {
+        resp.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            hyper::header::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    resp
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.to_owned(), v.replace("%3A", ":").replace('+', " ")))
+        })
+        .collect()
+}
+
+async fn handle(
+    state: Arc<Mutex<Inner>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let route = parts.uri.path().trim_start_matches('/').to_owned();
+    let bearer = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut i = state.lock().unwrap();
+    *i.calls.entry(route.clone()).or_insert(0) += 1;
+    if route == "oauth2/token" {
+        let form = form(&body);
+        if i.revoked || form.get("refresh_token").map(String::as_str) != Some(REFRESH_TOKEN) {
+            return Ok(reply(
+                400,
+                json!({"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}),
+                &[],
+            ));
+        }
+        i.issued += 1;
+        let token = format!("sl.fake-{}", i.issued);
+        i.access = Some(token.clone());
+        let mut answer =
+            json!({"access_token": token, "token_type": "bearer", "expires_in": 14400});
+        if i.account_in_token {
+            answer["account_id"] = json!(i.account);
+        }
+        return Ok(reply(200, answer, &[]));
+    }
+    if bearer.is_none() || bearer != i.access {
+        return Ok(reply(
+            401,
+            json!({"error_summary": "expired_access_token/", "error": {".tag": "expired_access_token"}}),
+            &[],
+        ));
+    }
+    let args: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match route.as_str() {
+        "2/users/get_current_account" => Ok(reply(200, json!({"account_id": i.account}), &[])),
+        "2/files/list_folder/get_latest_cursor" => {
+            assert_eq!(args["path"], "", "get_latest_cursor of the whole account");
+            assert_eq!(args["recursive"], true, "get_latest_cursor recursive");
+            Ok(reply(
+                200,
+                json!({"cursor": format!("c{}", i.feed.len())}),
+                &[],
+            ))
+        }
+        "2/files/list_folder/continue" => {
+            if i.reset_next {
+                i.reset_next = false;
+                return Ok(reply(
+                    409,
+                    json!({"error_summary": "reset/..", "error": {".tag": "reset"}}),
+                    &[],
+                ));
+            }
+            if i.rate_limit_next {
+                i.rate_limit_next = false;
+                return Ok(reply(
+                    429,
+                    json!({"error_summary": "too_many_requests/", "error": {"reason": {".tag": "too_many_requests"}, "retry_after": 1}}),
+                    &[("Retry-After", "1")],
+                ));
+            }
+            if i.fail_next > 0 {
+                i.fail_next -= 1;
+                return Ok(reply(500, json!({"error": "internal"}), &[]));
+            }
+            let from: usize = args["cursor"]
+                .as_str()
+                .and_then(|c| c.strip_prefix('c'))
+                .and_then(|n| n.parse().ok())
+                .expect("a fake cursor");
+            let end = (from + i.page_size).min(i.feed.len());
+            let entries = i.feed[from.min(end)..end].to_vec();
+            Ok(reply(
+                200,
+                json!({"entries": entries, "cursor": format!("c{end}"), "has_more": end < i.feed.len()}),
+                &[],
+            ))
+        }
+        _ => Ok(reply(404, json!({"error": "no such route"}), &[])),
+    }
+}
