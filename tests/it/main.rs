@@ -5,9 +5,13 @@
 #[allow(dead_code)]
 mod support;
 
+mod abuse;
 mod cli_config;
 mod delivery;
+mod faults;
 mod ingest;
 mod lifecycle;
 mod policy;
+mod reload_load;
+mod secrets;
 mod tls;

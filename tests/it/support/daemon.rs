@@ -41,6 +41,23 @@ impl Daemon {
     }
 
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
+        Self::start_full(config, order, &[], |_| {}).await
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables from the first start on (see
+    /// [`Daemon::set_env`]), e.g. `RUST_LOG` or a `NOTIFY_SOCKET` the test owns.
+    pub async fn start_env(config: &TestConfig, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(config, ConfigArg::AfterCommand, env, |_| {}).await
+    }
+
+    /// The general start: `env` as in [`Daemon::start_env`], and `prepare` called with the temp
+    /// dir after the config is written and before the process starts (secret files, sockets).
+    pub async fn start_full(
+        config: &TestConfig,
+        order: ConfigArg,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hookrelay-it-")
             .tempdir()
@@ -51,9 +68,13 @@ impl Daemon {
             order,
             child: None,
             starts: 0,
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         d.rewrite_config(config);
+        prepare(d.dir.path());
         d.spawn();
         d.wait_ready().await;
         d

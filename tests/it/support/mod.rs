@@ -9,6 +9,9 @@
 //! - [`signatures`]: checks of a delivery's signature headers.
 //! - [`metrics`]: one value out of `/metrics`.
 //! - [`http`]: the shared HTTP client and polling helpers.
+//! - [`fault_proxy`]: `FaultProxy`, a loopback TCP proxy injecting destination faults.
+//! - [`notify`]: `NotifySocket`, a `NOTIFY_SOCKET` the test owns (sd_notify as systemd sees it).
+//! - [`long_tests`]: whether the long tier (`HOOKRELAY_LONG_TESTS=1`) is asked for.
 //!
 //! Every wait here is bounded; on failure the daemon's logs are printed.
 
@@ -17,8 +20,10 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dropbox;
+pub mod fault_proxy;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod signatures;
 pub mod store;
 
@@ -27,3 +32,13 @@ pub use config::{InstanceConfig, TestConfig};
 pub use daemon::Daemon;
 pub use dropbox::App;
 pub use http::wait_until;
+
+/// Whether the long tier runs (`HOOKRELAY_LONG_TESTS=1`): larger counts, longer runs.
+pub fn long_tests() -> bool {
+    std::env::var("HOOKRELAY_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// `short` in the normal run, `long` under `HOOKRELAY_LONG_TESTS=1`.
+pub fn tier<T>(short: T, long: T) -> T {
+    if long_tests() { long } else { short }
+}
