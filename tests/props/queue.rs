@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hookrelay::store::{
@@ -227,6 +228,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 let id = match (merge_into, placed) {
                     (Some(expected), Placed::Merged { id }) => {
                         prop_assert_eq!(id, expected, "merged into another event");
+                        count(&STATS.merged);
                         let old_bytes = model.pending[&id].bytes;
                         let c = model.counter(&target.instance);
                         c.pending_bytes = c.pending_bytes - old_bytes + new_bytes;
@@ -236,12 +238,14 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                         id
                     }
                     (None, Placed::Created(event)) if !over_quota => {
+                        count(&STATS.created);
                         prop_assert_eq!(&event.account, &target.account);
                         prop_assert_eq!(event.attempts, 0);
                         prop_assert_eq!(event.raw.as_deref().and_then(marker_of), Some(marker));
                         event.id
                     }
                     (None, Placed::Parked { id }) if over_quota => {
+                        count(&STATS.parked);
                         model.pairs.insert(key.clone(), id);
                         id
                     }
@@ -292,6 +296,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 "claimed raw"
             );
             model.unlink(&m, id);
+            count(&STATS.claimed);
         }
         Op::Delivered(index) => {
             let Some(id) = pick(model.pending.keys().copied(), index) else {
@@ -304,6 +309,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 .map_err(|e| TestCaseError::fail(format!("delivered: {e}")))?;
             let event = model.remove_pending(id);
             model.delivered.insert(id, event.marker);
+            count(&STATS.delivered);
         }
         Op::Reschedule {
             pick: index,
@@ -325,6 +331,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 .reschedule(&m.instance, id, retry)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("reschedule: {e}")))?;
+            count(&STATS.rescheduled);
             let e = model.pending.get_mut(&id).expect("pending");
             e.attempts += 1;
             e.due_ms = Some(due_ms);
@@ -361,20 +368,21 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             c.dead_events += 1;
             c.dead_bytes += event.bytes;
             model.dead.insert(id, event);
+            count(&STATS.dead);
         }
         Op::ReplayDead(index) => {
             let Some(id) = pick(model.dead.keys().copied(), index) else {
                 return Ok(());
             };
             let instance = model.dead[&id].instance.clone();
-            let count = store
+            let replayed = store
                 .replay_dead(vec![
                     (instance.clone(), id),
                     (instance.clone(), Ulid::generate()),
                 ])
                 .await
                 .map_err(|e| TestCaseError::fail(format!("replay_dead: {e}")))?;
-            prop_assert_eq!(count, 1);
+            prop_assert_eq!(replayed, 1);
             let mut event = model.dead.remove(&id).expect("dead");
             let c = model.counter(&instance);
             c.dead_events -= 1;
@@ -382,6 +390,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             event.attempts = 0;
             event.due_ms = None;
             model.add_pending(id, event);
+            count(&STATS.replayed);
         }
         Op::Unknown(kind) => {
             let (instance, id) = (INSTANCES[0], Ulid::generate());
@@ -545,49 +554,130 @@ fn scratch_dir() -> tempfile::TempDir {
         .expect("a temp dir")
 }
 
-proptest! {
-    #![proptest_config(crate::cases(64, 1_000))]
+/// How often each path was taken over a whole run (so a run that never merges, parks or
+/// reopens is noticed, not taken for a pass).
+struct Stats {
+    cases: AtomicU64,
+    steps: AtomicU64,
+    created: AtomicU64,
+    parked: AtomicU64,
+    merged: AtomicU64,
+    claimed: AtomicU64,
+    delivered: AtomicU64,
+    rescheduled: AtomicU64,
+    dead: AtomicU64,
+    replayed: AtomicU64,
+    reopened: AtomicU64,
+}
 
-    #[test]
-    fn the_queue_keeps_every_acked_notification_covered(
-        ops in proptest::collection::vec(op(), 1..=40)
-    ) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let dir = scratch_dir();
-        let path = dir.path().join("store");
-        runtime.block_on(async {
-            let mut store = open(&path);
-            let mut model = Model::default();
-            check(&store, &model)?;
-            for (n, op) in ops.iter().enumerate() {
-                if let Op::Reopen { clean } = op {
-                    if *clean {
-                        store
-                            .close()
-                            .await
-                            .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
-                    }
-                    drop(store);
-                    store = open(&path);
+static STATS: Stats = Stats {
+    cases: AtomicU64::new(0),
+    steps: AtomicU64::new(0),
+    created: AtomicU64::new(0),
+    parked: AtomicU64::new(0),
+    merged: AtomicU64::new(0),
+    claimed: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+    rescheduled: AtomicU64::new(0),
+    dead: AtomicU64::new(0),
+    replayed: AtomicU64::new(0),
+    reopened: AtomicU64::new(0),
+};
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One case: a fresh store, the ops, a check after each, a final close and reopen.
+fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
+    count(&STATS.cases);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = scratch_dir();
+    let path = dir.path().join("store");
+    runtime.block_on(async {
+        let mut store = open(&path);
+        let mut model = Model::default();
+        check(&store, &model)?;
+        for (n, op) in ops.iter().enumerate() {
+            if let Op::Reopen { clean } = op {
+                if *clean {
+                    store
+                        .close()
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
                 }
-                step(&store, &mut model, op)
-                    .await
-                    .map_err(|e| TestCaseError::fail(format!("step {n} {op:?}: {e}")))?;
-                check(&store, &model)
-                    .map_err(|e| TestCaseError::fail(format!("after step {n} {op:?}: {e}")))?;
+                drop(store);
+                store = open(&path);
+                count(&STATS.reopened);
             }
-            store
-                .close()
+            count(&STATS.steps);
+            step(&store, &mut model, op)
                 .await
-                .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
-            drop(store);
-            // Once more after a final reopen: the state is durable as committed.
-            let store = open(&path);
-            check(&store, &model)?;
-            store.close().await.map_err(|e| TestCaseError::fail(format!("close: {e}")))
-        })?;
+                .map_err(|e| TestCaseError::fail(format!("step {n} {op:?}: {e}")))?;
+            check(&store, &model)
+                .map_err(|e| TestCaseError::fail(format!("after step {n} {op:?}: {e}")))?;
+        }
+        store
+            .close()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
+        drop(store);
+        // Once more after a final reopen: the state is durable as committed.
+        let store = open(&path);
+        check(&store, &model)?;
+        store
+            .close()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("close: {e}")))
+    })
+}
+
+#[test]
+fn the_queue_keeps_every_acked_notification_covered() {
+    let config = crate::cases(64, 1_000);
+    let cases = config.cases;
+    let started = std::time::Instant::now();
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    if let Err(failure) = runner.run(&proptest::collection::vec(op(), 1..=40), |ops| {
+        run_case(&ops)
+    }) {
+        panic!("{failure}");
+    }
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let s = &STATS;
+    eprintln!(
+        "queue model: {cases} cases (+ shrinking: {} run), {} steps in {:?}; events created {}, \
+         parked {}, merged {}; claims {}, delivered {}, rescheduled {}, dead-lettered {}, \
+         replayed {}; reopens {}",
+        get(&s.cases),
+        get(&s.steps),
+        started.elapsed(),
+        get(&s.created),
+        get(&s.parked),
+        get(&s.merged),
+        get(&s.claimed),
+        get(&s.delivered),
+        get(&s.rescheduled),
+        get(&s.dead),
+        get(&s.replayed),
+        get(&s.reopened),
+    );
+    for (path, n) in [
+        ("created", get(&s.created)),
+        ("parked", get(&s.parked)),
+        ("merged", get(&s.merged)),
+        ("delivered", get(&s.delivered)),
+        ("rescheduled", get(&s.rescheduled)),
+        ("dead-lettered", get(&s.dead)),
+        ("replayed", get(&s.replayed)),
+        ("reopened", get(&s.reopened)),
+    ] {
+        assert!(
+            n > 0,
+            "the run never {path} an event: the generator lost its reach"
+        );
     }
 }

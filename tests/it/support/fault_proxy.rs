@@ -163,18 +163,19 @@ impl FaultProxy {
         let deadline = Instant::now() + timeout;
         loop {
             let changed = self.state.changed.notified();
-            {
+            let count = {
                 let conns = self.state.conns.lock().unwrap();
                 if cond(&conns) {
                     return conns.clone();
                 }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "fault proxy {}: timed out after {timeout:?} waiting for {what}; {} connection(s)",
-                        self.addr,
-                        conns.len()
-                    );
-                }
+                conns.len()
+            };
+            // Panic without the lock held, so the proxy's tasks keep working for other tests.
+            if Instant::now() >= deadline {
+                panic!(
+                    "fault proxy {}: timed out after {timeout:?} waiting for {what}; {count} connection(s)",
+                    self.addr
+                );
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), changed).await;
