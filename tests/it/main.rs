@@ -5,12 +5,16 @@
 #[allow(dead_code)]
 mod support;
 
+mod abuse;
 mod changes;
 mod cli_config;
 mod crash;
 mod delivery;
+mod faults;
 mod ingest;
 mod lifecycle;
 mod policy;
+mod reload_load;
+mod secrets;
 mod storage_faults;
 mod tls;

@@ -58,6 +58,30 @@ impl Daemon {
         d
     }
 
+    /// Like [`Daemon::start`], with extra environment variables from the first start on (see
+    /// [`Daemon::set_env`]), e.g. `RUST_LOG` or a `NOTIFY_SOCKET` the test owns.
+    pub async fn start_env(config: &TestConfig, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(config, ConfigArg::AfterCommand, env, |_| {}).await
+    }
+
+    /// The general start: `env` as in [`Daemon::start_env`], and `prepare` called with the temp
+    /// dir after the config is written and before the process starts (secret files, sockets).
+    pub async fn start_full(
+        config: &TestConfig,
+        order: ConfigArg,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
+        let mut d = Daemon::create(config, order, &[]);
+        for (key, value) in env {
+            d.set_env(key, value);
+        }
+        prepare(d.dir.path());
+        d.spawn();
+        d.wait_ready().await;
+        d
+    }
+
     pub async fn start_with(config: &TestConfig, order: ConfigArg) -> Daemon {
         let mut d = Daemon::create(config, order, &[]);
         d.spawn();
