@@ -153,8 +153,9 @@ fn attempts_by_event(conns: &[Conn], mode: Mode) -> BTreeMap<String, Vec<Conn>> 
     by_event
 }
 
-/// Retry n+1 comes no earlier than attempt n's end + 0.8 × delay(n), and not much later than
-/// its end + 1.2 × delay(n) (generous slack for a busy 2-core machine).
+/// Retry n+1 comes no earlier than attempt n's end + 0.8 × delay(n) (less 100 ms: the proxy
+/// notices an end a little after the daemon), and not much later than its end + 1.2 × delay(n)
+/// (+3 s of slack for a busy 2-core machine).
 fn check_schedule(by_event: &BTreeMap<String, Vec<Conn>>) -> Duration {
     let mut worst_late = Duration::ZERO;
     for (id, attempts) in by_event {
@@ -170,7 +171,7 @@ fn check_schedule(by_event: &BTreeMap<String, Vec<Conn>>) -> Duration {
             let wait = next_start.saturating_duration_since(ended);
             let earliest = delay(n)
                 .mul_f64(0.8)
-                .saturating_sub(Duration::from_millis(60));
+                .saturating_sub(Duration::from_millis(100));
             let latest = delay(n).mul_f64(1.2) + Duration::from_secs(3);
             assert!(
                 wait >= earliest,

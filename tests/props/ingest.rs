@@ -147,7 +147,7 @@ fn dropbox_examples_parse() {
 }
 
 /// serde reads a struct from a JSON array too, so `[{"accounts": […]}]` or
-/// `{"list_folder": [["dbid:x"]]}` (no `list_folder.accounts` key anywhere) are read as account
+/// `{"list_folder": [["dbid:x"], null]}` (no `list_folder.accounts` key anywhere) are read as account
 /// lists. Only bodies signed with the app secret get here, so this is leniency, not a hole, but
 /// SPEC §4 says such bodies are 400.
 #[test]
@@ -158,7 +158,7 @@ fn a_top_level_array_is_not_a_notification() {
         Accounts::Invalid
     );
     assert_eq!(
-        parse_accounts(br#"{"list_folder": [["dbid:x"]]}"#),
+        parse_accounts(br#"{"list_folder": [["dbid:x"], null]}"#),
         Accounts::Invalid
     );
 }
