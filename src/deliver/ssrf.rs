@@ -39,18 +39,23 @@ const FORBIDDEN_V4: [(Ipv4Addr, u8); 14] = [
 
 /// Forbidden IPv6 networks, as (network, prefix length). IPv4-carrying ranges are handled by
 /// [`embedded_v4`] instead.
-const FORBIDDEN_V6: [(Ipv6Addr, u8); 6] = [
+const FORBIDDEN_V6: [(Ipv6Addr, u8); 8] = [
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96), // ::, ::1 and IPv4-compatible ::a.b.c.d
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
     (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // deprecated site-local
     (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
     (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
+    // Local-use NAT64 (RFC 8215): private by definition, and its translators may embed the
+    // IPv4 address at several offsets, so the whole /48 is refused.
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
 ];
 
 /// Whether `ip` is forbidden as a callback destination (see the module doc). IPv4-mapped
-/// addresses are judged as the IPv4 address they carry, as are NAT64 (`64:ff9b::/96`,
-/// `64:ff9b:1::/48`) and 6to4 (`2002::/16`) addresses.
+/// addresses are judged as the IPv4 address they carry, as are well-known NAT64
+/// (`64:ff9b::/96`) and 6to4 (`2002::/16`) addresses; local-use NAT64 (`64:ff9b:1::/48`) is
+/// refused whole.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => is_forbidden_v4(v4),
@@ -78,9 +83,8 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = ip.to_bits();
     let well_known_nat64 = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0).to_bits();
-    let local_nat64 = Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0).to_bits();
     let six_to_four = Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0).to_bits();
-    if bits & v6_mask(96) == well_known_nat64 || bits & v6_mask(48) == local_nat64 {
+    if bits & v6_mask(96) == well_known_nat64 {
         return Some(Ipv4Addr::from_bits(bits as u32));
     }
     if bits & v6_mask(16) == six_to_four {

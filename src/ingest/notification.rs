@@ -26,6 +26,10 @@ struct ListFolder {
 }
 
 pub fn parse_accounts(body: &[u8]) -> Accounts {
+    if !is_object_with_list_folder_object(body) {
+        return Accounts::Invalid;
+    }
+    // The typed parse also rejects duplicate keys, which a plain JSON value would hide.
     let Ok(Body {
         list_folder: Some(list_folder),
     }) = serde_json::from_slice::<Body>(body)
@@ -44,6 +48,17 @@ pub fn parse_accounts(body: &[u8]) -> Accounts {
         }
         (None, Some(_)) => Accounts::Team,
         (None, None) => Accounts::Invalid,
+    }
+}
+
+/// serde builds a struct from a JSON array as well, so the shape is checked on the plain value:
+/// the body and its `list_folder` must be objects.
+fn is_object_with_list_folder_object(body: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .get("list_folder")
+            .is_some_and(serde_json::Value::is_object),
+        _ => false,
     }
 }
 

@@ -570,7 +570,6 @@ async fn an_over_long_challenge_is_refused_and_not_reflected() {
 /// SPEC §4: a signed body without a `list_folder.accounts` array of strings is 400 and stores
 /// nothing. serde reads a struct from a JSON array as well, so these shapes are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: array-shaped signed bodies are accepted (200, stored); SPEC §4 says 400"]
 async fn array_shaped_bodies_are_400() {
     let app = App::new("app-key");
     let mut d = Daemon::start(&paused_config(&app)).await;

@@ -151,7 +151,6 @@ fn dropbox_examples_parse() {
 /// lists. Only bodies signed with the app secret get here, so this is leniency, not a hole, but
 /// SPEC §4 says such bodies are 400.
 #[test]
-#[ignore = "finding: parse_accounts accepts array-shaped bodies (serde struct-from-seq); SPEC §4 says 400"]
 fn a_top_level_array_is_not_a_notification() {
     assert_eq!(
         parse_accounts(br#"[{"accounts": ["dbid:x"]}]"#),
