@@ -28,7 +28,7 @@ fi
 build=()
 [ "$profile" = "release" ] && build=(--release)
 
-target="${CARGO_TARGET_DIR:-target}"
+target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
 echo "== bench: cargo build ${build[*]} --bins"
 cargo build --locked "${build[@]}" --bins
 

@@ -1786,13 +1786,17 @@ fn main() -> ExitCode {
             .map(|p| p.with_file_name("hookrelay"))
             .unwrap_or_else(|_| PathBuf::from("hookrelay"))
     });
-    if !hookrelay.exists() {
-        eprintln!(
-            "hookrelay-bench: {} not found (build it first, or pass --hookrelay)",
-            hookrelay.display()
-        );
-        return ExitCode::from(2);
-    }
+    // Absolute: the daemon is started with its own working directory.
+    let hookrelay = match std::fs::canonicalize(&hookrelay) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "hookrelay-bench: {}: {e} (build it first, or pass --hookrelay)",
+                hookrelay.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
 
     // The sink: one thread, a current-thread runtime, like a small real consumer.
     let sink = Arc::new(Sink::default());
