@@ -109,6 +109,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
+        walker: walker.clone(),
         ready: Default::default(),
     });
     let ingest_task = tokio::spawn(http::serve_with_tls(

@@ -2,9 +2,11 @@
 //! "walk pending" marker; the [`walker`] walks the pair's Dropbox cursor with [`api`], turns
 //! the entries into per-object events with [`mapping`], and commits each page (cursor, object
 //! maps, envelopes) in one batch. Envelopes of a pair are delivered first-in-first-out, one in
-//! flight, by the store's per-pair queue and the instance's lane.
+//! flight, by the store's per-pair queue and the instance's lane. [`authorize`] obtains the
+//! credentials.
 
 pub mod api;
+pub mod authorize;
 pub mod mapping;
 pub mod walker;
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::api::{Api, ApiError};
+use super::authorize::{self, AuthorizeError, Authorized};
 use super::mapping::{self, Mapper, Objects};
 use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
 use crate::deliver::{Dispatcher, envelope, schedule};
@@ -129,6 +130,30 @@ impl Walker {
             }
             poll_loop(&inner).await;
         });
+    }
+
+    /// `authorize` inside the running daemon: stores the new credentials, uses them at once,
+    /// and resumes the walks that waited for them.
+    pub async fn authorize(&self, name: &str, code: &str) -> Result<Authorized, AuthorizeError> {
+        let inner = &self.inner;
+        let config = inner.live.load().config.clone();
+        let authorized =
+            authorize::authorize(&inner.api, &inner.store, &config, name, code).await?;
+        inner.credentials.lock().await.insert(
+            name.to_owned(),
+            Credentials {
+                access: authorized.access_token.clone(),
+                refresh_at: refresh_at(authorized.expires_in),
+                account: Some(authorized.account.clone()),
+            },
+        );
+        set_needs_authorize(inner, name, false);
+        info!(instance = %name, account = %authorized.account, cursor_taken = authorized.cursor_taken, "change events authorized");
+        let owed = inner.store.walk_markers().unwrap_or_default();
+        for (instance, account, _) in owed.into_iter().filter(|(i, _, _)| i == name) {
+            request(inner, &instance, &account);
+        }
+        Ok(authorized)
     }
 
     /// Stops every walk between two requests (what is committed stays committed).
@@ -489,7 +514,8 @@ fn set_needs_authorize(inner: &Inner, instance: &str, needs: bool) {
     }
 }
 
-/// A valid access token, refreshed ahead of expiry.
+/// A valid access token, refreshed ahead of expiry with the refresh token `authorize` stored,
+/// else the configured one.
 async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiError> {
     let mut credentials = inner.credentials.lock().await;
     if let Some(c) = credentials.get(&instance.name)
@@ -497,8 +523,17 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
     {
         return Ok(c.access.clone());
     }
-    let Some(refresh_token) = instance.refresh_token.as_ref() else {
-        return Err(ApiError::InvalidGrant);
+    let stored = inner
+        .store
+        .authorization(&instance.name)
+        .map_err(|e| ApiError::Transient(e.to_string()))?;
+    let (refresh_token, stored_account) = match (&stored, &instance.refresh_token) {
+        (Some(authorization), _) => (
+            authorization.refresh_token.as_str(),
+            Some(authorization.account.clone()),
+        ),
+        (None, Some(configured)) => (configured.expose(), None),
+        (None, None) => return Err(ApiError::InvalidGrant),
     };
     let base = api_base(inner);
     let token = inner
@@ -507,13 +542,12 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
             &base,
             &instance.app_key,
             instance.app_secret.expose(),
-            refresh_token.expose(),
+            refresh_token,
         )
         .await?;
     inner.metrics.changes_token_refresh(&instance.name);
     set_needs_authorize(inner, &instance.name, false);
     let lifetime = Duration::from_secs(token.expires_in.unwrap_or(4 * 3600));
-    let ahead = REFRESH_AHEAD.min(lifetime / 2);
     let known_account = credentials
         .get(&instance.name)
         .and_then(|c| c.account.clone());
@@ -521,12 +555,18 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
         instance.name.clone(),
         Credentials {
             access: token.access_token.clone(),
-            refresh_at: Instant::now() + lifetime.saturating_sub(ahead),
-            account: token.account_id.or(known_account),
+            refresh_at: refresh_at(lifetime),
+            account: token.account_id.or(stored_account).or(known_account),
         },
     );
     debug!(instance = %instance.name, expires_in = lifetime.as_secs(), "access token refreshed");
     Ok(token.access_token)
+}
+
+/// When to refresh an access token that lives `lifetime`: [`REFRESH_AHEAD`] before it expires
+/// (at half its life if it is short).
+fn refresh_at(lifetime: Duration) -> Instant {
+    Instant::now() + lifetime.saturating_sub(REFRESH_AHEAD.min(lifetime / 2))
 }
 
 /// Drops the access token after a 401, unless another walk already replaced it.

@@ -4,9 +4,11 @@
 //! - `run` and `check` are here;
 //! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or
 //!   the store directly when the daemon is stopped ([`access`]);
+//! - `authorize` ([`authorize`]) the same way, or on a store it creates;
 //! - `import-instance` ([`import`]) needs no configuration at all.
 
 mod access;
+mod authorize;
 mod dead;
 mod import;
 mod status;
@@ -76,6 +78,16 @@ pub enum Command {
         /// Write secrets inline instead of { file = "…" } references
         #[arg(long)]
         include_secrets: bool,
+    },
+    /// Complete Dropbox OAuth for a change-events instance: exchange the code Dropbox showed
+    /// after the authorization URL, keep the refresh token in the store, take the cursor
+    Authorize {
+        /// The instance (events = "changes")
+        #[arg(long, value_name = "NAME")]
+        instance: String,
+        /// The code; `-` reads it from stdin
+        #[arg(long, value_name = "CODE")]
+        code: String,
     },
 }
 
@@ -187,6 +199,9 @@ pub fn main(cli: Cli) -> ExitCode {
             id,
             include_secrets,
         } => exit(import::run(&file, id, include_secrets)),
+        Command::Authorize { instance, code } => with_config(&path, |config| async move {
+            authorize::run(&config, &instance, &code).await
+        }),
     }
 }
 

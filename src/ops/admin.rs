@@ -8,6 +8,7 @@
 //! | `GET /admin/dead?instance=&since=&until=` | `[EventSummary…]`, oldest death first |
 //! | `POST /admin/dead/replay` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` (+ `since`, `until`) | `{"count": N, "not_found": […]}` |
 //! | `POST /admin/dead/purge` (the same body) | `{"count": N, "held": M, "not_found": […]}` |
+//! | `POST /admin/authorize` `{"instance": "x", "code": "…"}` | `{"instance", "account", "cursor_taken"}`; 404 unknown instance, 400 not change events or code refused, 502 Dropbox failed |
 //!
 //! Times are Unix ms or RFC 3339 (an age such as `2h` works too). A purge by `instance`
 //! without a time window also drops the held pending events of an instance that is no longer
@@ -22,10 +23,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use tracing::{info, warn};
 
+use crate::changes::Walker;
+use crate::changes::authorize::AuthorizeError;
 use crate::config::{LiveConfig, Url};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
@@ -39,12 +43,32 @@ const MAX_BODY_BYTES: usize = 1 << 20;
 /// Time allowed to receive such a body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The body of `POST /admin/authorize`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    pub instance: String,
+    /// The one-time OAuth code (a secret while it is valid; never logged).
+    pub code: String,
+}
+
+/// The answer of `POST /admin/authorize` (and what the CLI prints).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuthorizeAnswer {
+    pub instance: String,
+    pub account: String,
+    /// True when the account's first cursor was taken; false when it kept its cursor.
+    pub cursor_taken: bool,
+}
+
 /// What the admin endpoints read.
 pub struct Admin {
     pub live: LiveConfig,
     pub store: Store,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    /// Runs `authorize` for change-events instances.
+    pub walker: Arc<Walker>,
     /// True once listeners are bound and the store recovered; false again when stopping.
     pub ready: AtomicBool,
 }
@@ -136,9 +160,12 @@ impl Admin {
                     Err(err) => store_error(&err),
                 }
             }
-            (_, "/admin/status" | "/admin/dead" | "/admin/dead/replay" | "/admin/dead/purge") => {
-                method_not_allowed()
-            }
+            (&Method::POST, "/admin/authorize") => authorize(&self.walker, request).await,
+            (
+                _,
+                "/admin/status" | "/admin/dead" | "/admin/dead/replay" | "/admin/dead/purge"
+                | "/admin/authorize",
+            ) => method_not_allowed(),
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -262,6 +289,13 @@ fn dead_query(query: Option<&str>) -> Result<(Option<String>, Window), String> {
 
 /// Reads and checks the JSON body of a replay or purge.
 async fn read_selection(request: Request<Incoming>) -> Result<Selection, HttpResponse> {
+    let body: SelectionBody = read_json(request).await?;
+    body.into_selection(store::now_ms())
+        .map_err(|message| error(StatusCode::BAD_REQUEST, &message))
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, HttpResponse> {
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -273,10 +307,36 @@ async fn read_selection(request: Request<Incoming>) -> Result<Selection, HttpRes
         }
         Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body took too long")),
     };
-    let body: SelectionBody = serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))?;
-    body.into_selection(store::now_ms())
-        .map_err(|message| error(StatusCode::BAD_REQUEST, &message))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+}
+
+/// `POST /admin/authorize`: the code is exchanged by the running daemon.
+async fn authorize(walker: &Walker, request: Request<Incoming>) -> HttpResponse {
+    let body: AuthorizeRequest = match read_json(request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match walker.authorize(&body.instance, &body.code).await {
+        Ok(authorized) => json(
+            StatusCode::OK,
+            &AuthorizeAnswer {
+                instance: body.instance,
+                account: authorized.account,
+                cursor_taken: authorized.cursor_taken,
+            },
+        ),
+        Err(err) => {
+            let status = match &err {
+                AuthorizeError::UnknownInstance(_) => StatusCode::NOT_FOUND,
+                e if e.is_request_error() => StatusCode::BAD_REQUEST,
+                AuthorizeError::Store(e) => return store_error(e),
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            warn!(instance = %body.instance, error = %err, "authorize failed (admin API)");
+            error(status, &err.to_string())
+        }
+    }
 }
 
 fn unauthorized() -> HttpResponse {

@@ -12,7 +12,8 @@ use ulid::Ulid;
 
 use super::keys;
 use super::record::{
-    ChangesV1, Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
+    AuthorizationRecord, AuthorizationV1, ChangesV1, Counters, DeadRecord, DeadV1, EventKind,
+    EventRecord, EventV1, NotificationRecord,
 };
 use super::{
     Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, Shared,
@@ -84,6 +85,13 @@ pub(super) enum Op {
         only_if_absent: bool,
     },
     CommitWalkPage(Box<WalkPage>),
+    /// `authorize`: the instance's credentials, and its account's first cursor unless the
+    /// account already has one.
+    Authorize {
+        instance: String,
+        authorization: AuthorizationV1,
+        cursor: String,
+    },
     Close {
         mark_clean: bool,
         now_ms: u64,
@@ -346,6 +354,22 @@ impl Committer {
                 Ok(Reply::Done)
             }
             Op::CommitWalkPage(page) => self.commit_walk_page(view, *page).map(Reply::Events),
+            Op::Authorize {
+                instance,
+                authorization,
+                cursor,
+            } => {
+                let cursor_key = keys::pair(keys::CURSOR, &instance, &authorization.account);
+                let taken = view.get(&cursor_key)?.is_none();
+                if taken {
+                    view.insert(cursor_key, cursor.into_bytes());
+                }
+                view.insert(
+                    keys::authorization(&instance),
+                    AuthorizationRecord::encode(&authorization),
+                );
+                Ok(Reply::Count(u64::from(taken)))
+            }
             Op::Close { mark_clean, now_ms } => {
                 if mark_clean {
                     view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());

@@ -34,9 +34,16 @@ pub const OBJECT: &[u8] = b"o/";
 /// `q/<instance>\0<account>\0<seq u64>`: the pair's FIFO of change envelopes (value: event
 /// id); `q/<instance>\0<account>` holds the next seq.
 pub const QUEUE: &[u8] = b"q/";
+/// `a/<instance>`: the change-events credentials `authorize` obtained
+/// ([`super::record::AuthorizationV1`]).
+pub const AUTHORIZATION: &[u8] = b"a/";
 
 pub fn meta(name: &str) -> Vec<u8> {
     [META, name.as_bytes()].concat()
+}
+
+pub fn authorization(instance: &str) -> Vec<u8> {
+    [AUTHORIZATION, instance.as_bytes()].concat()
 }
 
 pub fn notification(id: Ulid) -> Vec<u8> {

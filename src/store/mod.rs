@@ -31,11 +31,11 @@
 //! | `k/<instance>\0<account>` | change events: the pair's `list_folder` cursor |
 //! | `o/<instance>\0<account>\0i<id>`, `…\0p<path_lower>` | change events: [`record::ObjectV1`] by id and by path |
 //! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
+//! | `a/<instance>` | change events: [`record::AuthorizationV1`], the credentials `authorize` obtained |
 //!
 //! Change envelopes are `e/` events of kind [`EventKind::Changes`] whose record carries the
 //! events and raw entries ([`record::ChangesV1`]); only the head of each pair's `q/` queue has a
 //! `d/` entry, and delivering or dead-lettering it promotes the next one in the same batch.
-//! Reserved: `a/` OAuth tokens (for `authorize`).
 //! Events of an instance that is no longer configured stay under its name ("held").
 //!
 //! # Recovery
@@ -62,7 +62,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
-pub use record::{Counters, EventKind};
+pub use record::{AuthorizationV1, Counters, EventKind};
+
+use record::AuthorizationRecord;
 
 use commit::{Committer, Op, Reply, Request};
 
@@ -413,6 +415,28 @@ impl Store {
         .map(drop)
     }
 
+    /// Keeps the credentials `authorize` obtained and, if the account has no cursor yet,
+    /// `cursor` as its first, in one durable batch. True when `cursor` was taken; an account
+    /// authorized again keeps its cursor, so changes made meanwhile are still reported.
+    pub async fn authorize(
+        &self,
+        instance: &str,
+        authorization: AuthorizationV1,
+        cursor: &str,
+    ) -> Result<bool, Error> {
+        match self
+            .request(Op::Authorize {
+                instance: instance.to_owned(),
+                authorization,
+                cursor: cursor.to_owned(),
+            })
+            .await?
+        {
+            Reply::Count(taken) => Ok(taken == 1),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Commits one page of a walk: cursor, object maps and envelopes in one batch. Returns the
     /// envelopes that became the head of their pair's queue (due now), for hand-off.
     pub async fn commit_walk_page(&self, page: WalkPage) -> Result<Vec<Event>, Error> {
@@ -623,6 +647,15 @@ impl Store {
         }
     }
 
+    /// The credentials `authorize` stored for an instance.
+    pub fn authorization(&self, instance: &str) -> Result<Option<AuthorizationV1>, Error> {
+        self.db
+            .get(keys::authorization(instance))
+            .map_err(sled_error)?
+            .map(|v| AuthorizationRecord::decode(&v))
+            .transpose()
+    }
+
     /// A pair's cursor (change events).
     pub fn cursor(&self, instance: &str, account: &str) -> Result<Option<String>, Error> {
         let value = self
@@ -746,17 +779,23 @@ fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, Counters>, String> {
 
 /// Opens a store directory for inspection or offline administration (the daemon must not run).
 pub fn open_offline(path: &Path) -> Result<Store, Error> {
-    let options = StoreOptions {
-        path: path.to_path_buf(),
-        cache_bytes: 32 * 1024 * 1024,
-        mode: OpenMode::Offline,
-    };
     if !path.join("db").exists() {
         return Err(Error::Open {
             path: path.to_path_buf(),
             message: "no store here".into(),
         });
     }
+    create_offline(path)
+}
+
+/// Opens a store directory offline, creating the store if there is none (`authorize` before
+/// the daemon's first start).
+pub fn create_offline(path: &Path) -> Result<Store, Error> {
+    let options = StoreOptions {
+        path: path.to_path_buf(),
+        cache_bytes: 32 * 1024 * 1024,
+        mode: OpenMode::Offline,
+    };
     Store::open(&options, fdatasync()).map(|(store, _)| store)
 }
 

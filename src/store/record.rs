@@ -53,6 +53,46 @@ impl ObjectV1 {
     }
 }
 
+/// The credentials `hookrelay authorize` obtained for a change-events instance (`a/` records).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum AuthorizationRecord {
+    #[serde(rename = "1")]
+    V1(AuthorizationV1),
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationV1 {
+    /// The Dropbox account the code was granted for.
+    pub account: String,
+    /// The long-lived refresh token (a secret: never in Debug or logs).
+    pub refresh_token: String,
+    pub authorized_ms: u64,
+}
+
+impl std::fmt::Debug for AuthorizationV1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizationV1")
+            .field("account", &self.account)
+            .field("refresh_token", &"***")
+            .field("authorized_ms", &self.authorized_ms)
+            .finish()
+    }
+}
+
+impl AuthorizationRecord {
+    pub fn decode(bytes: &[u8]) -> Result<AuthorizationV1, Error> {
+        match serde_json::from_slice(bytes) {
+            Ok(AuthorizationRecord::V1(authorization)) => Ok(authorization),
+            Err(err) => Err(Error::Corrupt(format!("authorization record: {err}"))),
+        }
+    }
+
+    pub fn encode(authorization: &AuthorizationV1) -> Vec<u8> {
+        serde_json::to_vec(&AuthorizationRecord::V1(authorization.clone())).unwrap_or_default()
+    }
+}
+
 /// A pending event (`e/` records).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "v")]

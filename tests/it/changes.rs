@@ -379,3 +379,156 @@ async fn dropbox_5xx_answers_are_retried_with_backoff() {
         d.logs()
     );
 }
+
+/// The redirect URI the authorize tests' instance names (`oauth.callback.url`).
+const REDIRECT_URI: &str = "https://example.com/dropbox/auth";
+
+/// A change-events instance without a refresh token: it waits for `hookrelay authorize`.
+fn instance_to_authorize(app: &App, account: &str, callback: &str) -> InstanceConfig {
+    InstanceConfig::new("files", 31, app)
+        .raw("events = \"changes\"")
+        .accounts(&[account])
+        .callback(callback)
+        .configuration("oauth.callback.url", REDIRECT_URI)
+}
+
+async fn status_text(d: &Daemon) -> String {
+    crate::support::http::get(&format!("{}/admin/status", d.admin_url()))
+        .await
+        .text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_through_the_running_daemon_starts_change_events_with_the_stored_token() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(instance_to_authorize(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let mut d = Daemon::start(&cfg).await;
+    wait_until(WAIT, "needs_authorize before authorize", || async {
+        status_text(&d).await.contains("needs_authorize")
+    })
+    .await;
+
+    let unknown = d
+        .cli(&["authorize", "--instance", "nope", "--code", "x"])
+        .await;
+    assert_eq!(unknown.code(), Some(1), "{unknown:?}");
+    assert!(unknown.stderr.contains("no instance named"), "{unknown:?}");
+    let refused = d
+        .cli(&["authorize", "--instance", "files", "--code", "ac-wrong"])
+        .await;
+    assert_eq!(refused.code(), Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("refused the code"), "{refused:?}");
+    assert_eq!(
+        api.calls("2/files/list_folder/get_latest_cursor"),
+        0,
+        "a refused code takes no cursor"
+    );
+
+    let code = api.issue_code(REDIRECT_URI);
+    let authorized = d
+        .cli(&["authorize", "--instance", "files", "--code", &code])
+        .await;
+    assert_eq!(authorized.code(), Some(0), "{authorized:?}\n{}", d.logs());
+    assert!(
+        authorized.stdout.contains(&account) && authorized.stdout.contains("cursor starts now"),
+        "{authorized:?}"
+    );
+    assert!(!d.logs().contains(&code), "the code is never logged");
+    assert!(!status_text(&d).await.contains("needs_authorize"));
+
+    let id = api.write_file("/After.txt");
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the change after authorize", |r| {
+            count_delivered(r) >= 1
+        })
+        .await;
+    let first = &delivered_events(&reqs)[0];
+    assert_eq!(
+        (field(first, "eventType"), field(first, "objectId")),
+        ("CREATED".to_owned(), id)
+    );
+
+    // The access token expires: the refresh uses the token `authorize` stored, also after a
+    // restart (the config has none).
+    api.expire_token();
+    api.write_file("/Later.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "the change after a refresh", |r| {
+        count_delivered(r) >= 2
+    })
+    .await;
+    let granted = api.last_refresh_token().unwrap_or_default();
+    assert!(granted.starts_with("rt-granted-"), "{granted:?}");
+    d.stop().await;
+    d.restart().await;
+    api.write_file("/After restart.txt");
+    notify(&d, &app, &account).await;
+    cb.wait_until(WAIT, "the change after a restart", |r| {
+        count_delivered(r) >= 3
+    })
+    .await;
+    assert_eq!(api.last_refresh_token(), Some(granted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_before_the_first_start_creates_the_store_and_reports_changes_made_since() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    let cb = FakeCallback::ok().await;
+    let cfg = TestConfig::new()
+        .instance(instance_to_authorize(&app, &account, &cb.url()))
+        .raw(&api.toml());
+    let mut d = Daemon::prepare(&cfg);
+    api.write_file("/Before.txt");
+    let code = api.issue_code(REDIRECT_URI);
+    let authorized = d
+        .cli(&["authorize", "--instance", "files", "--code", &code])
+        .await;
+    assert_eq!(authorized.code(), Some(0), "{authorized:?}");
+    assert!(
+        authorized.stdout.contains("cursor starts now"),
+        "{authorized:?}"
+    );
+    assert!(d.store_path().join("db").exists(), "the store was created");
+
+    let id = api.write_file("/Between.txt");
+    d.restart().await;
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the change made after authorize", |r| {
+            count_delivered(r) >= 1
+        })
+        .await;
+    let events = delivered_events(&reqs);
+    let rows: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                field(e, "eventType"),
+                field(e, "objectId"),
+                field(e, "path"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("CREATED".to_owned(), id, "/Between.txt".to_owned())],
+        "only what changed after authorize\n{}",
+        d.logs()
+    );
+
+    // Authorized again (a new grant for the same account), the cursor is kept.
+    let code = api.issue_code(REDIRECT_URI);
+    let again = d
+        .cli(&["authorize", "--instance", "files", "--code", &code])
+        .await;
+    assert_eq!(again.code(), Some(0), "{again:?}");
+    assert!(again.stdout.contains("keeps its cursor"), "{again:?}");
+}

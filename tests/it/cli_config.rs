@@ -189,6 +189,7 @@ fn help_works_for_every_command() {
         &["dead", "replay", "--help"],
         &["dead", "purge", "--help"],
         &["import-instance", "--help"],
+        &["authorize", "--help"],
     ] {
         let out = run(args);
         assert_eq!(out.code(), Some(0), "hookrelay {}: {out:?}", args.join(" "));

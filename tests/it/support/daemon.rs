@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::cli::{CliOutput, run_in};
 use super::config::TestConfig;
 use super::http::{client, get, send};
 use super::metrics::metric_value;
@@ -96,6 +97,30 @@ impl Daemon {
         let mut d = Daemon::create(config, ConfigArg::AfterCommand, wrapper);
         d.spawn();
         d
+    }
+
+    /// Writes `config` in a fresh temp dir without starting anything: for commands run before
+    /// the daemon's first start ([`Daemon::cli`]); [`Daemon::restart`] starts it.
+    pub fn prepare(config: &TestConfig) -> Daemon {
+        Daemon::create(config, ConfigArg::AfterCommand, &[])
+    }
+
+    /// Runs `hookrelay --config <this config> ARGS…` in the daemon's dir (30 s bound), off the
+    /// async workers so the test's fake servers keep answering.
+    pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        let dir = self.dir.path().to_path_buf();
+        let config = self.config_path().display().to_string();
+        let args: Vec<String> = ["--config", config.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_in(&dir, &args, &[], Duration::from_secs(30))
+        })
+        .await
+        .expect("the CLI thread")
     }
 
     /// A fresh temp dir with `config` written, nothing started.

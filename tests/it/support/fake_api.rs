@@ -2,7 +2,9 @@
 //! `127.0.0.1:0`, over a scripted entry feed. A cursor is `c<N>`: the position in the feed.
 //! Scripts: the next `list_folder/continue` answers a 409 reset, a 429 or a 500; the access
 //! token can be expired (every call then answers 401 until a refresh); the refresh token can
-//! be revoked (`invalid_grant`).
+//! be revoked (`invalid_grant`). `issue_code` hands out a one-time OAuth code that
+//! `grant_type=authorization_code` exchanges (with the matching `redirect_uri`) for a new
+//! refresh token, which the fake then accepts besides [`REFRESH_TOKEN`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -38,6 +40,12 @@ struct Inner {
     rate_limit_next: bool,
     fail_next: u32,
     calls: BTreeMap<String, u64>,
+    /// The code `issue_code` handed out and the redirect URI it is bound to; spent on use.
+    code: Option<(String, String)>,
+    /// Refresh tokens granted by code exchanges.
+    granted: Vec<String>,
+    /// The refresh token of the last `grant_type=refresh_token` call.
+    last_refresh_token: Option<String>,
 }
 
 pub struct FakeDropboxApi {
@@ -133,6 +141,18 @@ impl FakeDropboxApi {
         self.with(|i| i.fail_next = times);
     }
 
+    /// A one-time OAuth code bound to `redirect_uri`, as Dropbox shows after the consent page.
+    pub fn issue_code(&self, redirect_uri: &str) -> String {
+        let code = format!("ac-{}", ulid::Ulid::generate());
+        self.with(|i| i.code = Some((code.clone(), redirect_uri.to_owned())));
+        code
+    }
+
+    /// The refresh token the last refresh used.
+    pub fn last_refresh_token(&self) -> Option<String> {
+        self.with(|i| i.last_refresh_token.clone())
+    }
+
     fn push(&self, entry: Value) {
         self.with(|i| i.feed.push(entry));
     }
@@ -223,9 +243,56 @@ fn form(body: &[u8]) -> HashMap<String, String> {
         .split('&')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            Some((k.to_owned(), v.replace("%3A", ":").replace('+', " ")))
+            Some((decode(k), decode(v)))
         })
         .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'+' => out.push(b' '),
+            b'%' if at + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[at + 1..at + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).expect("a %XX escape"));
+                at += 2;
+            }
+            other => out.push(other),
+        }
+        at += 1;
+    }
+    String::from_utf8(out).expect("UTF-8 form values")
+}
+
+/// `grant_type=authorization_code`: the issued code with its redirect URI, once.
+fn exchange_code(i: &mut Inner, form: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let presented = (
+        form.get("code").cloned().unwrap_or_default(),
+        form.get("redirect_uri").cloned().unwrap_or_default(),
+    );
+    if i.code.as_ref() != Some(&presented) || form.get("client_secret").is_none() {
+        return reply(
+            400,
+            json!({"error": "invalid_grant", "error_description": "code doesn't exist or has expired"}),
+            &[],
+        );
+    }
+    i.code = None;
+    i.issued += 1;
+    let refresh = format!("rt-granted-{}", i.issued);
+    i.granted.push(refresh.clone());
+    let token = format!("sl.fake-{}", i.issued);
+    i.access = Some(token.clone());
+    reply(
+        200,
+        json!({"access_token": token, "token_type": "bearer", "expires_in": 14400,
+               "refresh_token": refresh, "account_id": i.account, "uid": "12345"}),
+        &[],
+    )
 }
 
 async fn handle(
@@ -249,7 +316,12 @@ async fn handle(
     *i.calls.entry(route.clone()).or_insert(0) += 1;
     if route == "oauth2/token" {
         let form = form(&body);
-        if i.revoked || form.get("refresh_token").map(String::as_str) != Some(REFRESH_TOKEN) {
+        if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+            return Ok(exchange_code(&mut i, &form));
+        }
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        i.last_refresh_token = Some(presented.clone());
+        if i.revoked || (presented != REFRESH_TOKEN && !i.granted.contains(&presented)) {
             return Ok(reply(
                 400,
                 json!({"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}),
