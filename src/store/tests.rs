@@ -543,3 +543,34 @@ async fn a_walk_clears_only_the_marker_it_started_with() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(store.walk_markers().unwrap_or_default().len(), 0);
 }
+
+#[tokio::test]
+async fn authorize_keeps_the_credentials_and_takes_only_a_first_cursor() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let grant = |token: &str| AuthorizationV1 {
+        account: "dbid:a".into(),
+        refresh_token: token.into(),
+        authorized_ms: now_ms(),
+    };
+    assert_eq!(store.authorization("files").ok().flatten(), None);
+    let first = store.authorize("files", grant("rt-1"), "c1").await;
+    assert_eq!(first.ok(), Some(true), "the first cursor is taken");
+    let again = store.authorize("files", grant("rt-2"), "c9").await;
+    assert_eq!(again.ok(), Some(false), "an existing cursor is kept");
+    assert_eq!(
+        store.cursor("files", "dbid:a").ok().flatten().as_deref(),
+        Some("c1")
+    );
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+
+    let (store, _) = open(dir.path());
+    let stored = store
+        .authorization("files")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no authorization after reopening"));
+    assert_eq!(stored.refresh_token, "rt-2", "the newest grant wins");
+    assert!(!format!("{stored:?}").contains("rt-2"), "Debug hides the token");
+    assert_eq!(store.authorization("other").ok().flatten(), None);
+}
