@@ -10,6 +10,8 @@
 //! - other `deleted` → `DELETED`, objectId the id last seen at that path, else `path_lower`;
 //!   objectType the type last seen there, else `file`.
 //! - every event carries `path` (`path_display`, else `path_lower`).
+//! - a `deleted` entry removes what is known under that path too (Dropbox's sync rule: a
+//!   deleted folder comes as one entry); its children get no events of their own.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,6 +46,9 @@ pub struct Mapper {
     ids: HashMap<String, Option<ObjectV1>>,
     paths: HashMap<String, Option<ObjectV1>>,
     moved_from: HashSet<String>,
+    /// Folders deleted in this walk (`path_lower` + `/`): the store's objects under them are
+    /// gone, whatever the committed maps still say.
+    removed_trees: Vec<String>,
 }
 
 impl Mapper {
@@ -55,21 +60,33 @@ impl Mapper {
             ids: HashMap::new(),
             paths: HashMap::new(),
             moved_from: HashSet::new(),
+            removed_trees: Vec::new(),
         }
     }
 
     fn by_id(&self, base: &dyn Objects, id: &str) -> Option<ObjectV1> {
         match self.ids.get(id) {
             Some(known) => known.clone(),
-            None => base.by_id(id),
+            None => self.unless_removed(base.by_id(id)),
         }
     }
 
     fn by_path(&self, base: &dyn Objects, path: &str) -> Option<ObjectV1> {
         match self.paths.get(path) {
             Some(known) => known.clone(),
-            None => base.by_path(path),
+            None => self.unless_removed(base.by_path(path)),
         }
+    }
+
+    /// A committed object, unless a folder deleted earlier in this walk held it.
+    fn unless_removed(&self, object: Option<ObjectV1>) -> Option<ObjectV1> {
+        object.filter(|o| !self.under_removed_tree(&o.path_lower))
+    }
+
+    fn under_removed_tree(&self, path_lower: &str) -> bool {
+        self.removed_trees
+            .iter()
+            .any(|prefix| path_lower.starts_with(prefix.as_str()))
     }
 
     fn write(&mut self, writes: &mut Vec<MapWrite>, write: MapWrite) {
@@ -84,6 +101,19 @@ impl Mapper {
             }
             MapWrite::RemoveId(id) => {
                 self.ids.insert(id.clone(), None);
+            }
+            MapWrite::RemoveTree(folder) => {
+                let prefix = format!("{folder}/");
+                let under = |o: &Option<ObjectV1>| {
+                    o.as_ref()
+                        .is_some_and(|o| o.path_lower.starts_with(prefix.as_str()))
+                };
+                for known in self.ids.values_mut().chain(self.paths.values_mut()) {
+                    if under(known) {
+                        *known = None;
+                    }
+                }
+                self.removed_trees.push(prefix);
             }
         }
         writes.push(write);
@@ -173,7 +203,8 @@ impl Mapper {
                         Some(object) => (object.id.clone(), object.object_type.clone()),
                         None => (lower.clone(), "file".to_owned()),
                     };
-                    self.write(&mut writes, MapWrite::RemovePath(lower));
+                    self.write(&mut writes, MapWrite::RemovePath(lower.clone()));
+                    self.write(&mut writes, MapWrite::RemoveTree(lower));
                     if known.is_some() {
                         self.write(&mut writes, MapWrite::RemoveId(id.clone()));
                     }
@@ -453,6 +484,45 @@ mod tests {
             owned(&[("DELETED", "file", "id:1", "/b.txt", None)])
         );
         assert!(writes.contains(&MapWrite::RemoveId("id:1".into())));
+    }
+
+    #[test]
+    fn a_deleted_folder_forgets_its_children() {
+        let base = Known(vec![
+            object("id:d", "/Docs", "folder"),
+            object("id:a", "/Docs/a.txt", "file"),
+            object("id:o", "/Docs-other/b.txt", "file"),
+        ]);
+        let mut mapper = Mapper::new("dropbox", "d".into());
+        let (events, writes) = mapper.map_page(
+            &base,
+            &[
+                file("id:n", "/Docs/new.txt"),
+                deleted("/Docs"),
+                file("id:a", "/Docs/a.txt"),
+            ],
+        );
+        assert_eq!(
+            summary(&events),
+            owned(&[
+                ("CREATED", "file", "id:n", "/Docs/new.txt", None),
+                ("DELETED", "folder", "id:d", "/Docs", None),
+                ("CREATED", "file", "id:a", "/Docs/a.txt", None),
+            ])
+        );
+        assert!(writes.contains(&MapWrite::RemoveTree("/docs".into())));
+        // Later pages of the walk: the children are gone, a sibling with a similar name is not.
+        let (events, _) = mapper.map_page(
+            &base,
+            &[deleted("/Docs/new.txt"), file("id:o", "/Docs-other/b.txt")],
+        );
+        assert_eq!(
+            summary(&events),
+            owned(&[
+                ("DELETED", "file", "/docs/new.txt", "/Docs/new.txt", None),
+                ("UPDATED", "file", "id:o", "/Docs-other/b.txt", None),
+            ])
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ulid::Ulid;
 use super::keys;
 use super::record::{
     AuthorizationRecord, AuthorizationV1, ChangesV1, Counters, DeadRecord, DeadV1, EventKind,
-    EventRecord, EventV1, NotificationRecord,
+    EventRecord, EventV1, NotificationRecord, ObjectV1,
 };
 use super::{
     Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, Shared,
@@ -169,6 +169,26 @@ impl<'a> BatchView<'a> {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
             (a, b) => a.or(b),
         })
+    }
+
+    /// Every key (and its value) under `prefix`, as the batch would leave them.
+    fn all_with_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for entry in self.db.scan_prefix(prefix) {
+            let (key, value) = entry.map_err(sled_error)?;
+            merged.insert(key.to_vec(), value.to_vec());
+        }
+        let written = self
+            .writes
+            .range(prefix.to_vec()..)
+            .take_while(|(key, _)| key.starts_with(prefix));
+        for (key, value) in written {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
     }
 
     fn into_batch(self) -> sled::Batch {
@@ -733,6 +753,9 @@ impl Committer {
                     view.remove(keys::object_path(instance, account, &path));
                 }
                 MapWrite::RemoveId(id) => view.remove(keys::object_id(instance, account, &id)),
+                MapWrite::RemoveTree(folder) => {
+                    remove_tree(view, instance, account, &folder)?;
+                }
             }
         }
         let mut heads = Vec::new();
@@ -1034,4 +1057,30 @@ pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<By
 
 fn pair_key(instance: &str, account: &str) -> Vec<u8> {
     keys::pair(keys::PAIR, instance, account)
+}
+
+/// Forgets every object under `folder` (not the folder itself): both maps of each child, the
+/// id only while it still points at that child.
+fn remove_tree(
+    view: &mut BatchView<'_>,
+    instance: &str,
+    account: &str,
+    folder: &str,
+) -> Result<(), Error> {
+    let children =
+        view.all_with_prefix(&keys::object_path(instance, account, &format!("{folder}/")))?;
+    for (path_key, value) in children {
+        let child = ObjectV1::decode(&value)?;
+        let id_key = keys::object_id(instance, account, &child.id);
+        let same = view
+            .get(&id_key)?
+            .map(|v| ObjectV1::decode(&v))
+            .transpose()?
+            .is_some_and(|known| known.path_lower == child.path_lower);
+        if same {
+            view.remove(id_key);
+        }
+        view.remove(path_key);
+    }
+    Ok(())
 }

@@ -189,6 +189,9 @@ pub enum MapWrite {
     RemovePath(String),
     /// Nothing is known of this id any more.
     RemoveId(String),
+    /// Nothing is known under this folder (`path_lower`) any more: Dropbox reports a deleted
+    /// folder with one entry, which removes its children too.
+    RemoveTree(String),
 }
 
 /// One page of a cursor walk, committed in one batch (SPEC §8: a crash repeats, never skips).

@@ -571,6 +571,63 @@ async fn authorize_keeps_the_credentials_and_takes_only_a_first_cursor() {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("no authorization after reopening"));
     assert_eq!(stored.refresh_token, "rt-2", "the newest grant wins");
-    assert!(!format!("{stored:?}").contains("rt-2"), "Debug hides the token");
+    assert!(
+        !format!("{stored:?}").contains("rt-2"),
+        "Debug hides the token"
+    );
     assert_eq!(store.authorization("other").ok().flatten(), None);
+}
+
+fn map_page(map: Vec<MapWrite>) -> WalkPage {
+    WalkPage {
+        map,
+        ..page(0, None)
+    }
+}
+
+fn put(id: &str, path_lower: &str) -> MapWrite {
+    MapWrite::Put(record::ObjectV1 {
+        id: id.into(),
+        path_lower: path_lower.into(),
+        path: path_lower.into(),
+        object_type: "file".into(),
+    })
+}
+
+#[tokio::test]
+async fn removing_a_tree_forgets_committed_and_same_batch_children_only() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let commit = |map| store.commit_walk_page(map_page(map));
+    commit(vec![
+        put("id:d", "/docs"),
+        put("id:a", "/docs/a"),
+        put("id:deep", "/docs/x/deep"),
+        put("id:s", "/docs-sibling/s"),
+        // Moved out of the folder: its id now points elsewhere and must stay.
+        put("id:m", "/docs/m"),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    commit(vec![
+        put("id:m", "/moved/m"),
+        put("id:new", "/docs/new"),
+        MapWrite::RemoveTree("/docs".into()),
+        put("id:after", "/docs/after"),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let by_id = |id: &str| store.object_by_id("acme", "dbid:a", id).ok().flatten();
+    let by_path = |p: &str| store.object_by_path("acme", "dbid:a", p).ok().flatten();
+    for gone in ["id:a", "id:deep", "id:new"] {
+        assert_eq!(by_id(gone), None, "{gone}");
+    }
+    for path in ["/docs/a", "/docs/x/deep", "/docs/new", "/docs/m"] {
+        assert_eq!(by_path(path), None, "{path}");
+    }
+    for kept in ["id:d", "id:s", "id:after"] {
+        assert!(by_id(kept).is_some(), "{kept}");
+    }
+    assert_eq!(by_id("id:m").map(|o| o.path_lower), Some("/moved/m".into()));
+    assert!(by_path("/docs-sibling/s").is_some());
 }
