@@ -139,6 +139,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         config_path,
         live: &live,
         dispatcher: &dispatcher,
+        walker: &walker,
         metrics: &metrics,
         store: &store,
         notifier: &notifier,
@@ -337,6 +338,7 @@ struct Controls<'a> {
     config_path: &'a Path,
     live: &'a LiveConfig,
     dispatcher: &'a Dispatcher,
+    walker: &'a Walker,
     metrics: &'a Metrics,
     store: &'a Store,
     notifier: &'a Notifier,
@@ -357,6 +359,9 @@ async fn control_loop(signals: &mut Signals, c: &Controls<'_>) -> Result<(), Dae
                     notifier.reloading();
                     notifier.status("reloading");
                     let applied = reload(c.config_path, live, c.dispatcher, c.metrics);
+                    if applied {
+                        c.walker.reconfigured();
+                    }
                     notifier.ready();
                     let state = if applied { "ready (reloaded)" } else { "ready (reload rejected, old config kept)" };
                     notifier.status(&status_line(state, live, store));

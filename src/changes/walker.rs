@@ -112,23 +112,24 @@ impl Walker {
     /// Prepares every change-events instance (token, account, first cursor), resumes the walks
     /// owed by the store (recovery), and runs the polling timers.
     pub fn start(&self) {
+        prepare_and_resume(&self.inner, changes_instances(&self.inner));
+        let inner = self.inner.clone();
+        spawn_until_shutdown(&self.inner, async move { poll_loop(&inner).await });
+    }
+
+    /// After a reload: prepares the change-events instances that have no credentials in memory
+    /// yet (added, enabled or switched to change events) and resumes their owed walks, so that
+    /// a polling instance polls without waiting for a notification.
+    pub fn reconfigured(&self) {
         let inner = self.inner.clone();
         spawn_until_shutdown(&self.inner, async move {
-            let instances: Vec<Instance> = changes_instances(&inner);
-            for instance in &instances {
-                if let Err(err) = prepare(&inner, instance).await {
-                    debug!(instance = %instance.name, ?err, "change events not ready at start");
-                }
-            }
-            match inner.store.walk_markers() {
-                Ok(markers) => {
-                    for (instance, account, _) in markers {
-                        request(&inner, &instance, &account);
-                    }
-                }
-                Err(err) => warn!(error = %err, "cannot read pending walks"),
-            }
-            poll_loop(&inner).await;
+            let prepared: HashSet<String> =
+                inner.credentials.lock().await.keys().cloned().collect();
+            let new: Vec<Instance> = changes_instances(&inner)
+                .into_iter()
+                .filter(|i| !prepared.contains(&i.name))
+                .collect();
+            prepare_and_resume(&inner, new);
         });
     }
 
@@ -170,6 +171,31 @@ fn spawn_until_shutdown(inner: &Arc<Inner>, work: impl Future<Output = ()> + Sen
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
+}
+
+/// Per instance, on its own task (one whose Dropbox calls keep failing must not hold up the
+/// others): credentials, account and first cursor, then the walks the store says it owes.
+fn prepare_and_resume(inner: &Arc<Inner>, instances: Vec<Instance>) {
+    let markers = inner.store.walk_markers().unwrap_or_else(|err| {
+        warn!(error = %err, "cannot read pending walks");
+        Vec::new()
+    });
+    for instance in instances {
+        let owed: Vec<String> = markers
+            .iter()
+            .filter(|(name, _, _)| *name == instance.name)
+            .map(|(_, account, _)| account.clone())
+            .collect();
+        let task_inner = inner.clone();
+        spawn_until_shutdown(inner, async move {
+            if let Err(err) = prepare(&task_inner, &instance).await {
+                debug!(instance = %instance.name, ?err, "change events not ready yet");
+            }
+            for account in owed {
+                request(&task_inner, &instance.name, &account);
+            }
+        });
+    }
 }
 
 fn changes_instances(inner: &Inner) -> Vec<Instance> {

@@ -356,6 +356,36 @@ async fn polling_finds_a_change_without_a_webhook() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_instance_added_by_a_reload_polls_without_a_webhook() {
+    let app = App::new("app-changes");
+    let account = account_id();
+    let api = FakeDropboxApi::start(&account).await;
+    api.set_account_in_token(true);
+    let cb = FakeCallback::ok().await;
+    let without = TestConfig::new()
+        .instance(InstanceConfig::new("other", 7, &app).callback(&cb.url()))
+        .raw(&api.toml());
+    let with = without.clone().instance(
+        changes_instance(&app, &account, &cb.url())
+            .configuration("event.vendor.type", "polling")
+            .configuration("event.poller.refresh_interval", 1_i64),
+    );
+    let mut d =
+        Daemon::start_with_env(&without, &[(hookrelay::changes::POLL_INTERVAL_ENV, "1s")]).await;
+    d.rewrite_config(&with);
+    d.sighup();
+    wait_until(WAIT, "the added instance's first cursor", || async {
+        api.calls("2/files/list_folder/get_latest_cursor") >= 1
+    })
+    .await;
+    let id = api.write_file("/polled after reload.txt");
+    let reqs = cb
+        .wait_until(WAIT, "the polled change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropbox_5xx_answers_are_retried_with_backoff() {
     let app = App::new("app-changes");
     let account = account_id();
