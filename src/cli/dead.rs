@@ -1,10 +1,11 @@
 //! `hookrelay dead list|replay|purge`: through the admin API, or on the stopped store with
 //! the same selection code ([`crate::ops::dead`]).
 
-use super::access::Access;
+use super::access::{Access, Offline};
 use super::status::{age, render};
 use super::{EXIT_FAILURE, Failure, SelectArgs, WindowArgs};
 use crate::config::{Config, Url};
+use crate::deliver::envelope::rfc3339;
 use crate::ops::dead::{self, Outcome, Selection, SelectionBody, Target, Window};
 use crate::store::{self, inspect::EventSummary};
 
@@ -123,67 +124,67 @@ fn table(letters: &[EventSummary], now_ms: u64) -> String {
     render(&header, &rows)
 }
 
-fn rfc3339(ms: u64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time).to_string()
+/// A replay or a purge.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Replay,
+    Purge,
+}
+
+impl Action {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Action::Replay => "/admin/dead/replay",
+            Action::Purge => "/admin/dead/purge",
+        }
+    }
+}
+
+/// Runs `action` through the daemon, or on the stopped store; also says whether the daemon
+/// did it.
+async fn apply(
+    config: &Config,
+    action: Action,
+    selection: &Selection,
+) -> Result<(Outcome, bool), Failure> {
+    let access = Access::open(config).await?;
+    let outcome = match &access {
+        Access::Daemon(client) => {
+            let body = SelectionBody::from_selection(selection);
+            client.post(action.endpoint(), &body).await
+        }
+        Access::Offline(Offline {
+            store: Some(store), ..
+        }) => match action {
+            Action::Replay => dead::replay(store, selection).await,
+            Action::Purge => {
+                let configured = |name: &str| config.instance(name).is_some();
+                dead::purge(store, selection, configured).await
+            }
+        }
+        .map_err(store_failure),
+        Access::Offline(Offline { store: None, .. }) => Ok(nothing_stored(selection)),
+    };
+    let by_daemon = matches!(access, Access::Daemon(_));
+    access.close().await?;
+    Ok((outcome?, by_daemon))
 }
 
 pub async fn replay(config: &Config, select: SelectArgs) -> Result<(), Failure> {
     let selection = Selection::from(select);
-    let access = Access::open(config).await?;
-    let outcome: Outcome = match &access {
-        Access::Daemon(client) => {
-            client
-                .post(
-                    "/admin/dead/replay",
-                    &SelectionBody::from_selection(&selection),
-                )
-                .await?
-        }
-        Access::Offline(offline) => match &offline.store {
-            Some(store) => dead::replay(store, &selection)
-                .await
-                .map_err(store_failure)?,
-            None => nothing_stored(&selection),
-        },
+    let (outcome, by_daemon) = apply(config, Action::Replay, &selection).await?;
+    let later = if by_daemon || outcome.count == 0 {
+        ""
+    } else {
+        "; they are delivered when the daemon starts"
     };
-    let daemon_runs = matches!(access, Access::Daemon(_));
-    access.close().await?;
-    println!(
-        "replayed {} dead letter(s){}",
-        outcome.count,
-        if daemon_runs || outcome.count == 0 {
-            ""
-        } else {
-            "; they are delivered when the daemon starts"
-        }
-    );
+    println!("replayed {} dead letter(s){later}", outcome.count);
     missing(&outcome)
 }
 
 pub async fn purge(config: &Config, select: SelectArgs) -> Result<(), Failure> {
     let selection = Selection::from(select);
-    let access = Access::open(config).await?;
-    let outcome: Outcome = match &access {
-        Access::Daemon(client) => {
-            client
-                .post(
-                    "/admin/dead/purge",
-                    &SelectionBody::from_selection(&selection),
-                )
-                .await?
-        }
-        Access::Offline(offline) => match &offline.store {
-            Some(store) => {
-                let configured = |name: &str| config.instance(name).is_some();
-                dead::purge(store, &selection, configured)
-                    .await
-                    .map_err(store_failure)?
-            }
-            None => nothing_stored(&selection),
-        },
-    };
-    access.close().await?;
+    let (outcome, _) = apply(config, Action::Purge, &selection).await?;
     println!("purged {} dead letter(s)", outcome.count);
     if outcome.held > 0
         && let Target::Instance(name) = &selection.target
