@@ -66,14 +66,7 @@ fn offline_figures(config: &Config, offline: &Offline) -> Vec<InstanceStatus> {
             .iter()
             .map(|instance| InstanceStatus {
                 instance: instance.name.clone(),
-                state: if !instance.enabled {
-                    "disabled"
-                } else if instance.delivery.paused {
-                    "paused"
-                } else {
-                    "active"
-                }
-                .into(),
+                state: status::state(Some(instance), status::never_authorized(instance)).into(),
                 queued: 0,
                 in_retry: 0,
                 queued_bytes: 0,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, EventsMode, Instance};
 use crate::deliver::Dispatcher;
 use crate::store::{self, Store};
 
@@ -15,7 +15,8 @@ use crate::store::{self, Store};
 pub struct InstanceStatus {
     pub instance: String,
     /// "active", "paused", "disabled", "held" (no longer configured; its events wait) or
-    /// "needs_authorize" (change events: Dropbox refused the refresh token).
+    /// "needs_authorize" (change events: Dropbox refused the refresh token, or, read offline,
+    /// there is none yet: `hookrelay authorize` is needed).
     pub state: String,
     /// Pending events: waiting, in flight, in retry, or held.
     pub queued: u64,
@@ -50,19 +51,16 @@ pub fn queue_figures(
         .into_iter()
         .map(|name| {
             let counter = counters.get(&name).copied().unwrap_or_default();
-            let state = match config.instance(&name) {
-                None => "held",
-                Some(i) if !i.enabled => "disabled",
-                Some(i) if i.delivery.paused => "paused",
-                Some(_) => "active",
-            };
+            let instance = config.instance(&name);
             let lane = lanes.and_then(|lanes| lanes.stats(&name));
-            let state = match &lane {
-                Some(l) if state == "active" && l.stats.needs_authorize.load(Ordering::Relaxed) => {
-                    "needs_authorize"
-                }
-                _ => state,
+            let needs_authorize = match (lanes, &lane) {
+                (Some(_), Some(l)) => l.stats.needs_authorize.load(Ordering::Relaxed),
+                (Some(_), None) => false,
+                (None, _) => instance.is_some_and(|i| {
+                    never_authorized(i) && store.authorization(&name).ok().flatten().is_none()
+                }),
             };
+            let state = state(instance, needs_authorize);
             let oldest = store.oldest_pending_ms(&name).ok().flatten();
             InstanceStatus {
                 state: state.to_owned(),
@@ -83,6 +81,23 @@ pub fn queue_figures(
             }
         })
         .collect()
+}
+
+/// An instance's state for `status`; `None`: no longer configured.
+pub fn state(instance: Option<&Instance>, needs_authorize: bool) -> &'static str {
+    match instance {
+        None => "held",
+        Some(i) if !i.enabled => "disabled",
+        Some(i) if i.delivery.paused => "paused",
+        Some(_) if needs_authorize => "needs_authorize",
+        Some(_) => "active",
+    }
+}
+
+/// A change-events instance without a configured refresh token: it needs `authorize` unless
+/// the store holds one (what the daemon knows better while it runs).
+pub fn never_authorized(instance: &Instance) -> bool {
+    instance.events == EventsMode::Changes && instance.refresh_token.is_none()
 }
 
 /// [`queue_figures`] with `in_retry` counted (a scan of each instance's future due entries).

@@ -517,6 +517,8 @@ async fn authorize_before_the_first_start_creates_the_store_and_reports_changes_
         .raw(&api.toml());
     let mut d = Daemon::prepare(&cfg);
     api.write_file("/Before.txt");
+    let status = d.cli(&["status", "--json"]).await;
+    assert!(status.stdout.contains("needs_authorize"), "{status:?}");
     let code = api.issue_code(REDIRECT_URI);
     let authorized = d
         .cli(&["authorize", "--instance", "files", "--code", &code])
@@ -527,6 +529,9 @@ async fn authorize_before_the_first_start_creates_the_store_and_reports_changes_
         "{authorized:?}"
     );
     assert!(d.store_path().join("db").exists(), "the store was created");
+    let status = d.cli(&["status", "--json"]).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!status.stdout.contains("needs_authorize"), "{status:?}");
 
     let id = api.write_file("/Between.txt");
     d.restart().await;
