@@ -268,7 +268,13 @@ impl Committer {
             answers.push((request.reply, result));
         }
         self.write_counters(&mut view);
-        match self.make_durable(view) {
+        // A read failing in sled (its background flusher may have hit the error first) fails
+        // the store as a failed write would: nothing of this batch is applied or acknowledged.
+        let durable = match read_failure(&answers) {
+            Some(message) => Err(format!("read: {message}")),
+            None => self.make_durable(view),
+        };
+        match durable {
             Ok(()) => {
                 self.publish_counters();
                 for (reply, result) in answers {
@@ -1057,6 +1063,14 @@ pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<By
 
 fn pair_key(instance: &str, account: &str) -> Vec<u8> {
     keys::pair(keys::PAIR, instance, account)
+}
+
+/// The first sled error among a batch's results (an I/O failure, not a logical refusal).
+fn read_failure<T>(answers: &[(T, Result<Reply, Error>)]) -> Option<String> {
+    answers.iter().find_map(|(_, result)| match result {
+        Err(Error::Failed(message)) => Some(message.clone()),
+        _ => None,
+    })
 }
 
 /// Forgets every object under `folder` (not the folder itself): both maps of each child, the
