@@ -24,6 +24,59 @@ fn changes_instance(app: &App, account: &str, callback: &str) -> InstanceConfig 
         .configuration("oauth.refresh_token", REFRESH_TOKEN)
 }
 
+/// What every test here starts from: a Dropbox app and account, the fake Dropbox API (naming
+/// the account in its token answers, or leaving the daemon to ask for it) and a callback.
+struct Fixture {
+    app: App,
+    account: String,
+    api: FakeDropboxApi,
+    cb: FakeCallback,
+}
+
+impl Fixture {
+    async fn start(account_in_token: bool) -> Fixture {
+        Fixture::with_callback(account_in_token, FakeCallback::ok().await).await
+    }
+
+    async fn with_callback(account_in_token: bool, cb: FakeCallback) -> Fixture {
+        let account = account_id();
+        let api = FakeDropboxApi::start(&account).await;
+        api.set_account_in_token(account_in_token);
+        Fixture {
+            app: App::new("app-changes"),
+            account,
+            api,
+            cb,
+        }
+    }
+
+    /// The change-events instance, with the fake's refresh token.
+    fn instance(&self) -> InstanceConfig {
+        changes_instance(&self.app, &self.account, &self.cb.url())
+    }
+
+    /// The change-events instance without credentials, waiting for `authorize`.
+    fn instance_to_authorize(&self) -> InstanceConfig {
+        instance_to_authorize(&self.app, &self.account, &self.cb.url())
+    }
+
+    fn parts(self) -> (App, String, FakeDropboxApi, FakeCallback) {
+        (self.app, self.account, self.api, self.cb)
+    }
+
+    /// A config of `instance` and the `[dropbox]` table of the fake API.
+    fn config(&self, instance: InstanceConfig) -> TestConfig {
+        TestConfig::new().instance(instance).raw(&self.api.toml())
+    }
+}
+
+/// `instance` polling every second (with the test interval override).
+fn polling(instance: InstanceConfig) -> InstanceConfig {
+    instance
+        .configuration("event.vendor.type", "polling")
+        .configuration("event.poller.refresh_interval", 1_i64)
+}
+
 /// Starts the daemon and waits until it took its first cursor.
 async fn start(cfg: &TestConfig, api: &FakeDropboxApi, env: &[(&str, &str)]) -> Daemon {
     let d = Daemon::start_with_env(cfg, env).await;
@@ -63,14 +116,9 @@ fn field(e: &Value, key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_is_created_modified_renamed_and_deleted_in_order() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
 
     let id = api.write_file("/Report.txt");
@@ -143,14 +191,9 @@ async fn a_file_is_created_modified_renamed_and_deleted_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_in_a_subfolder_is_reported_and_the_account_comes_from_get_current_account() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(false);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(false).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     assert!(api.calls("2/users/get_current_account") >= 1);
 
@@ -171,14 +214,9 @@ async fn a_change_in_a_subfolder_is_reported_and_the_account_comes_from_get_curr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_five_changes_arrive_as_envelopes_of_20_20_and_5_in_order() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     let ids: Vec<String> = (0..45)
         .map(|n| api.write_file(&format!("/f{n:02}.txt")))
@@ -209,15 +247,10 @@ async fn forty_five_changes_arrive_as_envelopes_of_20_20_and_5_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_a_committed_page_and_its_delivery_loses_nothing() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
+    let f = Fixture::with_callback(true, FakeCallback::start([], Action::Hang).await).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     api.set_page_size(10);
-    let cb = FakeCallback::start([], Action::Hang).await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
     let mut d = start(&cfg, &api, &[]).await;
     let ids: Vec<String> = (0..25)
         .map(|n| api.write_file(&format!("/k{n:02}.txt")))
@@ -249,14 +282,9 @@ async fn kill_9_between_a_committed_page_and_its_delivery_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_reset_yields_one_unknown_event_and_the_walk_carries_on() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     api.write_file("/lost.txt");
     api.reset_next();
@@ -283,14 +311,9 @@ async fn a_cursor_reset_yields_one_unknown_event_and_the_walk_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_access_token_is_refreshed_exactly_once() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     let before = api.calls("oauth2/token");
     api.expire_token();
@@ -303,14 +326,9 @@ async fn an_expired_access_token_is_refreshed_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_shows_needs_authorize_and_keeps_the_walk_pending() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     api.revoke_refresh_token(true);
     api.expire_token();
@@ -335,18 +353,9 @@ async fn a_revoked_refresh_token_shows_needs_authorize_and_keeps_the_walk_pendin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_finds_a_change_without_a_webhook() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(
-            changes_instance(&app, &account, &cb.url())
-                .configuration("event.vendor.type", "polling")
-                .configuration("event.poller.refresh_interval", 1_i64),
-        )
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(polling(f.instance()));
+    let Fixture { api, cb, .. } = f;
     let _d = start(&cfg, &api, &[(hookrelay::changes::POLL_INTERVAL_ENV, "1s")]).await;
     let id = api.write_file("/polled.txt");
     let reqs = cb
@@ -357,19 +366,10 @@ async fn polling_finds_a_change_without_a_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polling_instance_added_by_a_reload_polls_without_a_webhook() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let without = TestConfig::new()
-        .instance(InstanceConfig::new("other", 7, &app).callback(&cb.url()))
-        .raw(&api.toml());
-    let with = without.clone().instance(
-        changes_instance(&app, &account, &cb.url())
-            .configuration("event.vendor.type", "polling")
-            .configuration("event.poller.refresh_interval", 1_i64),
-    );
+    let f = Fixture::start(true).await;
+    let without = f.config(InstanceConfig::new("other", 7, &f.app).callback(&f.cb.url()));
+    let with = without.clone().instance(polling(f.instance()));
+    let Fixture { api, cb, .. } = f;
     let mut d =
         Daemon::start_with_env(&without, &[(hookrelay::changes::POLL_INTERVAL_ENV, "1s")]).await;
     d.rewrite_config(&with);
@@ -387,14 +387,9 @@ async fn a_polling_instance_added_by_a_reload_polls_without_a_webhook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropbox_5xx_answers_are_retried_with_backoff() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    api.set_account_in_token(true);
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(changes_instance(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(true).await;
+    let cfg = f.config(f.instance());
+    let (app, account, api, cb) = f.parts();
     let d = start(&cfg, &api, &[]).await;
     let id = api.write_file("/retry.txt");
     api.fail_next(2);
@@ -430,13 +425,9 @@ async fn status_text(d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_through_the_running_daemon_starts_change_events_with_the_stored_token() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(instance_to_authorize(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(false).await;
+    let cfg = f.config(f.instance_to_authorize());
+    let (app, account, api, cb) = f.parts();
     let mut d = Daemon::start(&cfg).await;
     wait_until(WAIT, "needs_authorize before authorize", || async {
         status_text(&d).await.contains("needs_authorize")
@@ -508,13 +499,9 @@ async fn authorize_through_the_running_daemon_starts_change_events_with_the_stor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_before_the_first_start_creates_the_store_and_reports_changes_made_since() {
-    let app = App::new("app-changes");
-    let account = account_id();
-    let api = FakeDropboxApi::start(&account).await;
-    let cb = FakeCallback::ok().await;
-    let cfg = TestConfig::new()
-        .instance(instance_to_authorize(&app, &account, &cb.url()))
-        .raw(&api.toml());
+    let f = Fixture::start(false).await;
+    let cfg = f.config(f.instance_to_authorize());
+    let (app, account, api, cb) = f.parts();
     let mut d = Daemon::prepare(&cfg);
     api.write_file("/Before.txt");
     let status = d.cli(&["status", "--json"]).await;
