@@ -13,8 +13,7 @@
 //! (timing still differs from run to run). Figures are printed with `--nocapture`.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,14 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 use crate::support::dropbox::{account_id, try_post_notification};
 use crate::support::rng::{self, XorShift};
+use crate::support::server::{TestResponse, TestServer};
 use crate::support::store::{StoredEvent, dead, pending};
 use crate::support::{App, Daemon, InstanceConfig, TestConfig};
 
@@ -85,55 +82,27 @@ struct RecorderState {
 /// A consumer endpoint that answers 200, or 500 for `fail_percent` % of requests (seeded), and
 /// records per (marker, instance) how often it answered 200.
 struct Recorder {
-    addr: SocketAddr,
     state: Arc<RecorderState>,
-    shutdown: watch::Sender<bool>,
+    server: TestServer,
 }
 
 impl Recorder {
     async fn start(fail_percent: u32, rng: XorShift) -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the recording callback");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(RecorderState {
             fail_percent: AtomicU32::new(fail_percent),
             rng: Mutex::new(rng),
             deliveries: Mutex::default(),
         });
-        let (shutdown, mut stop) = watch::channel(false);
-        let accept_state = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let state = accept_state.clone();
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| record(state.clone(), req));
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop.wait_for(|s| *s) => {}
-                    }
-                });
-            }
-        });
-        Recorder {
-            addr,
-            state,
-            shutdown,
-        }
+        let served = state.clone();
+        let server = TestServer::start("the recording callback", move |req| {
+            record(served.clone(), req)
+        })
+        .await;
+        Recorder { state, server }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hooks/dropbox", self.addr)
+        format!("http://{}/hooks/dropbox", self.server.addr())
     }
 
     fn set_fail_percent(&self, percent: u32) {
@@ -146,16 +115,7 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-    }
-}
-
-async fn record(
-    state: Arc<RecorderState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn record(state: Arc<RecorderState>, req: Request<Incoming>) -> TestResponse {
     let body = match tokio::time::timeout(Duration::from_secs(10), req.into_body().collect()).await
     {
         Ok(Ok(collected)) => collected.to_bytes(),

@@ -3,7 +3,7 @@
 //! Signature checks for recorded requests live in `signatures.rs` (re-exported here).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+
 use hyper::{HeaderMap, Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::sync::{Notify, watch};
+
+use tokio::sync::Notify;
+
+use super::server::{TestResponse, TestServer};
 
 pub use super::signatures::{verify_signatures, verify_standard};
 
@@ -107,10 +108,8 @@ struct State {
 
 /// The fake consumer. Dropping it stops it.
 pub struct FakeCallback {
-    addr: SocketAddr,
     state: Arc<State>,
-    shutdown: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    server: TestServer,
 }
 
 impl FakeCallback {
@@ -121,10 +120,6 @@ impl FakeCallback {
 
     /// Answers with `queue` in order, then `default` forever.
     pub async fn start(queue: impl IntoIterator<Item = Action>, default: Action) -> FakeCallback {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake callback");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             inner: Mutex::new(Inner {
                 queue: queue.into_iter().collect(),
@@ -133,47 +128,19 @@ impl FakeCallback {
             }),
             arrived: Notify::new(),
         });
-        let (shutdown, mut stop) = watch::channel(false);
-        let task = tokio::spawn({
-            let state = state.clone();
-            async move {
-                loop {
-                    let (stream, _) = tokio::select! {
-                        _ = stop.wait_for(|s| *s) => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok(a) => a,
-                            Err(_) => continue,
-                        },
-                    };
-                    let state = state.clone();
-                    let mut stop = stop.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| handle(state.clone(), req));
-                        let conn =
-                            http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                        tokio::select! {
-                            _ = conn => {}
-                            _ = stop.wait_for(|s| *s) => {}
-                        }
-                    });
-                }
-            }
-        });
-        FakeCallback {
-            addr,
-            state,
-            shutdown,
-            task: Mutex::new(Some(task)),
-        }
+        let served = state.clone();
+        let server =
+            TestServer::start("the fake callback", move |req| handle(served.clone(), req)).await;
+        FakeCallback { state, server }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT/hooks/dropbox`.
     pub fn url(&self) -> String {
-        format!("http://{}/hooks/dropbox", self.addr)
+        format!("http://{}/hooks/dropbox", self.server.addr())
     }
 
     /// Replaces the plan: `queue` for the next requests, then `default`.
@@ -217,7 +184,7 @@ impl FakeCallback {
                     panic!(
                         "fake callback {}: timed out after {timeout:?} waiting for {what}; \
                          got {} request(s)",
-                        self.addr,
+                        self.server.addr(),
                         inner.requests.len()
                     );
                 }
@@ -229,24 +196,11 @@ impl FakeCallback {
 
     /// Stops listening and drops every open connection (hanging ones included).
     pub async fn stop(&self) {
-        let _ = self.shutdown.send(true);
-        let task = self.task.lock().unwrap().take();
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
+        self.server.stop().await;
     }
 }
 
-impl Drop for FakeCallback {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-    }
-}
-
-async fn handle(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> TestResponse {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
     // A body cut short is recorded as far as it came.

@@ -7,19 +7,17 @@
 //! refresh token, which the fake then accepts besides [`REFRESH_TOKEN`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::net::SocketAddr;
+
 use std::sync::{Arc, Mutex};
 
+use super::server::{TestResponse, TestServer};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 /// The refresh token the fake accepts.
 pub const REFRESH_TOKEN: &str = "rt-test-refresh";
@@ -49,52 +47,28 @@ struct Inner {
 }
 
 pub struct FakeDropboxApi {
-    addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
-    shutdown: watch::Sender<bool>,
+    server: TestServer,
 }
 
 impl FakeDropboxApi {
     pub async fn start(account: &str) -> FakeDropboxApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake Dropbox API");
-        let addr = listener.local_addr().expect("local addr");
         let inner = Arc::new(Mutex::new(Inner {
             account: account.to_owned(),
             page_size: 2000,
             ..Inner::default()
         }));
-        let (shutdown, mut stop) = watch::channel(false);
         let state = inner.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FakeDropboxApi {
-            addr,
-            inner,
-            shutdown,
-        }
+        let server = TestServer::start("the fake Dropbox API", move |req| {
+            handle(state.clone(), req)
+        })
+        .await;
+        FakeDropboxApi { inner, server }
     }
 
     /// `http://127.0.0.1:PORT`, for `[dropbox] api_url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The `[dropbox]` table pointing at this fake.
@@ -216,12 +190,6 @@ impl FakeDropboxApi {
     }
 }
 
-impl Drop for FakeDropboxApi {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-    }
-}
-
 fn reply(status: u16, body: Value, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
@@ -295,10 +263,7 @@ fn exchange_code(i: &mut Inner, form: &HashMap<String, String>) -> Response<Full
     )
 }
 
-async fn handle(
-    state: Arc<Mutex<Inner>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<Mutex<Inner>>, req: Request<Incoming>) -> TestResponse {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()

@@ -10,6 +10,7 @@
 //! - [`signatures`]: checks of a delivery's signature headers.
 //! - [`metrics`]: one value out of `/metrics`.
 //! - [`http`]: the shared HTTP client and polling helpers.
+//! - [`server`]: `TestServer`, the loopback HTTP/1 server behind the fakes.
 //! - [`rng`]: a seeded xorshift for fault schedules; the long-tier switch.
 //! - [`fault_proxy`]: `FaultProxy`, a loopback TCP proxy injecting destination faults.
 //! - [`notify`]: `NotifySocket`, a `NOTIFY_SOCKET` the test owns (sd_notify as systemd sees it).
@@ -28,6 +29,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod rng;
+pub mod server;
 pub mod signatures;
 pub mod store;
 
