@@ -136,6 +136,19 @@ fn base_config(callback: &str, app: &App) -> TestConfig {
     )
 }
 
+/// What most tests here start from: a test CA, its leaf `common_name` written as `server.crt`
+/// and `server.key`, a callback, an app, and the config serving that pair.
+async fn served(common_name: &str) -> (TestCa, Leaf, TlsFiles, FakeCallback, App, TestConfig) {
+    let ca = TestCa::new("hookrelay test CA");
+    let leaf = ca.leaf(common_name, 1);
+    let files = TlsFiles::new();
+    files.write("server", &leaf);
+    let cb = FakeCallback::ok().await;
+    let app = App::new("app-key");
+    let cfg = files.config(base_config(&cb.url(), &app), "server");
+    (ca, leaf, files, cb, app, cfg)
+}
+
 fn https_url(d: &Daemon) -> String {
     format!("https://{}/events/dropbox", d.config().server_listen)
 }
@@ -287,13 +300,8 @@ async fn post_signed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_notification_over_https_is_acked_and_delivered() {
-    let ca = TestCa::new("hookrelay test CA");
-    let leaf = ca.leaf("hookrelay.test", 1);
-    let files = TlsFiles::new();
-    files.write("server", &leaf);
-    let cb = FakeCallback::ok().await;
-    let app = App::new("app-key");
-    let d = Daemon::start(&files.config(base_config(&cb.url(), &app), "server")).await;
+    let (ca, leaf, _files, cb, app, cfg) = served("hookrelay.test").await;
+    let d = Daemon::start(&cfg).await;
     let http = https_client(&ca);
 
     let challenge = send(http.get(format!("{}?challenge=tls-ok", https_url(&d))))
@@ -327,12 +335,8 @@ async fn a_signed_notification_over_https_is_acked_and_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_trust_the_ca_fails_the_handshake() {
-    let ca = TestCa::new("hookrelay test CA");
-    let files = TlsFiles::new();
-    files.write("server", &ca.leaf("hookrelay.test", 1));
-    let cb = FakeCallback::ok().await;
-    let app = App::new("app-key");
-    let d = Daemon::start(&files.config(base_config(&cb.url(), &app), "server")).await;
+    let (ca, _leaf, _files, cb, _app, cfg) = served("hookrelay.test").await;
+    let d = Daemon::start(&cfg).await;
 
     let stranger = TestCa::new("some other CA");
     let attempt = https_client(&stranger)
@@ -369,13 +373,7 @@ async fn a_client_that_does_not_trust_the_ca_fails_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_new_certificate_swaps_it_without_dropping_the_listener() {
-    let ca = TestCa::new("hookrelay test CA");
-    let first = ca.leaf("first.hookrelay.test", 1);
-    let files = TlsFiles::new();
-    files.write("server", &first);
-    let cb = FakeCallback::ok().await;
-    let app = App::new("app-key");
-    let cfg = files.config(base_config(&cb.url(), &app), "server");
+    let (ca, first, files, _cb, _app, cfg) = served("first.hookrelay.test").await;
     let mut d = Daemon::start(&cfg).await;
     let addr = cfg.server_listen;
 
@@ -469,13 +467,7 @@ async fn sighup_with_a_new_certificate_swaps_it_without_dropping_the_listener() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_key_on_sighup_keeps_the_old_certificate_and_config() {
-    let ca = TestCa::new("hookrelay test CA");
-    let first = ca.leaf("first.hookrelay.test", 1);
-    let files = TlsFiles::new();
-    files.write("server", &first);
-    let cb = FakeCallback::ok().await;
-    let app = App::new("app-key");
-    let cfg = files.config(base_config(&cb.url(), &app), "server");
+    let (ca, first, files, _cb, _app, cfg) = served("first.hookrelay.test").await;
     let mut d = Daemon::start(&cfg).await;
     let addr = cfg.server_listen;
     // The reload also carries another change, which must be rejected with it (all or nothing).
@@ -529,12 +521,8 @@ async fn a_broken_key_on_sighup_keeps_the_old_certificate_and_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_to_the_tls_port_is_refused_cleanly() {
-    let ca = TestCa::new("hookrelay test CA");
-    let files = TlsFiles::new();
-    files.write("server", &ca.leaf("hookrelay.test", 1));
-    let cb = FakeCallback::ok().await;
-    let app = App::new("app-key");
-    let d = Daemon::start(&files.config(base_config(&cb.url(), &app), "server")).await;
+    let (ca, _leaf, _files, cb, app, cfg) = served("hookrelay.test").await;
+    let d = Daemon::start(&cfg).await;
     let addr = d.config().server_listen;
 
     // reqwest speaking HTTP: an error, quickly (not the 15 s request timeout).
@@ -587,11 +575,8 @@ async fn plain_http_to_the_tls_port_is_refused_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_neither_stalls_the_listener_nor_stays_open() {
-    let ca = TestCa::new("hookrelay test CA");
-    let files = TlsFiles::new();
-    files.write("server", &ca.leaf("hookrelay.test", 1));
-    let cb = FakeCallback::ok().await;
-    let d = Daemon::start(&files.config(base_config(&cb.url(), &App::new("k")), "server")).await;
+    let (ca, _leaf, _files, _cb, _app, cfg) = served("hookrelay.test").await;
+    let d = Daemon::start(&cfg).await;
     let addr = d.config().server_listen;
 
     // Connections that never start a handshake…
