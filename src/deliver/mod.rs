@@ -1,7 +1,9 @@
 //! Delivery to consumers' callback URLs (SPEC §5, §6).
 //!
 //! Ingest hands each newly committed event to its instance's [`lane`] in memory (no store read
-//! on the happy path); a lane whose queue is full is told to look in the store instead. Each
+//! on the happy path); a lane whose queue is full is told to look in the store instead, and
+//! while it has such a backlog, newer events wait in the store behind the older ones, so that
+//! the lane delivers them in time order instead of starving the spilled ones. Each
 //! lane claims due retries from the store itself, limits its rate and concurrency, and runs
 //! [`attempt`]s, each of which commits its outcome before the lane forgets the event. The store
 //! stays the source of truth: whatever is not committed as delivered is delivered again.
@@ -69,6 +71,44 @@ pub struct LaneHandle {
     pub stats: LaneStats,
 }
 
+/// What became of an event offered to a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandOff {
+    /// Queued in memory for the lane.
+    Queued,
+    /// Left in the store; the lane was told to look there.
+    Spilled,
+}
+
+impl LaneHandle {
+    fn new(handoff: mpsc::Sender<Event>) -> LaneHandle {
+        LaneHandle {
+            handoff,
+            backlog: AtomicBool::new(true),
+            wake: Notify::new(),
+            stats: LaneStats::default(),
+        }
+    }
+
+    /// Hands `event` (already committed) to the lane in memory, unless the lane has a backlog
+    /// in the store: then the event waits there behind the older ones, so that the lane, which
+    /// drains the due index in time order, does not starve them with newer hand-offs.
+    fn offer(&self, event: Event) -> HandOff {
+        if self.backlog.load(Ordering::Acquire) {
+            self.wake.notify_one();
+            return HandOff::Spilled;
+        }
+        match self.handoff.try_send(event) {
+            Ok(()) => HandOff::Queued,
+            Err(_) => {
+                self.backlog.store(true, Ordering::Release);
+                self.wake.notify_one();
+                HandOff::Spilled
+            }
+        }
+    }
+}
+
 /// Owns the lanes: creates them as instances appear, hands events to them, stops them.
 pub struct Dispatcher {
     ctx: Arc<Context>,
@@ -116,16 +156,13 @@ impl Dispatcher {
         }
     }
 
-    /// Hands a committed event to its lane. If the lane's queue is full the event simply waits
-    /// in the store, and the lane is told to look there.
+    /// Hands a committed event to its lane. If the lane's queue is full, or the lane already has
+    /// a backlog in the store, the event simply waits in the store and the lane is told to look
+    /// there.
     pub fn offer(&self, event: Event) {
         let lanes = self.lanes.load();
-        let Some(lane) = lanes.get(&event.instance) else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = lane.handoff.try_send(event) {
-            lane.backlog.store(true, Ordering::Release);
-            lane.wake.notify_one();
+        if let Some(lane) = lanes.get(&event.instance) {
+            lane.offer(event);
         }
     }
 
@@ -181,12 +218,7 @@ impl Dispatcher {
         };
         for name in missing {
             let (handoff, receiver) = mpsc::channel(lane::READY_CAPACITY);
-            let handle = Arc::new(LaneHandle {
-                handoff,
-                backlog: AtomicBool::new(true),
-                wake: Notify::new(),
-                stats: LaneStats::default(),
-            });
+            let handle = Arc::new(LaneHandle::new(handoff));
             let lane = lane::Lane::new(
                 name.to_owned(),
                 self.ctx.clone(),
@@ -198,5 +230,54 @@ impl Dispatcher {
             lanes.insert(name.to_owned(), handle);
         }
         self.lanes.store(Arc::new(lanes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventKind;
+
+    fn event(n: u64) -> Event {
+        Event {
+            id: ulid::Ulid::from_parts(n, 0),
+            instance: "acme".into(),
+            account: "dbid:a".into(),
+            kind: EventKind::Notify,
+            raw: None,
+            objects: None,
+            date_ms: n,
+            age_base_ms: n,
+            attempts: 0,
+            due_ms: n,
+            refused_only: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn once_events_spill_to_the_store_newer_ones_follow_them_there() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let handle = LaneHandle::new(sender);
+        // The lane's first refill clears the start-up hint.
+        handle.backlog.store(false, Ordering::Release);
+        assert_eq!(handle.offer(event(1)), HandOff::Queued);
+        assert_eq!(handle.offer(event(2)), HandOff::Queued);
+        assert_eq!(
+            handle.offer(event(3)),
+            HandOff::Spilled,
+            "the queue is full"
+        );
+        assert!(handle.backlog.load(Ordering::Acquire));
+
+        // The lane takes one: there is room in memory again, but event 3 waits in the store,
+        // so event 4 must queue behind it there rather than overtake it in memory.
+        assert_eq!(receiver.recv().await.map(|e| e.id), Some(event(1).id));
+        assert_eq!(handle.offer(event(4)), HandOff::Spilled);
+        assert_eq!(receiver.try_recv().map(|e| e.id).ok(), Some(event(2).id));
+        assert!(receiver.try_recv().is_err(), "event 4 overtook the backlog");
+
+        // Once a refill finds the store drained, hand-offs resume.
+        handle.backlog.store(false, Ordering::Release);
+        assert_eq!(handle.offer(event(5)), HandOff::Queued);
     }
 }
