@@ -1,9 +1,12 @@
 //! One delivery attempt: build and sign the envelope, POST it, classify the answer, and commit
-//! the outcome (delivered, rescheduled or dead-lettered) before the lane forgets the event.
+//! the outcome (delivered, rescheduled or dead-lettered) before the lane forgets the event. The
+//! delivery slot is freed as soon as the answer is in, so the next send does not wait for the
+//! commit.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::outcome::{self, Outcome};
@@ -21,12 +24,52 @@ pub struct Done {
     pub next_due_ms: Option<u64>,
 }
 
-/// Runs one attempt of `event` for `instance` and commits its outcome.
+/// What an attempt tells its lane, in this order.
+#[derive(Debug)]
+pub enum Progress {
+    /// The consumer answered (or the request failed): the delivery slot is free.
+    Answered,
+    /// The outcome is committed: the lane may forget the id.
+    Settled(Done),
+}
+
+/// An attempt's hold on its lane's delivery slot; released once, at the answer or at the end.
+pub struct Slot {
+    lane: mpsc::UnboundedSender<Progress>,
+    released: bool,
+}
+
+impl Slot {
+    pub fn new(lane: mpsc::UnboundedSender<Progress>) -> Slot {
+        Slot {
+            lane,
+            released: false,
+        }
+    }
+
+    /// Frees the delivery slot (the first call only).
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            let _ = self.lane.send(Progress::Answered);
+        }
+    }
+
+    /// Reports the committed outcome, freeing the slot first if that has not happened yet.
+    pub fn settle(mut self, done: Done) {
+        self.release();
+        let _ = self.lane.send(Progress::Settled(done));
+    }
+}
+
+/// Runs one attempt of `event` for `instance` and commits its outcome. The slot is released
+/// when the consumer's answer is in, before the outcome is committed.
 pub async fn run(
     ctx: &Context,
     stats: &LaneStats,
     instance: &Instance,
     event: &Event,
+    slot: &mut Slot,
 ) -> Option<u64> {
     let delivery = &instance.delivery;
     let now_ms = store::now_ms();
@@ -42,6 +85,7 @@ pub async fn run(
     }
     let started = Instant::now();
     let outcome = send(ctx, instance, event).await;
+    slot.release();
     ctx.metrics
         .delivery(&instance.name, outcome.label(), started.elapsed());
     let attempts = event.attempts.saturating_add(1);
@@ -236,4 +280,35 @@ fn headers(instance: &Instance, event: &Event, body: &[u8]) -> HeaderMap {
         }
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(progress: &Progress) -> bool {
+        matches!(progress, Progress::Answered)
+    }
+
+    #[test]
+    fn a_slot_is_released_once_and_before_the_outcome_is_settled() {
+        let (lane, mut heard) = mpsc::unbounded_channel();
+        let mut slot = Slot::new(lane.clone());
+        slot.release();
+        slot.release();
+        slot.settle(Done {
+            id: ulid::Ulid::nil(),
+            next_due_ms: None,
+        });
+        // An attempt that never sent (max_age) frees its slot when it settles.
+        Slot::new(lane).settle(Done {
+            id: ulid::Ulid::nil(),
+            next_due_ms: None,
+        });
+        let mut order = Vec::new();
+        while let Ok(progress) = heard.try_recv() {
+            order.push(answered(&progress));
+        }
+        assert_eq!(order, vec![true, false, true, false]);
+    }
 }

@@ -5,7 +5,9 @@
 //! The lane is a single task and the only one that claims its instance's events, so the set of
 //! ids it holds (queued or in flight) is plain local state. An id leaves that set only after
 //! its outcome is committed, so a later scan of the due index never picks up an event that is
-//! still being delivered, or one that was delivered.
+//! still being delivered, or one that was delivered. The concurrency cap counts attempts
+//! waiting for the consumer's answer: an attempt frees its slot when the answer is in, and the
+//! lane stops (at shutdown) only when every outcome is committed.
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -20,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, error};
 use ulid::Ulid;
 
-use super::attempt::{self, Done};
+use super::attempt::{self, Done, Progress, Slot};
 use super::{Context, LaneHandle};
 use crate::config::{Delivery, Instance, Rate};
 use crate::store::{self, Event};
@@ -37,12 +39,12 @@ pub struct Lane {
     ctx: Arc<Context>,
     handle: Arc<LaneHandle>,
     handoff: mpsc::Receiver<Event>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    done_tx: mpsc::UnboundedSender<Progress>,
+    done_rx: mpsc::UnboundedReceiver<Progress>,
     /// Ids queued here or in flight.
     held: HashSet<Ulid>,
     ready: VecDeque<Event>,
-    in_flight: usize,
+    flights: Flights,
     /// The earliest known due time of an event in the store that this lane does not hold.
     next_due_ms: Option<u64>,
     limiter: Option<(Rate, NonZeroU32, Arc<DefaultDirectRateLimiter>)>,
@@ -68,7 +70,7 @@ impl Lane {
             done_rx,
             held: HashSet::new(),
             ready: VecDeque::new(),
-            in_flight: 0,
+            flights: Flights::default(),
             next_due_ms: None,
             limiter: None,
             shutdown,
@@ -79,7 +81,7 @@ impl Lane {
     pub async fn run(mut self) {
         loop {
             let stopping = *self.shutdown.borrow();
-            if stopping && self.in_flight == 0 {
+            if stopping && self.flights.unsettled == 0 {
                 break;
             }
             let live = self.ctx.live.load_full();
@@ -102,7 +104,7 @@ impl Lane {
                 Some(event) = self.handoff.recv(), if self.ready.len() < READY_CAPACITY && !stopping => {
                     self.accept(event);
                 }
-                Some(done) = self.done_rx.recv() => self.finish(done),
+                Some(progress) = self.done_rx.recv() => self.progress(progress),
                 _ = self.handle.wake.notified() => {}
                 _ = self.shutdown.changed(), if !stopping => {}
                 _ = tokio::time::sleep_until(wake_at) => {
@@ -121,11 +123,16 @@ impl Lane {
         }
     }
 
-    fn finish(&mut self, done: Done) {
-        self.held.remove(&done.id);
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(due) = done.next_due_ms {
-            self.next_due_ms = Some(self.next_due_ms.map_or(due, |d| d.min(due)));
+    fn progress(&mut self, progress: Progress) {
+        match progress {
+            Progress::Answered => self.flights.answered(),
+            Progress::Settled(done) => {
+                self.flights.settled();
+                self.held.remove(&done.id);
+                if let Some(due) = done.next_due_ms {
+                    self.next_due_ms = Some(self.next_due_ms.map_or(due, |d| d.min(due)));
+                }
+            }
         }
     }
 
@@ -179,7 +186,7 @@ impl Lane {
     fn dispatch(&mut self, instance: &Instance) -> Option<Instant> {
         let limiter = self.limiter(&instance.delivery);
         let concurrency = instance.delivery.concurrency.get() as usize;
-        while self.in_flight < concurrency && !self.ready.is_empty() {
+        while self.flights.has_room(concurrency) && !self.ready.is_empty() {
             if let Err(not_until) = limiter.check() {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return Some(Instant::now() + wait);
@@ -187,17 +194,19 @@ impl Lane {
             let Some(event) = self.ready.pop_front() else {
                 break;
             };
-            self.in_flight += 1;
+            self.flights.start();
             let ctx = self.ctx.clone();
             let handle = self.handle.clone();
-            let done = self.done_tx.clone();
+            let mut slot = Slot::new(self.done_tx.clone());
             let live = self.ctx.live.load_full();
             tokio::spawn(async move {
                 let next_due_ms = match live.config.instance(&event.instance) {
-                    Some(instance) => attempt::run(&ctx, &handle.stats, instance, &event).await,
+                    Some(instance) => {
+                        attempt::run(&ctx, &handle.stats, instance, &event, &mut slot).await
+                    }
                     None => None,
                 };
-                let _ = done.send(Done {
+                slot.settle(Done {
                     id: event.id,
                     next_due_ms,
                 });
@@ -230,6 +239,38 @@ impl Lane {
     }
 }
 
+/// A lane's attempts: those holding a delivery slot (waiting for the consumer's answer) and
+/// those whose outcome is not committed yet. A slot is free again as soon as the answer is in,
+/// so committing outcomes does not hold up the next sends; the id stays held until settled.
+#[derive(Debug, Default)]
+struct Flights {
+    /// Attempts waiting for the consumer's answer (the concurrency cap counts these).
+    sending: usize,
+    /// Attempts whose outcome is not committed yet (sending or committing).
+    unsettled: usize,
+}
+
+impl Flights {
+    fn start(&mut self) {
+        self.sending += 1;
+        self.unsettled += 1;
+    }
+
+    /// Whether another attempt may start: a free slot, and at most one outcome being committed
+    /// per slot besides (so a slow store bounds the attempts a lane holds).
+    fn has_room(&self, concurrency: usize) -> bool {
+        self.sending < concurrency && self.unsettled < concurrency.saturating_mul(2)
+    }
+
+    fn answered(&mut self) {
+        self.sending = self.sending.saturating_sub(1);
+    }
+
+    fn settled(&mut self) {
+        self.unsettled = self.unsettled.saturating_sub(1);
+    }
+}
+
 /// Whether an instance's events are being delivered (not paused, not disabled).
 pub fn is_active(instance: &Instance) -> bool {
     instance.enabled && !instance.delivery.paused && instance.callback_url.is_some()
@@ -250,6 +291,27 @@ fn instant_at(due_ms: u64) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_frees_at_the_answer_and_the_id_is_settled_at_the_commit() {
+        let mut flights = Flights::default();
+        flights.start();
+        assert!(!flights.has_room(1));
+        flights.answered();
+        // The first outcome is being committed: the next send may start, the lane may not stop.
+        assert!(flights.has_room(1));
+        assert_eq!((flights.sending, flights.unsettled), (0, 1));
+        flights.start();
+        flights.answered();
+        assert!(
+            !flights.has_room(1),
+            "one outcome committing per slot at most"
+        );
+        flights.settled();
+        assert!(flights.has_room(1));
+        flights.settled();
+        assert_eq!((flights.sending, flights.unsettled), (0, 0));
+    }
 
     #[test]
     fn quota_spreads_the_rate_and_keeps_the_burst() {
