@@ -1,7 +1,7 @@
 //! The committer: the store's single writer. It turns a queue of requests into group commits:
 //! one atomic sled batch, one `flush`, one `fdatasync`, then every answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,9 @@ use super::{
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
 const EVENT_OVERHEAD_BYTES: u64 = 256;
+/// Seen pairs the committer remembers, so that ingest need not read `s/` for them; past this
+/// many, further pairs are looked up in the store each time (memory stays bounded).
+const SEEN_REMEMBERED: usize = 65_536;
 
 pub(super) struct Request {
     pub op: Op,
@@ -111,6 +114,23 @@ pub(super) enum Reply {
 /// A key and its value.
 type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// A value read through a [`BatchView`]: the batch's own write, or sled's shared buffer.
+enum Value<'v> {
+    Written(&'v [u8]),
+    Stored(sled::IVec),
+}
+
+impl std::ops::Deref for Value<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Written(bytes) => bytes,
+            Value::Stored(bytes) => bytes,
+        }
+    }
+}
+
 /// The writes of one batch, readable before they are applied.
 struct BatchView<'a> {
     db: &'a sled::Db,
@@ -125,10 +145,11 @@ impl<'a> BatchView<'a> {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    /// The value of `key` as the batch would leave it, without copying it.
+    fn get(&self, key: &[u8]) -> Result<Option<Value<'_>>, Error> {
         match self.writes.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => Ok(self.db.get(key).map_err(sled_error)?.map(|v| v.to_vec())),
+            Some(value) => Ok(value.as_deref().map(Value::Written)),
+            None => Ok(self.db.get(key).map_err(sled_error)?.map(Value::Stored)),
         }
     }
 
@@ -213,6 +234,8 @@ pub(super) struct Committer {
     touched: Vec<String>,
     /// Due times of change envelopes promoted to their queue's head by the current request.
     promoted: Vec<u64>,
+    /// `s/` keys known to be written (they are never removed).
+    seen: HashSet<Vec<u8>>,
 }
 
 impl Committer {
@@ -231,6 +254,7 @@ impl Committer {
             shared,
             touched: Vec::new(),
             promoted: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -497,8 +521,14 @@ impl Committer {
         now_ms: u64,
     ) -> Result<(), Error> {
         let key = keys::pair(keys::SEEN, instance, account);
+        if self.seen.contains(&key) {
+            return Ok(());
+        }
         if view.get(&key)?.is_none() {
-            view.insert(key, now_ms.to_be_bytes().to_vec());
+            view.insert(key.clone(), now_ms.to_be_bytes().to_vec());
+        }
+        if self.seen.len() < SEEN_REMEMBERED {
+            self.seen.insert(key);
         }
         Ok(())
     }
@@ -965,10 +995,13 @@ impl Committer {
     /// Drops one reference to a notification, deleting it with the last one.
     fn release_notification(&mut self, view: &mut BatchView<'_>, id: Ulid) -> Result<(), Error> {
         let key = keys::notification(id);
-        let Some(bytes) = view.get(&key)? else {
+        let Some(mut record) = view
+            .get(&key)?
+            .map(|bytes| NotificationRecord::decode(&bytes))
+            .transpose()?
+        else {
             return Ok(());
         };
-        let mut record = NotificationRecord::decode(&bytes)?;
         record.refs = record.refs.saturating_sub(1);
         if record.refs == 0 {
             view.remove(key);
