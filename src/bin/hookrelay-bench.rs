@@ -901,6 +901,8 @@ events = "notify"
             .arg(self.dir.join("config.toml"))
             .current_dir(&self.dir)
             .env("RUST_LOG", "warn")
+            // As the systemd unit runs it (systemd/hookrelay.service).
+            .env("MALLOC_ARENA_MAX", "2")
             .env_remove("HOOKRELAY_CONFIG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
