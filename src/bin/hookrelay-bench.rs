@@ -101,6 +101,9 @@ struct Args {
     /// Profile hookrelay in every scenario with `perf record -e cpu-clock` into DIR/<scenario>.data
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
+    /// `storage.cache_bytes` of the daemon's config (e.g. 16MiB) [default: hookrelay's, 32MiB]
+    #[arg(long, value_name = "SIZE")]
+    cache_bytes: Option<String>,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -801,6 +804,8 @@ struct Daemon {
     listen: SocketAddr,
     admin: SocketAddr,
     sink: SocketAddr,
+    /// A `cache_bytes = …` line, or nothing.
+    cache_line: String,
     child: Option<Child>,
 }
 
@@ -823,6 +828,11 @@ impl Daemon {
             listen,
             admin,
             sink: env.sink_addr,
+            cache_line: env
+                .cache_bytes
+                .as_ref()
+                .map(|size| format!("cache_bytes = \"{size}\""))
+                .unwrap_or_default(),
             child: None,
         };
         daemon.write_config(paused)?;
@@ -846,6 +856,7 @@ listen = "{admin}"
 [storage]
 path = "data"
 max_bytes = "64GiB"
+{cache_line}
 [delivery]
 rate_limit = "1000000/s"
 rate_limit_burst = 1000000
@@ -870,6 +881,7 @@ events = "notify"
             listen = self.listen,
             admin = self.admin,
             sink = self.sink,
+            cache_line = self.cache_line,
         );
         let path = self.dir.join("config.toml");
         let temp = self.dir.join("config.toml.new");
@@ -1170,6 +1182,7 @@ struct Env {
     work_dir: PathBuf,
     perf: Option<PathBuf>,
     scenarios: Vec<String>,
+    cache_bytes: Option<String>,
     sink: Arc<Sink>,
     sink_addr: SocketAddr,
     plain_addr: SocketAddr,
@@ -1871,6 +1884,7 @@ fn main() -> ExitCode {
         hookrelay: hookrelay.clone(),
         work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         perf: args.perf.clone(),
+        cache_bytes: args.cache_bytes.clone(),
         scenarios: args.scenarios.clone(),
         sink,
         sink_addr,
