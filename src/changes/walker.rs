@@ -150,9 +150,8 @@ impl Walker {
         );
         set_needs_authorize(inner, name, false);
         info!(instance = %name, account = %authorized.account, cursor_taken = authorized.cursor_taken, "change events authorized");
-        let owed = inner.store.walk_markers().unwrap_or_default();
-        for (instance, account, _) in owed.into_iter().filter(|(i, _, _)| i == name) {
-            request(inner, &instance, &account);
+        if let Some(instance) = config.instance(name) {
+            prepare_and_resume(inner, vec![instance.clone()]);
         }
         Ok(authorized)
     }
