@@ -270,16 +270,17 @@ impl Committer {
                 }
             }
             let closing = batch.iter().any(|r| matches!(r.op, Op::Close { .. }));
-            self.commit(std::mem::take(&mut batch));
+            self.commit(&mut batch);
             if closing {
                 break;
             }
         }
     }
 
-    fn commit(&mut self, batch: Vec<Request>) {
+    /// Commits and answers every request of `batch`, leaving it empty (with its capacity).
+    fn commit(&mut self, batch: &mut Vec<Request>) {
         if let Some(failure) = self.shared.failure.get() {
-            for request in batch {
+            for request in batch.drain(..) {
                 let _ = request.reply.send(Err(Error::Failed(failure.clone())));
             }
             return;
@@ -287,7 +288,7 @@ impl Committer {
         let db = self.db.clone();
         let mut view = BatchView::new(&db);
         let mut answers = Vec::with_capacity(batch.len());
-        for request in batch {
+        for request in batch.drain(..) {
             let result = self.apply(&mut view, request.op);
             answers.push((request.reply, result));
         }
@@ -442,6 +443,18 @@ impl Committer {
     ) -> Result<Vec<Placed>, Error> {
         let mut placed = Vec::with_capacity(targets.len());
         let body_bytes = body.len() as u64;
+        // Each target that is not a change-events walk takes one reference to the body. With a
+        // single one, the body goes into that event's record: no `n/` record to write now and
+        // to read and remove at delivery.
+        let references = targets.iter().filter(|t| !t.changes).count();
+        let inline_raw = match references {
+            1 => std::str::from_utf8(&body).ok().map(str::to_owned),
+            _ => None,
+        };
+        let notification_ref = match inline_raw {
+            Some(_) => None,
+            None => Some(notification.to_string()),
+        };
         for target in targets {
             self.mark_seen(view, &target.instance, &target.account, accepted_ms)?;
             if target.changes {
@@ -459,8 +472,13 @@ impl Committer {
             }
             let over_quota = self.counter(&target.instance).pending_bytes >= target.quota_bytes;
             if (target.coalesce || over_quota)
-                && let Some(id) =
-                    self.merge(view, &target, notification, accepted_ms, body_bytes)?
+                && let Some(id) = self.merge(
+                    view,
+                    &target,
+                    (notification_ref.clone(), inline_raw.clone()),
+                    accepted_ms,
+                    body_bytes,
+                )?
             {
                 placed.push(Placed::Merged { id });
                 continue;
@@ -468,7 +486,7 @@ impl Committer {
             let event = EventV1 {
                 account: target.account.clone(),
                 kind: EventKind::Notify,
-                notification: Some(notification.to_string()),
+                notification: notification_ref.clone(),
                 date_ms: accepted_ms,
                 age_base_ms: accepted_ms,
                 attempts: 0,
@@ -478,6 +496,7 @@ impl Committer {
                 last_error: None,
                 bytes: body_bytes + EVENT_OVERHEAD_BYTES,
                 changes: None,
+                raw: inline_raw.clone(),
             };
             let id = Ulid::generate();
             self.insert_pending(view, &target.instance, id, &event);
@@ -498,14 +517,10 @@ impl Committer {
                 )));
             }
         }
-        let refs = placed
-            .iter()
-            .filter(|p| !matches!(p, Placed::WalkPending { .. }))
-            .count();
-        if refs > 0 {
+        if notification_ref.is_some() && references > 0 {
             let record = NotificationRecord {
                 accepted_ms,
-                refs: refs as u32,
+                refs: references as u32,
                 body: body.to_vec(),
             };
             view.insert(keys::notification(notification), record.encode());
@@ -533,12 +548,13 @@ impl Committer {
         Ok(())
     }
 
-    /// Merges a notification into the pair's waiting event, if there is one that may take it.
+    /// Merges a notification (its `n/` id or its inline body) into the pair's waiting event, if
+    /// there is one that may take it.
     fn merge(
         &mut self,
         view: &mut BatchView<'_>,
         target: &IngestTarget,
-        notification: Ulid,
+        (notification, raw): (Option<String>, Option<String>),
         accepted_ms: u64,
         body_bytes: u64,
     ) -> Result<Option<Ulid>, Error> {
@@ -562,7 +578,8 @@ impl Committer {
             .pending_bytes
             .saturating_sub(event.bytes)
             .saturating_add(new_bytes);
-        event.notification = Some(notification.to_string());
+        event.notification = notification;
+        event.raw = raw;
         event.date_ms = accepted_ms;
         event.bytes = new_bytes;
         view.insert(event_key, EventRecord::encode(&event));
@@ -749,6 +766,7 @@ impl Committer {
                     last_error: None,
                     bytes: EVENT_OVERHEAD_BYTES,
                     changes: None,
+                    raw: None,
                 };
                 let id = Ulid::generate();
                 self.insert_pending(view, instance, id, &event);
@@ -847,6 +865,7 @@ impl Committer {
                 raw: envelope.raw,
                 seq: Some(seq),
             }),
+            raw: None,
         };
         let id = Ulid::generate();
         view.insert(keys::event(instance, id), EventRecord::encode(&event));
@@ -1016,6 +1035,9 @@ impl Committer {
         view: &BatchView<'_>,
         event: &EventV1,
     ) -> Result<Option<Bytes>, Error> {
+        if let Some(raw) = &event.raw {
+            return Ok(Some(Bytes::from(raw.clone())));
+        }
         let Some(id) = event
             .notification
             .as_deref()

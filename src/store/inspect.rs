@@ -97,19 +97,19 @@ fn summary(
     event: &EventV1,
 ) -> Result<EventSummary, Error> {
     let id = keys::trailing_id(key).unwrap_or(Ulid::nil());
-    let raw = match event
-        .notification
-        .as_deref()
-        .and_then(|s| s.parse::<Ulid>().ok())
-    {
-        Some(notification) => match db
-            .get(keys::notification(notification))
-            .map_err(sled_error)?
-        {
-            Some(bytes) => NotificationRecord::decode(&bytes)?.body,
-            None => Vec::new(),
+    let raw = match (&event.raw, &event.notification) {
+        (Some(raw), _) => raw.clone().into_bytes(),
+        (None, Some(notification)) => match notification.parse::<Ulid>() {
+            Ok(notification) => match db
+                .get(keys::notification(notification))
+                .map_err(sled_error)?
+            {
+                Some(bytes) => NotificationRecord::decode(&bytes)?.body,
+                None => Vec::new(),
+            },
+            Err(_) => Vec::new(),
         },
-        None => Vec::new(),
+        (None, None) => Vec::new(),
     };
     Ok(EventSummary {
         id: id.to_string(),

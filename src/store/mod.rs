@@ -14,13 +14,16 @@
 //!   [`Store::failure`] says why. A failed sync is never retried and then acknowledged.
 //! - **Small values.** Records stay far below sled's blob threshold (segment size / 4), so
 //!   sled never writes its unsynced blob files.
+//! - **Few, small writes per event.** sled rewrites whole tree nodes as they fill and split, so
+//!   what it writes grows with the keys and bytes per event: an event is one binary record
+//!   carrying its own body (plus its due-index key), not a JSON record and a shared body.
 //!
 //! # Layout (one tree; see [`keys`])
 //! | key | value |
 //! |---|---|
-//! | `m/schema`, `m/clean`, `m/alive` | schema version; present after a clean stop; heartbeat ms |
-//! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count |
-//! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event |
+//! | `m/schema`, `m/clean`, `m/alive` | schema version ([`SCHEMA`]); present after a clean stop; heartbeat ms |
+//! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count; only for a body several events share |
+//! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event (binary), with its body when no other event shares it |
 //! | `d/<instance>\0<due ms><event>` | due-time index: the next due events without a scan |
 //! | `p/<instance>\0<account>` | the event a new notification of that pair may merge into |
 //! | `x/<instance>\0<event>` | [`record::DeadRecord`]: a dead letter |
@@ -297,6 +300,9 @@ impl Store {
         let db = sled::Config::new()
             .path(&options.path)
             .cache_capacity(options.cache_bytes)
+            // The committer flushes and syncs after every batch; sled's own periodic flush
+            // would only contend with it for the log (and add a sync_all of its own).
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e.to_string()))?;
         let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
@@ -304,6 +310,7 @@ impl Store {
         File::open(&options.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| open_error(e.to_string()))?;
+        check_schema(&db).map_err(open_error)?;
         let previous =
             read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
         let counters = read_counters(&db).map_err(|e| open_error(e.to_string()))?;
@@ -751,6 +758,29 @@ fn unexpected(reply: Reply) -> Error {
     Error::Corrupt(format!("unexpected committer reply {reply:?}"))
 }
 
+/// The store layout this build writes (`m/schema`). 2: event records are binary and carry a
+/// body no other event shares (schema 1 stores are read as they are).
+const SCHEMA: u32 = 2;
+
+/// Refuses a store written by a newer hookrelay, whose records this build may misread.
+fn check_schema(db: &sled::Db) -> Result<(), String> {
+    let stored = db.get(keys::meta("schema")).map_err(|e| e.to_string())?;
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    match std::str::from_utf8(&stored)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        Some(version) if version <= SCHEMA => Ok(()),
+        _ => Err(format!(
+            "the store has schema {:?}, newer than this hookrelay's ({SCHEMA}); run the newer \
+             hookrelay, or restore the store's backup",
+            String::from_utf8_lossy(&stored)
+        )),
+    }
+}
+
 fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled::Error> {
     let clean_stop = db.get(keys::meta("clean"))?.is_some();
     let last_alive_ms = db.get(keys::meta("alive"))?.and_then(|v| {
@@ -761,7 +791,7 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
     if clean_stop && mode == OpenMode::Daemon {
         db.remove(keys::meta("clean"))?;
     }
-    db.insert(keys::meta("schema"), &b"1"[..])?;
+    db.insert(keys::meta("schema"), SCHEMA.to_string().as_bytes())?;
     db.flush()?;
     Ok(PreviousRun {
         clean_stop,

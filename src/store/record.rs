@@ -93,7 +93,9 @@ impl AuthorizationRecord {
     }
 }
 
-/// A pending event (`e/` records).
+/// A pending event (`e/` records). Written in a binary layout (version byte 3, see
+/// [`EventRecord::encode`]): an event record is written and removed once per delivered event, so
+/// its size is most of what the store writes. Version 1, JSON, is still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "v")]
 pub enum EventRecord {
@@ -105,7 +107,8 @@ pub enum EventRecord {
 pub struct EventV1 {
     pub account: String,
     pub kind: EventKind,
-    /// The notification (`n/`) whose body is this event's `raw`; none for catch-up events.
+    /// The notification (`n/`) whose body is this event's `raw`, when several events share
+    /// it; none for catch-up events and when the body is kept in [`EventV1::raw`].
     pub notification: Option<String>,
     /// When the newest notification merged into this event was accepted (the envelope `date`).
     pub date_ms: u64,
@@ -124,14 +127,20 @@ pub struct EventV1 {
     /// Change events only: the envelope's events and raw entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<ChangesV1>,
+    /// The notification body itself, verbatim, when this event is its only reference: one
+    /// record instead of an event and an `n/` record (dead letters: version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
-/// A dead letter (`x/` records).
+/// A dead letter (`x/` records); version 2 when its event carries [`EventV1::raw`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "v")]
 pub enum DeadRecord {
     #[serde(rename = "1")]
     V1(DeadV1),
+    #[serde(rename = "2")]
+    V2(DeadV1),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,30 +150,211 @@ pub struct DeadV1 {
     pub reason: String,
 }
 
+/// The version byte of a binary event record (a JSON record starts with `{`).
+const EVENT_V3: u8 = 3;
+
+/// Flags of a binary event record, after its kind byte.
+mod event_flags {
+    pub const REFUSED_ONLY: u8 = 1;
+    pub const NOTIFICATION: u8 = 1 << 1;
+    pub const LAST_STATUS: u8 = 1 << 2;
+    pub const LAST_ERROR: u8 = 1 << 3;
+    pub const CHANGES: u8 = 1 << 4;
+    pub const CHANGES_SEQ: u8 = 1 << 5;
+    pub const RAW: u8 = 1 << 6;
+}
+
 impl EventRecord {
     pub fn decode(bytes: &[u8]) -> Result<EventV1, Error> {
-        match serde_json::from_slice(bytes) {
-            Ok(EventRecord::V1(event)) => Ok(event),
-            Err(err) => Err(Error::Corrupt(format!("event record: {err}"))),
+        match bytes.first() {
+            Some(&EVENT_V3) => decode_event_v3(&bytes[1..])
+                .ok_or_else(|| Error::Corrupt("event record: truncated or malformed".into())),
+            _ => match serde_json::from_slice(bytes) {
+                Ok(EventRecord::V1(event)) => Ok(event),
+                Err(err) => Err(Error::Corrupt(format!("event record: {err}"))),
+            },
         }
     }
 
+    /// Version byte 3, kind, flags (which optional fields follow), `date_ms`, `age_base_ms`,
+    /// `due_ms`, `bytes` (u64 BE), `attempts` (u32 BE), `account`, then the optional fields in
+    /// flag order: `notification`, `last_status` (u16 BE), `last_error`, `changes` (`events`,
+    /// `raw`, `seq` u64 BE if flagged) and `raw`. Strings are a u32 BE length and UTF-8 bytes.
     pub fn encode(event: &EventV1) -> Vec<u8> {
-        // Serialising a struct of plain fields cannot fail.
-        serde_json::to_vec(&EventRecord::V1(event.clone())).unwrap_or_default()
+        use event_flags::*;
+        let mut flags = 0;
+        let mut set = |flag: u8, on: bool| {
+            if on {
+                flags |= flag;
+            }
+        };
+        set(REFUSED_ONLY, event.refused_only);
+        set(NOTIFICATION, event.notification.is_some());
+        set(LAST_STATUS, event.last_status.is_some());
+        set(LAST_ERROR, event.last_error.is_some());
+        set(CHANGES, event.changes.is_some());
+        set(
+            CHANGES_SEQ,
+            event.changes.as_ref().is_some_and(|c| c.seq.is_some()),
+        );
+        set(RAW, event.raw.is_some());
+        let mut out = Vec::with_capacity(64 + event.raw.as_ref().map_or(0, String::len));
+        out.extend_from_slice(&[EVENT_V3, kind_byte(event.kind), flags]);
+        for value in [event.date_ms, event.age_base_ms, event.due_ms, event.bytes] {
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        out.extend_from_slice(&event.attempts.to_be_bytes());
+        put_str(&mut out, &event.account);
+        if let Some(notification) = &event.notification {
+            put_str(&mut out, notification);
+        }
+        if let Some(status) = event.last_status {
+            out.extend_from_slice(&status.to_be_bytes());
+        }
+        if let Some(error) = &event.last_error {
+            put_str(&mut out, error);
+        }
+        if let Some(changes) = &event.changes {
+            put_str(&mut out, &changes.events);
+            put_str(&mut out, &changes.raw);
+            if let Some(seq) = changes.seq {
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
+        }
+        if let Some(raw) = &event.raw {
+            put_str(&mut out, raw);
+        }
+        out
     }
+}
+
+fn kind_byte(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::Notify => 0,
+        EventKind::Unknown => 1,
+        EventKind::Changes => 2,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    // Records are far below 4 GiB (ingest bodies are capped well under that).
+    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Reads a binary record front to back; every read fails on a short record.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if self.0.len() < len {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+fn decode_event_v3(bytes: &[u8]) -> Option<EventV1> {
+    use event_flags::*;
+    let mut r = Reader(bytes);
+    let kind = match r.u8()? {
+        0 => EventKind::Notify,
+        1 => EventKind::Unknown,
+        2 => EventKind::Changes,
+        _ => return None,
+    };
+    let flags = r.u8()?;
+    let has = |flag: u8| flags & flag != 0;
+    let (date_ms, age_base_ms, due_ms, bytes) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let attempts = r.u32()?;
+    let account = r.string()?;
+    let notification = if has(NOTIFICATION) {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let last_status = if has(LAST_STATUS) {
+        Some(r.u16()?)
+    } else {
+        None
+    };
+    let last_error = if has(LAST_ERROR) {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let changes = if has(CHANGES) {
+        Some(ChangesV1 {
+            events: r.string()?,
+            raw: r.string()?,
+            seq: if has(CHANGES_SEQ) {
+                Some(r.u64()?)
+            } else {
+                None
+            },
+        })
+    } else {
+        None
+    };
+    let raw = if has(RAW) { Some(r.string()?) } else { None };
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(EventV1 {
+        account,
+        kind,
+        notification,
+        date_ms,
+        age_base_ms,
+        attempts,
+        due_ms,
+        refused_only: has(REFUSED_ONLY),
+        last_status,
+        last_error,
+        bytes,
+        changes,
+        raw,
+    })
 }
 
 impl DeadRecord {
     pub fn decode(bytes: &[u8]) -> Result<DeadV1, Error> {
         match serde_json::from_slice(bytes) {
-            Ok(DeadRecord::V1(dead)) => Ok(dead),
+            Ok(DeadRecord::V1(dead) | DeadRecord::V2(dead)) => Ok(dead),
             Err(err) => Err(Error::Corrupt(format!("dead-letter record: {err}"))),
         }
     }
 
     pub fn encode(dead: &DeadV1) -> Vec<u8> {
-        serde_json::to_vec(&DeadRecord::V1(dead.clone())).unwrap_or_default()
+        let record = if dead.event.raw.is_some() {
+            DeadRecord::V2(dead.clone())
+        } else {
+            DeadRecord::V1(dead.clone())
+        };
+        serde_json::to_vec(&record).unwrap_or_default()
     }
 }
 
@@ -271,10 +461,29 @@ mod tests {
             last_error: None,
             bytes: 300,
             changes: None,
+            raw: None,
         };
         let bytes = EventRecord::encode(&event);
-        assert!(bytes.starts_with(br#"{"v":"1""#));
-        assert_eq!(EventRecord::decode(&bytes).ok(), Some(event));
+        assert_eq!(bytes[0], 3);
+        assert_eq!(EventRecord::decode(&bytes).ok(), Some(event.clone()));
+        // A record written by version 1 (JSON) is still read.
+        let json = serde_json::to_vec(&EventRecord::V1(event.clone())).unwrap_or_default();
+        assert!(json.starts_with(br#"{"v":"1""#));
+        assert_eq!(EventRecord::decode(&json).ok(), Some(event.clone()));
+        let inline = EventV1 {
+            notification: None,
+            raw: Some("{\"list_folder\": {}}".into()),
+            changes: Some(ChangesV1 {
+                events: "[]".into(),
+                raw: "{}".into(),
+                seq: Some(9),
+            }),
+            ..event
+        };
+        assert_eq!(
+            EventRecord::decode(&EventRecord::encode(&inline)).ok(),
+            Some(inline)
+        );
         let notification = NotificationRecord {
             accepted_ms: 7,
             refs: 3,

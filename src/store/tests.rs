@@ -291,6 +291,48 @@ async fn delivered_events_and_their_notifications_are_removed() {
 }
 
 #[tokio::test]
+async fn a_body_with_one_event_is_kept_in_its_record_and_a_shared_one_apart() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let single = created(ingest_one(&store, 1, false).await);
+    assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
+    let record = store
+        .db
+        .get(keys::event("acme", single.id))
+        .ok()
+        .flatten()
+        .map(|v| record::EventRecord::decode(&v));
+    let raw = record.and_then(Result::ok).and_then(|event| event.raw);
+    assert_eq!(raw.map(String::into_bytes), Some(body(1).to_vec()));
+    let targets = vec![target("dbid:a", false), target("dbid:b", false)];
+    store
+        .ingest(body(2), now_ms(), targets)
+        .await
+        .unwrap_or_else(|e| panic!("ingest: {e}"));
+    assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 1);
+    let claimed = store
+        .claim("acme", vec![single.id])
+        .await
+        .unwrap_or_default();
+    assert_eq!(claimed[0].raw, Some(body(1)));
+}
+
+#[tokio::test]
+async fn a_store_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    assert!(
+        check_schema(&store.db).is_ok(),
+        "the schema this build wrote"
+    );
+    for (schema, opens) in [("1", true), ("2", true), ("3", false), ("x", false)] {
+        assert!(store.db.insert(keys::meta("schema"), schema).is_ok());
+        let checked = check_schema(&store.db);
+        assert_eq!(checked.is_ok(), opens, "schema {schema}: {checked:?}");
+    }
+}
+
+#[tokio::test]
 async fn dead_letters_are_replayed_purged_and_expired() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (store, _) = open(dir.path());

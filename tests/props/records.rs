@@ -2,7 +2,7 @@
 //! round-trips through its encoding.
 
 use hookrelay::store::record::{
-    Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
+    ChangesV1, Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
 };
 use proptest::prelude::*;
 
@@ -16,6 +16,8 @@ fn event() -> impl Strategy<Value = EventV1> {
         proptest::option::of(any::<u16>()),
         proptest::option::of(".{0,60}"),
         any::<u64>(),
+        proptest::option::of(".{0,120}"),
+        proptest::option::of((".{0,40}", ".{0,40}", proptest::option::of(any::<u64>()))),
     )
         .prop_map(
             |(
@@ -27,6 +29,8 @@ fn event() -> impl Strategy<Value = EventV1> {
                 last_status,
                 last_error,
                 bytes,
+                raw,
+                changes,
             )| EventV1 {
                 account,
                 kind,
@@ -39,7 +43,8 @@ fn event() -> impl Strategy<Value = EventV1> {
                 last_status,
                 last_error,
                 bytes,
-                changes: None,
+                changes: changes.map(|(events, raw, seq)| ChangesV1 { events, raw, seq }),
+                raw,
             },
         )
 }
@@ -49,7 +54,7 @@ fn record_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..64),
         r#"\{"v":"[0-9]",[a-z_":,0-9\{\}\[\] ]{0,80}"#.prop_map(String::into_bytes),
-        (Just(1u8), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(v, mut rest)| {
+        (1u8..=3, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(v, mut rest)| {
             rest.insert(0, v);
             rest
         }),
