@@ -3,8 +3,11 @@
 //!
 //! Inside this process it starts a loopback **sink** (the instance's callback: answers 204 and
 //! records arrival time, `webhook-id` and the send time the generator put in the Dropbox body)
-//! and a **plain hyper server** (reads the body, answers 200: the physical limit for the same
-//! requests). For each scenario it runs the real `hookrelay` binary on a temporary config and
+//! and three baselines for the same requests, the physical limits: a **plain hyper server**
+//! (reads the body, answers 200), the same with a **group-commit `fdatasync`** of every body
+//! before its 200 (the limit of a durable acknowledgement on this disk), and a **plain relay**
+//! (forwards each body to the sink, answers 200 once the sink did: one request in and one out
+//! per event, no storage). For each scenario it runs the real `hookrelay` binary on a temporary config and
 //! store and drives it with its own load generator: keep-alive HTTP/1.1 connections, every body
 //! unique and signed with the app secret, closed loop or open loop at a fixed rate, the ack
 //! latency of every request recorded.
@@ -251,6 +254,122 @@ where
 async fn plain(request: Request<Incoming>) -> Response<Empty<Bytes>> {
     let _ = request.into_body().collect().await;
     Response::new(Empty::new())
+}
+
+/// The physical limit of a *durable* acknowledgement: reads the body, appends it to a file
+/// and answers 200 after an `fdatasync` that covers it. One thread group-commits whatever
+/// bodies wait (as hookrelay's committer does), so concurrent requests share a sync.
+#[derive(Clone)]
+struct DurablePlain {
+    bodies: tokio::sync::mpsc::UnboundedSender<(Bytes, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+impl DurablePlain {
+    /// Starts the group-commit thread on a file at `path` (truncated as it passes 64 MiB).
+    fn start(path: PathBuf) -> std::io::Result<DurablePlain> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let (bodies, mut waiting) =
+            tokio::sync::mpsc::unbounded_channel::<(Bytes, tokio::sync::oneshot::Sender<bool>)>();
+        std::thread::Builder::new()
+            .name("bench-fsync".into())
+            .spawn(move || {
+                let mut written = 0u64;
+                let mut batch = Vec::new();
+                while let Some(first) = waiting.blocking_recv() {
+                    batch.push(first);
+                    while let Ok(next) = waiting.try_recv() {
+                        batch.push(next);
+                    }
+                    let mut ok = true;
+                    for (body, _) in &batch {
+                        ok &= file.write_all(body).is_ok();
+                        written += body.len() as u64;
+                    }
+                    ok &= file.sync_data().is_ok();
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(ok);
+                    }
+                    if written > 64 << 20 {
+                        use std::io::Seek as _;
+                        ok &= file.set_len(0).is_ok() && file.rewind().is_ok();
+                        written = 0;
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            })?;
+        Ok(DurablePlain { bodies })
+    }
+
+    async fn handle(self, request: Request<Incoming>) -> Response<Empty<Bytes>> {
+        let stored = match request.into_body().collect().await {
+            Ok(body) => {
+                let (reply, stored) = tokio::sync::oneshot::channel();
+                let _ = self.bodies.send((body.to_bytes(), reply));
+                stored.await.unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        let mut response = Response::new(Empty::new());
+        if !stored {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
+    }
+}
+
+/// The physical limit of relaying: reads the body, POSTs it to the sink on a kept-alive
+/// connection and answers 200 once the sink answered (no storage, no signing). One request
+/// in and one out per event, as hookrelay's ingest and delivery together.
+#[derive(Clone)]
+struct PlainRelay {
+    sink: SocketAddr,
+    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
+}
+
+impl PlainRelay {
+    async fn handle(self, request: Request<Incoming>) -> Response<Empty<Bytes>> {
+        let mut response = Response::new(Empty::new());
+        if self.forward(request).await.is_err() {
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+        }
+        response
+    }
+
+    async fn forward(&self, request: Request<Incoming>) -> Fallible<()> {
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut sender = match pooled {
+            Some(sender) => sender,
+            None => connect::<Full<Bytes>>(self.sink).await?,
+        };
+        let outgoing = Request::post("/")
+            .header(HOST, self.sink.to_string())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let status = exchange(&mut sender, outgoing)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(sender);
+        }
+        match status {
+            200..=299 => Ok(()),
+            other => Err(format!("sink answered {other}")),
+        }
+    }
 }
 
 // === the sink ===
@@ -1186,6 +1305,8 @@ struct Env {
     sink: Arc<Sink>,
     sink_addr: SocketAddr,
     plain_addr: SocketAddr,
+    durable_plain_addr: SocketAddr,
+    relay_addr: SocketAddr,
 }
 
 impl Env {
@@ -1233,9 +1354,10 @@ where
     }
 }
 
-async fn scenario_plain(env: &Env) -> Fallible<Value> {
+/// The plain server at `addr` (in this process), closed loop.
+async fn scenario_plain(env: &Env, addr: SocketAddr) -> Fallible<Value> {
     let watch = CpuWatch::start(vec![("bench", std::process::id())]);
-    let load = run_load(closed(env.plain_addr, env)).await;
+    let load = run_load(closed(addr, env)).await;
     let mut value = load.json();
     value["cpu"] = watch.finish(load.generator_ticks);
     if load.ok == 0 {
@@ -1559,7 +1681,9 @@ fn targets(results: &Map<String, Value>) -> Vec<Target> {
 fn print_table(results: &Map<String, Value>, env: &Env) {
     let n = |p: &str| num(results, p);
     let plain = n("/plain/ok_per_s");
+    let durable_plain = n("/plain_durable/ok_per_s");
     let ratio = |v: Option<f64>| v.zip(plain).map(|(a, p)| a / p);
+    let durable_ratio = |v: Option<f64>| v.zip(durable_plain).map(|(a, p)| a / p);
     let mut lines: Vec<(String, String, String)> = Vec::new();
     let mut row = |figure: &str, value: String, note: String| {
         lines.push((figure.to_owned(), value, note));
@@ -1577,11 +1701,22 @@ fn print_table(results: &Map<String, Value>, env: &Env) {
         lat("/plain/ack_latency"),
     );
     row(
+        "plain + group-commit fdatasync",
+        format!("{} req/s", fmt(durable_plain, 0)),
+        lat("/plain_durable/ack_latency"),
+    );
+    row(
+        "plain relay (in, out to the sink, 200)",
+        format!("{} req/s", fmt(n("/plain_relay/ok_per_s"), 0)),
+        lat("/plain_relay/ack_latency"),
+    );
+    row(
         "(a) durable ingest, instance paused",
         format!("{} req/s", fmt(n("/a_ingest_paused/ok_per_s"), 0)),
         format!(
-            "{}x plain; {}",
+            "{}x plain, {}x durable plain; {}",
             fmt(ratio(n("/a_ingest_paused/ok_per_s")), 3),
+            fmt(durable_ratio(n("/a_ingest_paused/ok_per_s")), 3),
             lat("/a_ingest_paused/ack_latency")
         ),
     );
@@ -1606,7 +1741,13 @@ fn print_table(results: &Map<String, Value>, env: &Env) {
             fmt(n("/c_sustained/delivery/delivered_per_s_in_window"), 0)
         ),
         format!(
-            "offered {}/s; queue max {}, slope {}/s, flat: {}",
+            "{}x plain relay; offered {}/s; queue max {}, slope {}/s, flat: {}",
+            fmt(
+                n("/c_sustained/delivery/delivered_per_s_in_window")
+                    .zip(n("/plain_relay/ok_per_s"))
+                    .map(|(a, p)| a / p),
+                3
+            ),
             fmt(n("/c_sustained/offered_per_s"), 0),
             fmt(n("/c_sustained/queue_depth_max"), 0),
             fmt(n("/c_sustained/queue_depth_slope_per_s"), 1),
@@ -1706,7 +1847,14 @@ async fn bench(env: &Env, results: &mut Map<String, Value>) -> Fallible<()> {
     let wanted = |name: &str| env.scenarios.iter().any(|s| s == name);
     if wanted("plain") {
         step("plain hyper server, closed loop");
-        results.insert("plain".into(), scenario_plain(env).await?);
+        results.insert("plain".into(), scenario_plain(env, env.plain_addr).await?);
+        step("plain hyper server + group-commit fdatasync, closed loop");
+        let durable = scenario_plain(env, env.durable_plain_addr).await?;
+        results.insert("plain_durable".into(), durable);
+        step("plain hyper relay to the sink, closed loop");
+        let relay = scenario_plain(env, env.relay_addr).await?;
+        env.sink.take();
+        results.insert("plain_relay".into(), relay);
     }
     if wanted("a") {
         step("(a) durable ingest, instance paused");
@@ -1821,16 +1969,35 @@ fn main() -> ExitCode {
             Ok(l)
         })
     };
-    let (sink_listener, plain_listener) = match (bind(), bind()) {
-        (Ok(s), Ok(p)) => (s, p),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("hookrelay-bench: cannot bind on 127.0.0.1: {e}");
+    let listeners = [bind(), bind(), bind(), bind()];
+    let addresses: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.as_ref().ok().and_then(|l| l.local_addr().ok()))
+        .collect();
+    let (
+        [
+            Ok(sink_listener),
+            Ok(plain_listener),
+            Ok(durable_listener),
+            Ok(relay_listener),
+        ],
+        &[sink_addr, plain_addr, durable_plain_addr, relay_addr],
+    ) = (listeners, addresses.as_slice())
+    else {
+        eprintln!("hookrelay-bench: cannot bind four listeners on 127.0.0.1");
+        return ExitCode::FAILURE;
+    };
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let durable_file = work_dir.join(format!(
+        "hookrelay-bench-{}-durable-plain.log",
+        std::process::id()
+    ));
+    let durable_plain = match DurablePlain::start(durable_file) {
+        Ok(durable_plain) => durable_plain,
+        Err(e) => {
+            eprintln!("hookrelay-bench: cannot start the durable plain server: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let (Ok(sink_addr), Ok(plain_addr)) = (sink_listener.local_addr(), plain_listener.local_addr())
-    else {
-        return ExitCode::FAILURE;
     };
     let sink_for_thread = sink.clone();
     let sink_thread = std::thread::Builder::new()
@@ -1873,6 +2040,23 @@ fn main() -> ExitCode {
             serve(listener, plain).await;
         }
     });
+    let relay = PlainRelay {
+        sink: sink_addr,
+        idle: Arc::new(Mutex::new(Vec::new())),
+    };
+    plain_runtime.spawn(async move {
+        if let Ok(listener) = TcpListener::from_std(relay_listener) {
+            serve(listener, move |request| relay.clone().handle(request)).await;
+        }
+    });
+    plain_runtime.spawn(async move {
+        if let Ok(listener) = TcpListener::from_std(durable_listener) {
+            serve(listener, move |request| {
+                durable_plain.clone().handle(request)
+            })
+            .await;
+        }
+    });
 
     let env = Env {
         smoke: args.smoke,
@@ -1882,13 +2066,15 @@ fn main() -> ExitCode {
         latency_rate: args.latency_rate,
         sustained_rate: args.sustained_rate,
         hookrelay: hookrelay.clone(),
-        work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        work_dir,
         perf: args.perf.clone(),
         cache_bytes: args.cache_bytes.clone(),
         scenarios: args.scenarios.clone(),
         sink,
         sink_addr,
         plain_addr,
+        durable_plain_addr,
+        relay_addr,
     };
     let mut results = Map::new();
     let outcome = runtime.block_on(bench(&env, &mut results));
