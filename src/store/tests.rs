@@ -318,6 +318,47 @@ async fn a_body_with_one_event_is_kept_in_its_record_and_a_shared_one_apart() {
 }
 
 #[tokio::test]
+async fn an_event_written_by_schema_1_is_delivered_with_its_shared_body() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    // As the first release wrote it: a JSON event record pointing at an `n/` record.
+    let (id, notification) = (Ulid::generate(), Ulid::generate());
+    let event = record::EventV1 {
+        account: "dbid:a".into(),
+        kind: EventKind::Notify,
+        notification: Some(notification.to_string()),
+        date_ms: 1,
+        age_base_ms: 1,
+        attempts: 0,
+        due_ms: 1,
+        refused_only: true,
+        last_status: None,
+        last_error: None,
+        bytes: 300,
+        changes: None,
+        raw: None,
+    };
+    let json = serde_json::to_vec(&record::EventRecord::V1(event)).unwrap_or_default();
+    let shared = record::NotificationRecord {
+        accepted_ms: 1,
+        refs: 1,
+        body: body(7).to_vec(),
+    };
+    let written = [
+        store
+            .db
+            .insert(keys::notification(notification), shared.encode()),
+        store.db.insert(keys::event("acme", id), json),
+        store.db.insert(keys::due("acme", 1, id), Vec::new()),
+    ];
+    assert!(written.iter().all(Result::is_ok));
+    let claimed = store.claim("acme", vec![id]).await.unwrap_or_default();
+    assert_eq!(claimed.first().and_then(|e| e.raw.clone()), Some(body(7)));
+    assert_eq!(store.delivered("acme", id).await.ok(), Some(None));
+    assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
+}
+
+#[tokio::test]
 async fn a_store_of_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (store, _) = open(dir.path());
