@@ -1963,26 +1963,18 @@ fn main() -> ExitCode {
 
     // The sink: one thread, a current-thread runtime, like a small real consumer.
     let sink = Arc::new(Sink::default());
-    let bind = || {
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
-            l.set_nonblocking(true)?;
-            Ok(l)
-        })
+    let bind = || -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok((listener, addr))
     };
-    let listeners = [bind(), bind(), bind(), bind()];
-    let addresses: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|l| l.as_ref().ok().and_then(|l| l.local_addr().ok()))
-        .collect();
     let (
-        [
-            Ok(sink_listener),
-            Ok(plain_listener),
-            Ok(durable_listener),
-            Ok(relay_listener),
-        ],
-        &[sink_addr, plain_addr, durable_plain_addr, relay_addr],
-    ) = (listeners, addresses.as_slice())
+        Ok((sink_listener, sink_addr)),
+        Ok((plain_listener, plain_addr)),
+        Ok((durable_listener, durable_plain_addr)),
+        Ok((relay_listener, relay_addr)),
+    ) = (bind(), bind(), bind(), bind())
     else {
         eprintln!("hookrelay-bench: cannot bind four listeners on 127.0.0.1");
         return ExitCode::FAILURE;
