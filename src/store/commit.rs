@@ -562,8 +562,7 @@ impl Committer {
         let Some(id) = view.get(&pair_key)?.and_then(|v| ulid_from(&v)) else {
             return Ok(None);
         };
-        let event_key = keys::event(&target.instance, id);
-        let Some(mut event) = view.get_event(&event_key)? else {
+        let Some((event_key, mut event)) = find_pending(view, &target.instance, id)? else {
             view.remove(pair_key);
             return Ok(None);
         };
@@ -595,11 +594,12 @@ impl Committer {
         id: Ulid,
         retry: Retry,
     ) -> Result<(), Error> {
-        let event_key = keys::event(instance, id);
-        let Some(mut event) = view.get_event(&event_key)? else {
+        let Some((key, mut event)) = find_pending(view, instance, id)? else {
             return Ok(());
         };
-        view.remove(keys::due(instance, event.due_ms, id));
+        // It waits now: an `e/` record with a due-index entry.
+        remove_record(view, instance, id, key, event.due_ms);
+        let event_key = keys::event(instance, id);
         view.insert(keys::due(instance, retry.due_ms, id), Vec::new());
         let pair_key = keys::pair(keys::PAIR, instance, &event.account);
         event.refused_only &= retry.definite_refusal;
@@ -651,8 +651,7 @@ impl Committer {
     ) -> Result<Vec<Event>, Error> {
         let mut events = Vec::with_capacity(ids.len());
         for id in ids {
-            let event_key = keys::event(instance, id);
-            let Some(event) = view.get_event(&event_key)? else {
+            let Some((_, event)) = find_pending(view, instance, id)? else {
                 continue;
             };
             // In flight from now on: no longer a merge target.
@@ -704,11 +703,13 @@ impl Committer {
     }
 
     fn purge_pending(&mut self, view: &mut BatchView<'_>, instance: &str) -> Result<u64, Error> {
-        let prefix = keys::instance_prefix(keys::EVENT, instance);
-        let ids: Vec<Ulid> = self
-            .db
-            .scan_prefix(&prefix)
-            .keys()
+        let ids: Vec<Ulid> = [keys::READY, keys::EVENT]
+            .into_iter()
+            .flat_map(|family| {
+                self.db
+                    .scan_prefix(keys::instance_prefix(family, instance))
+                    .keys()
+            })
             .filter_map(|k| k.ok().and_then(|k| keys::trailing_id(&k)))
             .collect();
         let mut count = 0;
@@ -868,16 +869,17 @@ impl Committer {
             raw: None,
         };
         let id = Ulid::generate();
-        view.insert(keys::event(instance, id), EventRecord::encode(&event));
+        // The head is due now; the others wait behind it, outside the due index.
+        let key = match is_head {
+            true => keys::ready(instance, id),
+            false => keys::event(instance, id),
+        };
+        view.insert(key, EventRecord::encode(&event));
         view.insert(keys::queue(instance, account, seq), id.to_bytes().to_vec());
         let counter = self.counter_mut(instance);
         counter.pending_events += 1;
         counter.pending_bytes += event.bytes;
-        if !is_head {
-            return Ok(None);
-        }
-        view.insert(keys::due(instance, now, id), Vec::new());
-        Ok(Some(changes_event(id, instance, &event)))
+        Ok(is_head.then(|| changes_event(id, instance, &event)))
     }
 
     /// Removes a change envelope from its pair's queue; if it was the head, the next one
@@ -907,24 +909,22 @@ impl Committer {
         let Some(next) = ulid_from(&value) else {
             return Ok(());
         };
-        let event_key = keys::event(instance, next);
-        let Some(mut event) = view.get_event(&event_key)? else {
+        let Some((key, mut event)) = find_pending(view, instance, next)? else {
             return Ok(());
         };
         let now = super::now_ms();
-        view.remove(keys::due(instance, event.due_ms, next));
+        remove_record(view, instance, next, key, event.due_ms);
         event.due_ms = now;
-        view.insert(keys::due(instance, now, next), Vec::new());
-        view.insert(event_key, EventRecord::encode(&event));
+        view.insert(keys::ready(instance, next), EventRecord::encode(&event));
         self.promoted.push(now);
         Ok(())
     }
 
     // === record plumbing ===
 
+    /// Adds an event that is due now (an `r/` record).
     fn insert_pending(&mut self, view: &mut BatchView<'_>, instance: &str, id: Ulid, e: &EventV1) {
-        view.insert(keys::event(instance, id), EventRecord::encode(e));
-        view.insert(keys::due(instance, e.due_ms, id), Vec::new());
+        view.insert(keys::ready(instance, id), EventRecord::encode(e));
         let counter = self.counter_mut(instance);
         counter.pending_events += 1;
         counter.pending_bytes += e.bytes;
@@ -937,12 +937,10 @@ impl Committer {
         instance: &str,
         id: Ulid,
     ) -> Result<Option<EventV1>, Error> {
-        let event_key = keys::event(instance, id);
-        let Some(event) = view.get_event(&event_key)? else {
+        let Some((key, event)) = find_pending(view, instance, id)? else {
             return Ok(None);
         };
-        view.remove(event_key);
-        view.remove(keys::due(instance, event.due_ms, id));
+        remove_record(view, instance, id, key, event.due_ms);
         let pair_key = keys::pair(keys::PAIR, instance, &event.account);
         self.unlink_pair(view, &pair_key, id)?;
         if let Some(seq) = event.changes.as_ref().and_then(|c| c.seq) {
@@ -1080,6 +1078,29 @@ impl Committer {
         self.shared.total_bytes.store(total, Ordering::Relaxed);
         self.shared.counters.store(Arc::new(self.counters.clone()));
     }
+}
+
+/// A pending event and its key: `r/` if it is due now, else `e/` (it waits).
+fn find_pending(
+    view: &BatchView<'_>,
+    instance: &str,
+    id: Ulid,
+) -> Result<Option<(Vec<u8>, EventV1)>, Error> {
+    for key in [keys::ready(instance, id), keys::event(instance, id)] {
+        if let Some(event) = view.get_event(&key)? {
+            return Ok(Some((key, event)));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes a pending event's record (`key`, from [`find_pending`]) and, for a waiting one, its
+/// due-index entry.
+fn remove_record(view: &mut BatchView<'_>, instance: &str, id: Ulid, key: Vec<u8>, due_ms: u64) {
+    if key.starts_with(keys::EVENT) {
+        view.remove(keys::due(instance, due_ms, id));
+    }
+    view.remove(key);
 }
 
 fn u64_from(bytes: &[u8]) -> Option<u64> {

@@ -56,20 +56,24 @@ fn open_read(path: &Path) -> Result<sled::Db, Error> {
         })
 }
 
+/// Pending events (due now and waiting), by instance, then by id.
 pub(super) fn pending_in(
     db: &sled::Db,
     instance: Option<&str>,
 ) -> Result<Vec<EventSummary>, Error> {
-    let prefix = match instance {
-        Some(name) => keys::instance_prefix(keys::EVENT, name),
-        None => keys::EVENT.to_vec(),
-    };
     let mut out = Vec::new();
-    for entry in db.scan_prefix(&prefix) {
-        let (key, value) = entry.map_err(sled_error)?;
-        let event = EventRecord::decode(&value)?;
-        out.push(summary(db, &key, keys::EVENT, &event)?);
+    for family in [keys::READY, keys::EVENT] {
+        let prefix = match instance {
+            Some(name) => keys::instance_prefix(family, name),
+            None => family.to_vec(),
+        };
+        for entry in db.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(sled_error)?;
+            let event = EventRecord::decode(&value)?;
+            out.push(summary(db, &key, family, &event)?);
+        }
     }
+    out.sort_by(|a, b| (&a.instance, &a.id).cmp(&(&b.instance, &b.id)));
     Ok(out)
 }
 

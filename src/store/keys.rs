@@ -9,9 +9,14 @@ use ulid::Ulid;
 pub const META: &[u8] = b"m/";
 /// `n/<notification id>`: a Dropbox notification's raw body, shared by its events.
 pub const NOTIFICATION: &[u8] = b"n/";
-/// `e/<instance>\0<event id>`: a pending event.
+/// `r/<instance>\0<event id>`: a pending event that is due now, in arrival order (ULIDs sort by
+/// creation time): a new event, a catch-up event, a replayed dead letter, a change envelope at
+/// its queue's head. It has no due-index entry: one key per event on the common path.
+pub const READY: &[u8] = b"r/";
+/// `e/<instance>\0<event id>`: a pending event that waits: for a retry's due time (with its
+/// `d/` entry), or behind its queue's head (a change envelope, no `d/` entry).
 pub const EVENT: &[u8] = b"e/";
-/// `d/<instance>\0<due ms><event id>`: the due-time index of pending events.
+/// `d/<instance>\0<due ms><event id>`: the due-time index of the waiting (`e/`) events.
 pub const DUE: &[u8] = b"d/";
 /// `p/<instance>\0<account>`: the event a notification for this pair may merge into.
 pub const PAIR: &[u8] = b"p/";
@@ -56,6 +61,12 @@ pub fn instance_prefix(family: &[u8], instance: &str) -> Vec<u8> {
     key.extend_from_slice(family);
     key.extend_from_slice(instance.as_bytes());
     key.push(0);
+    key
+}
+
+pub fn ready(instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(READY, instance);
+    key.extend_from_slice(&id.to_bytes());
     key
 }
 
@@ -164,7 +175,7 @@ pub fn counters(instance: &str) -> Vec<u8> {
     [COUNTERS, instance.as_bytes()].concat()
 }
 
-/// The event id at the end of an `e/` or `x/` key.
+/// The event id at the end of an `r/`, `e/` or `x/` key.
 pub fn trailing_id(key: &[u8]) -> Option<Ulid> {
     let start = key.len().checked_sub(16)?;
     let id: [u8; 16] = key[start..].try_into().ok()?;

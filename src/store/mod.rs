@@ -15,16 +15,18 @@
 //! - **Small values.** Records stay far below sled's blob threshold (segment size / 4), so
 //!   sled never writes its unsynced blob files.
 //! - **Few, small writes per event.** sled rewrites whole tree nodes as they fill and split, so
-//!   what it writes grows with the keys and bytes per event: an event is one binary record
-//!   carrying its own body (plus its due-index key), not a JSON record and a shared body.
+//!   what it writes grows with the keys and bytes per event: an event due now is one key, a
+//!   binary record carrying its own body; only an event that waits (a retry) also has a
+//!   due-index key.
 //!
 //! # Layout (one tree; see [`keys`])
 //! | key | value |
 //! |---|---|
 //! | `m/schema`, `m/clean`, `m/alive` | schema version ([`SCHEMA`]); present after a clean stop; heartbeat ms |
 //! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count; only for a body several events share |
-//! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event (binary), with its body when no other event shares it |
-//! | `d/<instance>\0<due ms><event>` | due-time index: the next due events without a scan |
+//! | `r/<instance>\0<event>` | [`record::EventRecord`]: a pending event due now (binary), with its body when no other event shares it; ULID order is arrival order |
+//! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event that waits — for its retry time, or behind its change queue's head |
+//! | `d/<instance>\0<due ms><event>` | due-time index of the waiting `e/` events with a due time |
 //! | `p/<instance>\0<account>` | the event a new notification of that pair may merge into |
 //! | `x/<instance>\0<event>` | [`record::DeadRecord`]: a dead letter |
 //! | `t/<dead at ms><instance>\0<event>` | dead letters by age, for `dead_letter_ttl` |
@@ -36,15 +38,22 @@
 //! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
 //! | `a/<instance>` | change events: [`record::AuthorizationV1`], the credentials `authorize` obtained |
 //!
-//! Change envelopes are `e/` events of kind [`EventKind::Changes`] whose record carries the
-//! events and raw entries ([`record::ChangesV1`]); only the head of each pair's `q/` queue has a
-//! `d/` entry, and delivering or dead-lettering it promotes the next one in the same batch.
+//! An event moves between `r/` and `e/` only in the committer: a retry moves it to `e/` with a
+//! `d/` entry; a promotion to its queue's head moves it to `r/`. What is due at a time `t` is
+//! every `r/` event plus the `d/` entries up to `t` ([`Store::due_ids`]).
+//!
+//! Change envelopes are events of kind [`EventKind::Changes`] whose record carries the events
+//! and raw entries ([`record::ChangesV1`]); only the head of each pair's `q/` queue is due (in
+//! `r/`, or `e/` + `d/` while it waits for a retry), the others wait in `e/` without a `d/`
+//! entry, and delivering or dead-lettering the head promotes the next one in the same batch.
 //! Events of an instance that is no longer configured stay under its name ("held").
 //!
 //! # Recovery
-//! Nothing is leased on disk: an event being delivered keeps its due entry until its outcome is
-//! committed, so after a crash every event whose due time has passed is due at once. The
-//! delivery lanes keep the ids they hold in memory and skip them when they scan the due index.
+//! Nothing is leased on disk: an event being delivered keeps its `r/` record (or its due entry)
+//! until its outcome is committed, so after a crash every event whose due time has passed is due
+//! at once. A schema 1 store has no `r/` records: its events are all `e/` + `d/`, which reads
+//! the same way. The delivery lanes keep the ids they hold in memory and skip them when they
+//! scan for due events.
 
 mod commit;
 pub mod inspect;
@@ -582,7 +591,9 @@ impl Store {
 
     // === reads (any thread; they see committed batches) ===
 
-    /// Ids of `instance`'s events due at or before `now_ms`, earliest first, skipping `held`.
+    /// Ids of `instance`'s events due at or before `now_ms`, earliest first, skipping `held`:
+    /// the events due now (`r/`, in arrival order) merged with the waiting ones whose time has
+    /// come (`d/`, by due time).
     pub fn due_ids(
         &self,
         instance: &str,
@@ -590,21 +601,37 @@ impl Store {
         limit: usize,
         held: impl Fn(&Ulid) -> bool,
     ) -> Result<Vec<Ulid>, Error> {
-        let prefix_len = keys::instance_prefix(keys::DUE, instance).len();
-        let range = keys::due_from(instance, 0)..keys::due_from(instance, now_ms.saturating_add(1));
-        let mut ids = Vec::new();
-        for entry in self.db.range(range) {
-            let (key, _) = entry.map_err(sled_error)?;
-            if let Some((_, id)) = keys::parse_due(prefix_len, &key)
+        let mut due: Vec<(u64, Ulid)> = Vec::new();
+        for key in self
+            .db
+            .scan_prefix(keys::instance_prefix(keys::READY, instance))
+            .keys()
+        {
+            if due.len() >= limit {
+                break;
+            }
+            if let Some(id) = keys::trailing_id(&key.map_err(sled_error)?)
                 && !held(&id)
             {
-                ids.push(id);
-                if ids.len() >= limit {
-                    break;
-                }
+                due.push((id.timestamp_ms(), id));
             }
         }
-        Ok(ids)
+        let prefix_len = keys::instance_prefix(keys::DUE, instance).len();
+        let range = keys::due_from(instance, 0)..keys::due_from(instance, now_ms.saturating_add(1));
+        let mut waited = 0;
+        for entry in self.db.range(range).keys() {
+            if waited >= limit {
+                break;
+            }
+            if let Some((at, id)) = keys::parse_due(prefix_len, &entry.map_err(sled_error)?)
+                && !held(&id)
+            {
+                due.push((at, id));
+                waited += 1;
+            }
+        }
+        due.sort_unstable();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     /// The earliest due time of `instance`'s events after `after_ms`, skipping `held`.
@@ -647,14 +674,16 @@ impl Store {
 
     /// The oldest pending event's id time (ULIDs sort by creation), for "oldest pending age".
     pub fn oldest_pending_ms(&self, instance: &str) -> Result<Option<u64>, Error> {
-        let prefix = keys::instance_prefix(keys::EVENT, instance);
-        match self.db.scan_prefix(&prefix).next() {
-            Some(entry) => {
-                let (key, _) = entry.map_err(sled_error)?;
-                Ok(keys::trailing_id(&key).map(|id| id.timestamp_ms()))
+        let mut oldest: Option<u64> = None;
+        for family in [keys::READY, keys::EVENT] {
+            let prefix = keys::instance_prefix(family, instance);
+            if let Some(key) = self.db.scan_prefix(&prefix).keys().next() {
+                let created =
+                    keys::trailing_id(&key.map_err(sled_error)?).map(|id| id.timestamp_ms());
+                oldest = oldest.into_iter().chain(created).min();
             }
-            None => Ok(None),
         }
+        Ok(oldest)
     }
 
     /// The credentials `authorize` stored for an instance.
@@ -759,7 +788,8 @@ fn unexpected(reply: Reply) -> Error {
 }
 
 /// The store layout this build writes (`m/schema`). 2: event records are binary and carry a
-/// body no other event shares (schema 1 stores are read as they are).
+/// body no other event shares, and events due now are `r/` records without a due-index entry
+/// (schema 1 stores are read as they are).
 const SCHEMA: u32 = 2;
 
 /// Refuses a store written by a newer hookrelay, whose records this build may misread.

@@ -117,6 +117,56 @@ async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
 }
 
 #[tokio::test]
+async fn events_due_now_need_no_due_entry_and_a_retry_waits_for_its_time() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let first = created(ingest_one(&store, 1, false).await).id;
+    let second = created(ingest_one(&store, 2, false).await).id;
+    assert_eq!(store.db.scan_prefix(keys::DUE).count(), 0);
+    let due = |at: u64, held: Option<Ulid>| {
+        store
+            .due_ids("acme", at, 10, |id| Some(*id) == held)
+            .unwrap_or_default()
+    };
+    assert_eq!(due(now_ms(), None), vec![first, second]);
+    assert_eq!(due(now_ms(), Some(first)), vec![second]);
+
+    // A retry moves the event to `e/` with a due entry: not due before its time, then due
+    // (after `second`, which is due since it arrived).
+    let retry = refused(1);
+    let retry_at = retry.due_ms;
+    store
+        .reschedule("acme", first, retry)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        store
+            .db
+            .get(keys::ready("acme", first))
+            .ok()
+            .flatten()
+            .is_none()
+    );
+    assert_eq!(store.db.scan_prefix(keys::DUE).count(), 1);
+    assert_eq!(due(now_ms(), None), vec![second]);
+    assert_eq!(due(retry_at, None), vec![second, first]);
+    assert_eq!(
+        store.next_due_after("acme", now_ms(), |_| false).ok(),
+        Some(Some(retry_at))
+    );
+    assert_eq!(store.pending_events(None).unwrap_or_default().len(), 2);
+
+    // Its delivery removes the record and the due entry alike.
+    store
+        .delivered("acme", first)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.db.scan_prefix(keys::DUE).count(), 0);
+    assert_eq!(store.db.scan_prefix(keys::EVENT).count(), 0);
+    assert_eq!(due(retry_at, None), vec![second]);
+}
+
+#[tokio::test]
 async fn a_failed_sync_is_sticky_and_nothing_is_acknowledged_after_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let calls = Arc::new(AtomicUsize::new(0));
@@ -298,7 +348,7 @@ async fn a_body_with_one_event_is_kept_in_its_record_and_a_shared_one_apart() {
     assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
     let record = store
         .db
-        .get(keys::event("acme", single.id))
+        .get(keys::ready("acme", single.id))
         .ok()
         .flatten()
         .map(|v| record::EventRecord::decode(&v));
