@@ -803,9 +803,12 @@ fn check_schema(db: &sled::Db) -> Result<(), String> {
         .and_then(|s| s.parse::<u32>().ok())
     {
         Some(version) if version <= SCHEMA => Ok(()),
-        _ => Err(format!(
-            "the store has schema {:?}, newer than this hookrelay's ({SCHEMA}); run the newer \
-             hookrelay, or restore the store's backup",
+        Some(version) => Err(format!(
+            "the store has schema {version}, newer than this hookrelay's ({SCHEMA}); run the \
+             newer hookrelay, or restore the store's backup"
+        )),
+        None => Err(format!(
+            "the store's schema record (m/schema) is unreadable: {:?}",
             String::from_utf8_lossy(&stored)
         )),
     }
