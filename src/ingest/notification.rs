@@ -1,7 +1,9 @@
 //! The one thing hookrelay reads from a Dropbox notification body: `list_folder.accounts`.
 //! `delta` is optional and ignored; the body is stored and forwarded verbatim.
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// What a signed body says about accounts.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,22 +16,18 @@ pub enum Accounts {
     Invalid,
 }
 
-#[derive(Deserialize)]
+/// The body's `list_folder` object, if it has one.
 struct Body {
     list_folder: Option<ListFolder>,
 }
 
-#[derive(Deserialize)]
+/// What `list_folder` holds: its accounts, and whether it names teams.
 struct ListFolder {
     accounts: Option<Vec<String>>,
-    teams: Option<serde_json::Value>,
+    teams: bool,
 }
 
 pub fn parse_accounts(body: &[u8]) -> Accounts {
-    if !is_object_with_list_folder_object(body) {
-        return Accounts::Invalid;
-    }
-    // The typed parse also rejects duplicate keys, which a plain JSON value would hide.
     let Ok(Body {
         list_folder: Some(list_folder),
     }) = serde_json::from_slice::<Body>(body)
@@ -46,19 +44,81 @@ pub fn parse_accounts(body: &[u8]) -> Accounts {
             }
             Accounts::Listed(unique)
         }
-        (None, Some(_)) => Accounts::Team,
-        (None, None) => Accounts::Invalid,
+        (None, true) => Accounts::Team,
+        (None, false) => Accounts::Invalid,
     }
 }
 
-/// serde builds a struct from a JSON array as well, so the shape is checked on the plain value:
-/// the body and its `list_folder` must be objects.
-fn is_object_with_list_folder_object(body: &[u8]) -> bool {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(fields)) => fields
-            .get("list_folder")
-            .is_some_and(serde_json::Value::is_object),
-        _ => false,
+// Both types are read in one pass with hand-written visitors rather than derived ones: a derived
+// struct also accepts a JSON array, and a body must be an object whose `list_folder` is an
+// object. Duplicate keys are refused, as a derived struct refuses them.
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut list_folder = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "list_folder" {
+                if list_folder.is_some() {
+                    return Err(de::Error::duplicate_field("list_folder"));
+                }
+                list_folder = Some(map.next_value::<ListFolder>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Body { list_folder })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListFolder {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ListFolderVisitor)
+    }
+}
+
+struct ListFolderVisitor;
+
+impl<'de> Visitor<'de> for ListFolderVisitor {
+    type Value = ListFolder;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListFolder, A::Error> {
+        let mut accounts = None;
+        let mut teams = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "accounts" if accounts.is_some() => {
+                    return Err(de::Error::duplicate_field("accounts"));
+                }
+                "accounts" => accounts = Some(map.next_value::<Option<Vec<String>>>()?),
+                "teams" if teams.is_some() => return Err(de::Error::duplicate_field("teams")),
+                "teams" => teams = Some(map.next_value::<Option<IgnoredAny>>()?.is_some()),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(ListFolder {
+            accounts: accounts.flatten(),
+            teams: teams.unwrap_or(false),
+        })
     }
 }
 
@@ -93,6 +153,32 @@ mod tests {
         assert_eq!(
             parse_accounts(br#"{"list_folder": {"accounts": "dbid:a"}}"#),
             Accounts::Invalid
+        );
+    }
+
+    #[test]
+    fn only_objects_without_duplicate_keys_are_read() {
+        for body in [
+            &br#"[{"accounts": ["dbid:a"]}]"#[..],
+            br#"{"list_folder": [["dbid:a"], null]}"#,
+            br#"{"list_folder": {"accounts": ["dbid:a"]}, "list_folder": {"accounts": ["dbid:b"]}}"#,
+            br#"{"list_folder": {"accounts": ["dbid:a"], "accounts": ["dbid:b"]}}"#,
+            br#"{"list_folder": {"accounts": null}}"#,
+            br#"{"list_folder": {"teams": null}}"#,
+            br#"{"list_folder": {"accounts": ["dbid:a"]}} trailing"#,
+            br#"{"list_folder": null}"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(parse_accounts(body), Accounts::Invalid, "{text}");
+        }
+        // Escaped keys are keys; other members are skipped whatever they hold.
+        assert_eq!(
+            parse_accounts(br#"{"delta": {"x": [1, {"y": null}]}, "list_\u0066older": {"accounts": ["dbid:\u0061"], "cursor": 5}}"#),
+            Accounts::Listed(vec!["dbid:a".into()])
+        );
+        assert_eq!(
+            parse_accounts(br#"{"list_folder": {"accounts": null, "teams": {"dbtid:x": []}}}"#),
+            Accounts::Team
         );
     }
 }
