@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +23,11 @@ use super::{
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
 const EVENT_OVERHEAD_BYTES: u64 = 256;
+/// How long a batch of delivered-event removals may stay applied but not yet synced. Such a batch
+/// needs no sync of its own (a removal lost in a crash only repeats a delivery, which
+/// at-least-once allows): the next batch that must be durable, usually an ingest, syncs it along
+/// with its own writes, or the committer syncs it once this much time has passed without one.
+pub(super) const OUTCOME_SYNC_DELAY: Duration = Duration::from_millis(100);
 /// Seen pairs the committer remembers, so that ingest need not read `s/` for them; past this
 /// many, further pairs are looked up in the store each time (memory stays bounded).
 const SEEN_REMEMBERED: usize = 65_536;
@@ -99,6 +105,14 @@ pub(super) enum Op {
         mark_clean: bool,
         now_ms: u64,
     },
+}
+
+impl Op {
+    /// Whether answering this request may wait for a later sync: true only for a delivered
+    /// event's removal (see [`OUTCOME_SYNC_DELAY`]).
+    fn may_defer_sync(&self) -> bool {
+        matches!(self, Op::Delivered { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -236,6 +250,8 @@ pub(super) struct Committer {
     promoted: Vec<u64>,
     /// `s/` keys known to be written (they are never removed).
     seen: HashSet<Vec<u8>>,
+    /// When the oldest applied but unsynced batch (delivered-event removals only) was applied.
+    unsynced_since: Option<Instant>,
 }
 
 impl Committer {
@@ -255,13 +271,33 @@ impl Committer {
             touched: Vec::new(),
             promoted: Vec::new(),
             seen: HashSet::new(),
+            unsynced_since: None,
         }
     }
 
     /// Runs until every handle is gone or a `Close` request is committed.
-    pub fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+    /// `waiter` is a current-thread runtime with a timer, only to wait for a request with a
+    /// deadline while removals are unsynced; requests come from whatever runtime the handles
+    /// live on.
+    pub fn run(mut self, mut requests: mpsc::Receiver<Request>, waiter: tokio::runtime::Runtime) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = requests.blocking_recv() {
+        loop {
+            let first = match self.unsynced_since {
+                None => requests.blocking_recv(),
+                Some(since) => {
+                    let deadline = tokio::time::Instant::from_std(since + OUTCOME_SYNC_DELAY);
+                    // The timer is made inside `block_on`: it needs the waiter's context.
+                    let next = async { tokio::time::timeout_at(deadline, requests.recv()).await };
+                    match waiter.block_on(next) {
+                        Ok(request) => request,
+                        Err(_elapsed) => {
+                            self.sync_deferred();
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match requests.try_recv() {
@@ -275,6 +311,8 @@ impl Committer {
                 break;
             }
         }
+        // Every handle is gone (or closed): what was deferred is synced now.
+        self.sync_deferred();
     }
 
     /// Commits and answers every request of `batch`, leaving it empty (with its capacity).
@@ -287,6 +325,7 @@ impl Committer {
         }
         let db = self.db.clone();
         let mut view = BatchView::new(&db);
+        let sync = batch.iter().any(|r| !r.op.may_defer_sync());
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
             let result = self.apply(&mut view, request.op);
@@ -297,7 +336,7 @@ impl Committer {
         // the store as a failed write would: nothing of this batch is applied or acknowledged.
         let durable = match read_failure(&answers) {
             Some(message) => Err(format!("read: {message}")),
-            None => self.make_durable(view),
+            None => self.apply_batch(view, sync),
         };
         match durable {
             Ok(()) => {
@@ -306,10 +345,8 @@ impl Committer {
                     let _ = reply.send(result);
                 }
             }
-            Err(err) => {
-                let message = err.to_string();
-                tracing::error!(error = %message, "store write failed; no further writes will be acknowledged");
-                let _ = self.shared.failure.set(message.clone());
+            Err(message) => {
+                self.fail(message.clone());
                 for (reply, _) in answers {
                     let _ = reply.send(Err(Error::Failed(message.clone())));
                 }
@@ -317,16 +354,48 @@ impl Committer {
         }
     }
 
-    /// Applies the batch atomically, flushes sled's buffers, then fdatasyncs its log file.
-    fn make_durable(&mut self, view: BatchView<'_>) -> Result<(), String> {
-        if view.writes.is_empty() {
+    /// Makes the store fail-stop: every later request fails with `message`.
+    fn fail(&self, message: String) {
+        tracing::error!(error = %message, "store write failed; no further writes will be acknowledged");
+        let _ = self.shared.failure.set(message);
+    }
+
+    /// Syncs the batches applied without a sync, if there are any.
+    fn sync_deferred(&mut self) {
+        if self.unsynced_since.is_none() || self.shared.failure.get().is_some() {
+            return;
+        }
+        if let Err(message) = self.make_durable() {
+            self.fail(message);
+        }
+    }
+
+    /// Applies the batch atomically; with `sync`, then makes it (and every batch applied before
+    /// it) durable. Without, it is synced by the next batch that must be, or after
+    /// [`OUTCOME_SYNC_DELAY`].
+    fn apply_batch(&mut self, view: BatchView<'_>, sync: bool) -> Result<(), String> {
+        if !view.writes.is_empty() {
+            self.db
+                .apply_batch(view.into_batch())
+                .map_err(|e| format!("apply: {e}"))?;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        match sync {
+            true => self.make_durable(),
+            false => Ok(()),
+        }
+    }
+
+    /// Flushes sled's buffers, then fdatasyncs its log file, if anything was applied since the
+    /// last time.
+    fn make_durable(&mut self) -> Result<(), String> {
+        if self.unsynced_since.is_none() {
             return Ok(());
         }
-        self.db
-            .apply_batch(view.into_batch())
-            .map_err(|e| format!("apply: {e}"))?;
         self.db.flush().map_err(|e| format!("flush: {e}"))?;
-        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))
+        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
+        self.unsynced_since = None;
+        Ok(())
     }
 
     fn apply(&mut self, view: &mut BatchView<'_>, op: Op) -> Result<Reply, Error> {

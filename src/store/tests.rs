@@ -74,13 +74,8 @@ fn refused(attempts: u32) -> Retry {
 async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let syncs = Arc::new(AtomicUsize::new(0));
-    let counted = syncs.clone();
-    let sync: SyncFn = Box::new(move |file: &File| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        file.sync_data()
-    });
     let (store, previous) =
-        Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
+        Store::open(&options(dir.path()), counting_sync(&syncs)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(previous.last_alive_ms, None);
     let before = syncs.load(Ordering::SeqCst);
     let event = created(ingest_one(&store, 1, true).await);
@@ -114,6 +109,79 @@ async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
         !previous.clean_stop,
         "a run that did not close must count as unclean"
     );
+}
+
+/// A sync that counts its calls.
+fn counting_sync(syncs: &Arc<AtomicUsize>) -> SyncFn {
+    let counted = syncs.clone();
+    Box::new(move |file: &File| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        file.sync_data()
+    })
+}
+
+#[tokio::test]
+async fn a_removal_is_synced_by_the_next_ingest_or_after_a_short_delay() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let (store, _) =
+        Store::open(&options(dir.path()), counting_sync(&syncs)).unwrap_or_else(|e| panic!("{e}"));
+    let first = created(ingest_one(&store, 1, false).await);
+    let second = created(ingest_one(&store, 2, false).await);
+    let after_ingests = syncs.load(Ordering::SeqCst);
+
+    // Answered at once, applied (no longer pending), but not synced yet.
+    store
+        .delivered("acme", first.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        after_ingests,
+        "synced a removal at once"
+    );
+    let due = store
+        .due_ids("acme", now_ms(), 10, |_| false)
+        .unwrap_or_default();
+    assert_eq!(due, vec![second.id], "the removal is not visible");
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(1)
+    );
+
+    // The next ingest's sync covers it: one sync, not two.
+    created(ingest_one(&store, 3, false).await);
+    assert_eq!(syncs.load(Ordering::SeqCst), after_ingests + 1);
+
+    // Without a following ingest, the committer syncs it after the delay.
+    store
+        .delivered("acme", second.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let synced = after_ingests + 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while syncs.load(Ordering::SeqCst) < synced {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removal was never synced"
+        );
+        tokio::time::sleep(commit::OUTCOME_SYNC_DELAY / 4).await;
+    }
+    tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        synced,
+        "synced more than once"
+    );
+
+    // And a removal is durable after a crash (the store dropped without closing).
+    drop(store);
+    let (store, previous) = open(dir.path());
+    assert!(!previous.clean_stop);
+    let pending = store.pending_events(None).unwrap_or_default();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_ne!(pending[0].id, first.id.to_string());
+    assert_ne!(pending[0].id, second.id.to_string());
 }
 
 #[tokio::test]
