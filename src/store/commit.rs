@@ -23,10 +23,12 @@ use super::{
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
 const EVENT_OVERHEAD_BYTES: u64 = 256;
-/// How long a batch of delivered-event removals may stay applied but not yet synced. Such a batch
-/// needs no sync of its own (a removal lost in a crash only repeats a delivery, which
-/// at-least-once allows): the next batch that must be durable, usually an ingest, syncs it along
-/// with its own writes, or the committer syncs it once this much time has passed without one.
+/// How long a batch of delivered-event removals and claims may stay applied but not yet synced.
+/// Such a batch needs no sync of its own (a removal lost in a crash only repeats a delivery, which
+/// at-least-once allows; a claim only matters while the daemon runs): the next batch that must be
+/// durable, usually an ingest, syncs it along with its own writes, or the committer syncs it once
+/// this much time has passed without one. sled recovers a prefix of the applied batches, so a
+/// crash undoes only the last ones, never a synced batch after them.
 pub(super) const OUTCOME_SYNC_DELAY: Duration = Duration::from_millis(100);
 /// Seen pairs the committer remembers, so that ingest need not read `s/` for them; past this
 /// many, further pairs are looked up in the store each time (memory stays bounded).
@@ -108,10 +110,11 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// Whether answering this request may wait for a later sync: true only for a delivered
-    /// event's removal (see [`OUTCOME_SYNC_DELAY`]).
+    /// Whether answering this request may wait for a later sync (see [`OUTCOME_SYNC_DELAY`]):
+    /// a delivered event's removal, and a claim (it only stops in-flight events from being merge
+    /// targets, which a restart undoes anyway: every event in flight is pending again).
     fn may_defer_sync(&self) -> bool {
-        matches!(self, Op::Delivered { .. })
+        matches!(self, Op::Delivered { .. } | Op::Claim { .. })
     }
 }
 

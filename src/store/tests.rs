@@ -121,7 +121,7 @@ fn counting_sync(syncs: &Arc<AtomicUsize>) -> SyncFn {
 }
 
 #[tokio::test]
-async fn a_removal_is_synced_by_the_next_ingest_or_after_a_short_delay() {
+async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_delay() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let syncs = Arc::new(AtomicUsize::new(0));
     let (store, _) =
@@ -149,7 +149,19 @@ async fn a_removal_is_synced_by_the_next_ingest_or_after_a_short_delay() {
         Some(1)
     );
 
-    // The next ingest's sync covers it: one sync, not two.
+    // A claim does not sync either.
+    let claimed = store
+        .claim("acme", vec![second.id])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        after_ingests,
+        "synced a claim"
+    );
+
+    // The next ingest's sync covers them: one sync, not two.
     created(ingest_one(&store, 3, false).await);
     assert_eq!(syncs.load(Ordering::SeqCst), after_ingests + 1);
 
