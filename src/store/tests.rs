@@ -186,7 +186,7 @@ async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_dela
         "synced more than once"
     );
 
-    // And a removal is durable after a crash (the store dropped without closing).
+    // Both removals were synced above: reopened without a clean close, the store has neither.
     drop(store);
     let (store, previous) = open(dir.path());
     assert!(!previous.clean_stop);
