@@ -253,8 +253,11 @@ pub(super) struct Committer {
     promoted: Vec<u64>,
     /// `s/` keys known to be written (they are never removed).
     seen: HashSet<Vec<u8>>,
-    /// When the oldest applied but unsynced batch (delivered-event removals only) was applied.
+    /// When the oldest batch applied since the last sync was applied; `None` when everything
+    /// applied is synced. Only batches of removals and claims stay unsynced past their commit.
     unsynced_since: Option<Instant>,
+    /// Whether such batches may wait for a later sync (the committer has a timer to bound it).
+    defer_syncs: bool,
 }
 
 impl Committer {
@@ -275,19 +278,29 @@ impl Committer {
             promoted: Vec::new(),
             seen: HashSet::new(),
             unsynced_since: None,
+            defer_syncs: false,
         }
     }
 
     /// Runs until every handle is gone or a `Close` request is committed.
-    /// `waiter` is a current-thread runtime with a timer, only to wait for a request with a
-    /// deadline while removals are unsynced; requests come from whatever runtime the handles
-    /// live on.
-    pub fn run(mut self, mut requests: mpsc::Receiver<Request>, waiter: tokio::runtime::Runtime) {
+    pub fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        // Only to wait for a request with a deadline while batches are unsynced; the requests
+        // come from whatever runtime the handles live on. Without it, every batch is synced.
+        let waiter = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => Some(runtime),
+            Err(err) => {
+                tracing::warn!(error = %err, "no timer for deferred syncs; every batch is synced");
+                None
+            }
+        };
+        self.defer_syncs = waiter.is_some();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let first = match self.unsynced_since {
-                None => requests.blocking_recv(),
-                Some(since) => {
+            let first = match (self.unsynced_since, &waiter) {
+                (Some(since), Some(waiter)) => {
                     let deadline = tokio::time::Instant::from_std(since + OUTCOME_SYNC_DELAY);
                     // The timer is made inside `block_on`: it needs the waiter's context.
                     let next = async { tokio::time::timeout_at(deadline, requests.recv()).await };
@@ -299,6 +312,7 @@ impl Committer {
                         }
                     }
                 }
+                _ => requests.blocking_recv(),
             };
             let Some(first) = first else { break };
             batch.push(first);
@@ -328,7 +342,7 @@ impl Committer {
         }
         let db = self.db.clone();
         let mut view = BatchView::new(&db);
-        let sync = batch.iter().any(|r| !r.op.may_defer_sync());
+        let sync = !self.defer_syncs || batch.iter().any(|r| !r.op.may_defer_sync());
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
             let result = self.apply(&mut view, request.op);
@@ -365,10 +379,16 @@ impl Committer {
 
     /// Syncs the batches applied without a sync, if there are any.
     fn sync_deferred(&mut self) {
-        if self.unsynced_since.is_none() || self.shared.failure.get().is_some() {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        if self.shared.failure.get().is_some() {
+            // Nothing is synced after a failure: what was not stays so, and is not waited on.
+            self.unsynced_since = None;
             return;
         }
         if let Err(message) = self.make_durable() {
+            self.unsynced_since = None;
             self.fail(message);
         }
     }

@@ -4,10 +4,10 @@
 //! - **A write is acknowledged only when it is on stable storage.** sled 0.34's `flush()` ends in
 //!   `sync_file_range`, which is not durable against power loss; after every batch the committer
 //!   also calls `fdatasync` on sled's log file (`<path>/db`) itself, and only then answers.
-//!   One exception: removing a *delivered* event is answered once applied, and made durable by
-//!   the next batch that must be (usually an ingest) or after `commit::OUTCOME_SYNC_DELAY`
-//!   (100 ms) without one. A crash can only undo such removals, which repeats those deliveries
-//!   (at least once allows it); it saves a device wait per delivered event.
+//!   One exception: a batch of nothing but removals of *delivered* events and claims is answered
+//!   once applied, and made durable by the next batch that must be (usually an ingest) or after
+//!   `commit::OUTCOME_SYNC_DELAY` (100 ms) without one. A crash can only undo such batches, which
+//!   repeats those deliveries (at least once allows it); it saves a device wait per delivery.
 //! - **Group commit.** All writes go through one committer thread. It takes every request that
 //!   is waiting (up to [`MAX_BATCH`]), applies them as one atomic `sled::Batch`, flushes, syncs
 //!   once, and answers them all. Concurrent ingests share one sync.
@@ -335,13 +335,9 @@ impl Store {
         });
         let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
         let committer = Committer::new(db.clone(), db_file, sync, counters, shared.clone());
-        let waiter = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| open_error(e.to_string()))?;
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
-            .spawn(move || committer.run(receiver, waiter))
+            .spawn(move || committer.run(receiver))
             .map_err(|e| open_error(e.to_string()))?;
         let store = Store {
             db,

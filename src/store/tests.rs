@@ -197,6 +197,45 @@ async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_dela
 }
 
 #[tokio::test]
+async fn a_failed_deferred_sync_fails_the_store() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // The ingest's sync succeeds; the next one (the removal's, after the delay) fails.
+    let sync: SyncFn = Box::new(move |_file: &File| {
+        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
+            Err(io::Error::other("injected EIO"))
+        } else {
+            Ok(())
+        }
+    });
+    let (store, _) = Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
+    let event = created(ingest_one(&store, 1, false).await);
+    store
+        .delivered("acme", event.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred sync never ran"
+        );
+        tokio::time::sleep(commit::OUTCOME_SYNC_DELAY / 4).await;
+    }
+    assert!(store.failure().is_some_and(|f| f.contains("injected EIO")));
+    let later = store
+        .ingest(body(2), now_ms(), vec![target("dbid:a", false)])
+        .await;
+    assert!(matches!(later, Err(Error::Failed(_))), "{later:?}");
+    // The failed sync is not retried.
+    tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), store.close()).await;
+    assert!(closed.is_ok(), "close hung after a failed deferred sync");
+}
+
+#[tokio::test]
 async fn events_due_now_need_no_due_entry_and_a_retry_waits_for_its_time() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (store, _) = open(dir.path());
