@@ -30,6 +30,10 @@ const EVENT_OVERHEAD_BYTES: u64 = 256;
 /// this much time has passed without one. sled recovers a prefix of the applied batches, so a
 /// crash undoes only the last ones, never a synced batch after them.
 pub(super) const OUTCOME_SYNC_DELAY: Duration = Duration::from_millis(100);
+/// Delivered-event removals that may wait for a sync at most: a batch that would leave more
+/// unsynced is synced at once. With [`OUTCOME_SYNC_DELAY`], it bounds the deliveries a crash can
+/// repeat (beyond those in flight) when no ingest syncs them, as while a backlog drains.
+pub(super) const OUTCOME_SYNC_AFTER: usize = 64;
 /// Seen pairs the committer remembers, so that ingest need not read `s/` for them; past this
 /// many, further pairs are looked up in the store each time (memory stays bounded).
 const SEEN_REMEMBERED: usize = 65_536;
@@ -256,6 +260,8 @@ pub(super) struct Committer {
     /// When the oldest batch applied since the last sync was applied; `None` when everything
     /// applied is synced. Only batches of removals and claims stay unsynced past their commit.
     unsynced_since: Option<Instant>,
+    /// Delivered-event removals applied since the last sync.
+    unsynced_deliveries: usize,
     /// Whether such batches may wait for a later sync (the committer has a timer to bound it).
     defer_syncs: bool,
 }
@@ -278,6 +284,7 @@ impl Committer {
             promoted: Vec::new(),
             seen: HashSet::new(),
             unsynced_since: None,
+            unsynced_deliveries: 0,
             defer_syncs: false,
         }
     }
@@ -342,7 +349,14 @@ impl Committer {
         }
         let db = self.db.clone();
         let mut view = BatchView::new(&db);
-        let sync = !self.defer_syncs || batch.iter().any(|r| !r.op.may_defer_sync());
+        let deliveries = batch
+            .iter()
+            .filter(|r| matches!(r.op, Op::Delivered { .. }))
+            .count();
+        self.unsynced_deliveries += deliveries;
+        let sync = !self.defer_syncs
+            || self.unsynced_deliveries > OUTCOME_SYNC_AFTER
+            || batch.iter().any(|r| !r.op.may_defer_sync());
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
             let result = self.apply(&mut view, request.op);
@@ -412,12 +426,12 @@ impl Committer {
     /// Flushes sled's buffers, then fdatasyncs its log file, if anything was applied since the
     /// last time.
     fn make_durable(&mut self) -> Result<(), String> {
-        if self.unsynced_since.is_none() {
-            return Ok(());
+        if self.unsynced_since.is_some() {
+            self.db.flush().map_err(|e| format!("flush: {e}"))?;
+            (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
         }
-        self.db.flush().map_err(|e| format!("flush: {e}"))?;
-        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
         self.unsynced_since = None;
+        self.unsynced_deliveries = 0;
         Ok(())
     }
 

@@ -5,8 +5,9 @@
 //!   `sync_file_range`, which is not durable against power loss; after every batch the committer
 //!   also calls `fdatasync` on sled's log file (`<path>/db`) itself, and only then answers.
 //!   One exception: a batch of nothing but removals of *delivered* events and claims is answered
-//!   once applied, and made durable by the next batch that must be (usually an ingest) or after
-//!   `commit::OUTCOME_SYNC_DELAY` (100 ms) without one. A crash can only undo such batches, which
+//!   once applied, and made durable by the next batch that must be (usually an ingest), or after
+//!   `commit::OUTCOME_SYNC_DELAY` (100 ms) or `commit::OUTCOME_SYNC_AFTER` (64) removals without
+//!   one. A crash can only undo such batches, which
 //!   repeats those deliveries (at least once allows it); it saves a device wait per delivery.
 //! - **Group commit.** All writes go through one committer thread. It takes every request that
 //!   is waiting (up to [`MAX_BATCH`]), applies them as one atomic `sled::Batch`, flushes, syncs

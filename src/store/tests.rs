@@ -197,6 +197,39 @@ async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_dela
 }
 
 #[tokio::test]
+async fn more_unsynced_removals_than_the_bound_are_synced_at_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let (store, _) =
+        Store::open(&options(dir.path()), counting_sync(&syncs)).unwrap_or_else(|e| panic!("{e}"));
+    let mut events = Vec::new();
+    for marker in 0..=commit::OUTCOME_SYNC_AFTER as u32 {
+        events.push(created(ingest_one(&store, marker, false).await));
+    }
+    let before = syncs.load(Ordering::SeqCst);
+    let (last, first) = events.split_last().unwrap_or_else(|| panic!("no events"));
+    for event in first {
+        store
+            .delivered("acme", event.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        before,
+        "synced within the bound"
+    );
+    // One more than the bound: synced before the answer, not after the delay.
+    store
+        .delivered("acme", last.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(syncs.load(Ordering::SeqCst), before + 1);
+    tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
+    assert_eq!(syncs.load(Ordering::SeqCst), before + 1, "synced again");
+}
+
+#[tokio::test]
 async fn a_failed_deferred_sync_fails_the_store() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let calls = Arc::new(AtomicUsize::new(0));
