@@ -111,6 +111,18 @@ async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
     );
 }
 
+/// A sync that succeeds once, then fails with EIO (without syncing); it counts its calls.
+fn sync_failing_after_one(calls: &Arc<AtomicUsize>) -> SyncFn {
+    let counted = calls.clone();
+    Box::new(move |_file: &File| {
+        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
+            Err(io::Error::other("injected EIO"))
+        } else {
+            Ok(())
+        }
+    })
+}
+
 /// A sync that counts its calls.
 fn counting_sync(syncs: &Arc<AtomicUsize>) -> SyncFn {
     let counted = syncs.clone();
@@ -233,15 +245,8 @@ async fn more_unsynced_removals_than_the_bound_are_synced_at_once() {
 async fn a_failed_deferred_sync_fails_the_store() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
     // The ingest's sync succeeds; the next one (the removal's, after the delay) fails.
-    let sync: SyncFn = Box::new(move |_file: &File| {
-        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
-            Err(io::Error::other("injected EIO"))
-        } else {
-            Ok(())
-        }
-    });
+    let sync = sync_failing_after_one(&calls);
     let (store, _) = Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
     let event = created(ingest_one(&store, 1, false).await);
     store
@@ -322,14 +327,7 @@ async fn events_due_now_need_no_due_entry_and_a_retry_waits_for_its_time() {
 async fn a_failed_sync_is_sticky_and_nothing_is_acknowledged_after_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let sync: SyncFn = Box::new(move |_file: &File| {
-        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
-            Err(io::Error::other("injected EIO"))
-        } else {
-            Ok(())
-        }
-    });
+    let sync = sync_failing_after_one(&calls);
     let (store, _) = Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
     created(ingest_one(&store, 1, false).await);
     let failed = store
