@@ -123,6 +123,23 @@ fn sync_failing_after_one(calls: &Arc<AtomicUsize>) -> SyncFn {
     })
 }
 
+/// Records `id`'s delivery, which must succeed; the due time of a change envelope it promoted.
+async fn deliver(store: &Store, id: Ulid) -> Option<u64> {
+    store
+        .delivered("acme", id)
+        .await
+        .unwrap_or_else(|e| panic!("delivered: {e}"))
+}
+
+/// Polls `condition` until it holds, failing with `what` after 10 s.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(commit::OUTCOME_SYNC_DELAY / 4).await;
+    }
+}
+
 /// A sync that counts its calls.
 fn counting_sync(syncs: &Arc<AtomicUsize>) -> SyncFn {
     let counted = syncs.clone();
@@ -143,10 +160,7 @@ async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_dela
     let after_ingests = syncs.load(Ordering::SeqCst);
 
     // Answered at once, applied (no longer pending), but not synced yet.
-    store
-        .delivered("acme", first.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, first.id).await;
     assert_eq!(
         syncs.load(Ordering::SeqCst),
         after_ingests,
@@ -178,19 +192,12 @@ async fn removals_and_claims_are_synced_by_the_next_ingest_or_after_a_short_dela
     assert_eq!(syncs.load(Ordering::SeqCst), after_ingests + 1);
 
     // Without a following ingest, the committer syncs it after the delay.
-    store
-        .delivered("acme", second.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, second.id).await;
     let synced = after_ingests + 2;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while syncs.load(Ordering::SeqCst) < synced {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the removal was never synced"
-        );
-        tokio::time::sleep(commit::OUTCOME_SYNC_DELAY / 4).await;
-    }
+    wait_until("the removal was never synced", || {
+        syncs.load(Ordering::SeqCst) >= synced
+    })
+    .await;
     tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
     assert_eq!(
         syncs.load(Ordering::SeqCst),
@@ -221,10 +228,7 @@ async fn more_unsynced_removals_than_the_bound_are_synced_at_once() {
     let before = syncs.load(Ordering::SeqCst);
     let (last, first) = events.split_last().unwrap_or_else(|| panic!("no events"));
     for event in first {
-        store
-            .delivered("acme", event.id)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        deliver(&store, event.id).await;
     }
     assert_eq!(
         syncs.load(Ordering::SeqCst),
@@ -232,10 +236,7 @@ async fn more_unsynced_removals_than_the_bound_are_synced_at_once() {
         "synced within the bound"
     );
     // One more than the bound: synced before the answer, not after the delay.
-    store
-        .delivered("acme", last.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, last.id).await;
     assert_eq!(syncs.load(Ordering::SeqCst), before + 1);
     tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
     assert_eq!(syncs.load(Ordering::SeqCst), before + 1, "synced again");
@@ -249,18 +250,8 @@ async fn a_failed_deferred_sync_fails_the_store() {
     let sync = sync_failing_after_one(&calls);
     let (store, _) = Store::open(&options(dir.path()), sync).unwrap_or_else(|e| panic!("{e}"));
     let event = created(ingest_one(&store, 1, false).await);
-    store
-        .delivered("acme", event.id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.failure().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the deferred sync never ran"
-        );
-        tokio::time::sleep(commit::OUTCOME_SYNC_DELAY / 4).await;
-    }
+    deliver(&store, event.id).await;
+    wait_until("the deferred sync never ran", || store.failure().is_some()).await;
     assert!(store.failure().is_some_and(|f| f.contains("injected EIO")));
     let later = store
         .ingest(body(2), now_ms(), vec![target("dbid:a", false)])
@@ -314,10 +305,7 @@ async fn events_due_now_need_no_due_entry_and_a_retry_waits_for_its_time() {
     assert_eq!(store.pending_events(None).unwrap_or_default().len(), 2);
 
     // Its delivery removes the record and the due entry alike.
-    store
-        .delivered("acme", first)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, first).await;
     assert_eq!(store.db.scan_prefix(keys::DUE).count(), 0);
     assert_eq!(store.db.scan_prefix(keys::EVENT).count(), 0);
     assert_eq!(due(retry_at, None), vec![second]);
@@ -467,20 +455,14 @@ async fn delivered_events_and_their_notifications_are_removed() {
         .await
         .unwrap_or_default();
     let events: Vec<Event> = placed.into_iter().map(created).collect();
-    store
-        .delivered("acme", events[0].id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, events[0].id).await;
     // The other event still needs the shared body.
     let claimed = store
         .claim("acme", vec![events[1].id])
         .await
         .unwrap_or_default();
     assert_eq!(claimed[0].raw, Some(body(1)));
-    store
-        .delivered("acme", events[1].id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    deliver(&store, events[1].id).await;
     assert!(store.pending_events(None).unwrap_or_default().is_empty());
     assert_eq!(store.total_bytes(), 0);
     let leftovers = store.db.scan_prefix(keys::NOTIFICATION).count();
@@ -749,10 +731,7 @@ async fn change_envelopes_form_a_fifo_with_only_the_head_due() {
             .unwrap_or_default()
             .is_empty()
     );
-    let promoted = store
-        .delivered("acme", heads[0].id)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let promoted = deliver(&store, heads[0].id).await;
     assert!(promoted.is_some());
     let due = store
         .due_ids("acme", u64::MAX, 10, |_| false)
@@ -778,10 +757,7 @@ async fn change_envelopes_form_a_fifo_with_only_the_head_due() {
         .due_ids("acme", u64::MAX, 10, |_| false)
         .unwrap_or_default();
     assert_eq!(due.len(), 1);
-    let promoted = store
-        .delivered("acme", due[0])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let promoted = deliver(&store, due[0]).await;
     assert_eq!(promoted, None);
     assert_eq!(
         store.counters().get("acme").map(|c| c.pending_events),
