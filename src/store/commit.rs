@@ -1,7 +1,7 @@
 //! The committer: the store's single writer. It turns a queue of requests into group commits:
 //! one atomic sled batch, one `flush`, one `fdatasync`, then every answer.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +16,7 @@ use super::record::{
     AuthorizationRecord, AuthorizationV1, ChangesV1, Counters, DeadRecord, DeadV1, EventKind,
     EventRecord, EventV1, NotificationRecord, ObjectV1,
 };
+use super::run;
 use super::{
     Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, Shared,
     SyncFn, WalkPage, sled_error,
@@ -186,6 +187,53 @@ impl<'a> BatchView<'a> {
         self.writes.insert(key, Some(value));
     }
 
+    /// The length of the value this batch writes to `key` (0 if none).
+    fn written_len(&self, key: &[u8]) -> usize {
+        self.writes
+            .get(key)
+            .and_then(Option::as_ref)
+            .map_or(0, Vec::len)
+    }
+
+    /// The value this batch writes to `key`, to extend in place; starts empty (a key this batch
+    /// has not written yet is taken as new).
+    fn written_mut(&mut self, key: &[u8]) -> &mut Vec<u8> {
+        let value = self.writes.entry(key.to_vec()).or_insert(None);
+        value.get_or_insert_with(Vec::new)
+    }
+
+    /// The greatest key under `prefix` at or before `key`, with its value, as the batch would
+    /// leave it; `None` also when that key is one this batch removes (see [`run`] for why the
+    /// keys before it need not be looked at).
+    fn last_at_or_before(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Value<'_>)>, Error> {
+        let stored = match self.db.range(prefix.to_vec()..=key.to_vec()).next_back() {
+            Some(entry) => Some(entry.map_err(sled_error)?),
+            None => None,
+        };
+        let written = self
+            .writes
+            .range(prefix.to_vec()..=key.to_vec())
+            .next_back();
+        fn from_writes<'v>(
+            (key, value): (&'v Vec<u8>, &'v Option<Vec<u8>>),
+        ) -> Option<(Vec<u8>, Value<'v>)> {
+            value.as_deref().map(|v| (key.clone(), Value::Written(v)))
+        }
+        Ok(match (stored, written) {
+            // The batch's own write of a key at least as late wins (the same key: it overrides).
+            (Some((stored_key, _)), Some(written)) if **written.0 >= *stored_key => {
+                from_writes(written)
+            }
+            (Some((stored_key, value)), _) => Some((stored_key.to_vec(), Value::Stored(value))),
+            (None, Some(written)) => from_writes(written),
+            (None, None) => None,
+        })
+    }
+
     fn remove(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
     }
@@ -264,6 +312,10 @@ pub(super) struct Committer {
     unsynced_deliveries: usize,
     /// Whether such batches may wait for a later sync (the committer has a timer to bound it).
     defer_syncs: bool,
+    /// The greatest event id given so far: ids only grow (runs depend on it, see [`run`]).
+    last_id: Ulid,
+    /// The run each instance's new events join in the current batch (`b/` key).
+    open_runs: HashMap<String, Vec<u8>>,
 }
 
 impl Committer {
@@ -273,6 +325,7 @@ impl Committer {
         sync: SyncFn,
         counters: BTreeMap<String, Counters>,
         shared: Arc<Shared>,
+        last_id: Ulid,
     ) -> Self {
         Committer {
             db,
@@ -286,6 +339,8 @@ impl Committer {
             unsynced_since: None,
             unsynced_deliveries: 0,
             defer_syncs: false,
+            last_id,
+            open_runs: HashMap::new(),
         }
     }
 
@@ -349,6 +404,7 @@ impl Committer {
         }
         let db = self.db.clone();
         let mut view = BatchView::new(&db);
+        self.open_runs.clear();
         let deliveries = batch
             .iter()
             .filter(|r| matches!(r.op, Op::Delivered { .. }))
@@ -604,17 +660,18 @@ impl Committer {
                 changes: None,
                 raw: inline_raw.clone(),
             };
-            let id = Ulid::generate();
-            self.insert_pending(view, &target.instance, id, &event);
+            let id = self.next_id();
             if over_quota {
                 // Over its quota, the event waits in the store where later notifications merge
                 // into it; otherwise it goes to delivery at once and is no merge target.
+                self.insert_pending(view, &target.instance, id, &event);
                 view.insert(
                     pair_key(&target.instance, &target.account),
                     id.to_bytes().to_vec(),
                 );
                 placed.push(Placed::Parked { id });
             } else {
+                self.insert_created(view, &target.instance, id, &event);
                 placed.push(Placed::Created(to_event(
                     id,
                     &target.instance,
@@ -668,7 +725,7 @@ impl Committer {
         let Some(id) = view.get(&pair_key)?.and_then(|v| ulid_from(&v)) else {
             return Ok(None);
         };
-        let Some((event_key, mut event)) = find_pending(view, &target.instance, id)? else {
+        let Some((location, mut event)) = find_pending(view, &target.instance, id)? else {
             view.remove(pair_key);
             return Ok(None);
         };
@@ -687,7 +744,7 @@ impl Committer {
         event.raw = raw;
         event.date_ms = accepted_ms;
         event.bytes = new_bytes;
-        view.insert(event_key, EventRecord::encode(&event));
+        put_event(view, &location, id, &event)?;
         Ok(Some(id))
     }
 
@@ -700,11 +757,11 @@ impl Committer {
         id: Ulid,
         retry: Retry,
     ) -> Result<(), Error> {
-        let Some((key, mut event)) = find_pending(view, instance, id)? else {
+        let Some((location, mut event)) = find_pending(view, instance, id)? else {
             return Ok(());
         };
         // It waits now: an `e/` record with a due-index entry.
-        remove_record(view, instance, id, key, event.due_ms);
+        remove_record(view, instance, id, location, event.due_ms)?;
         let event_key = keys::event(instance, id);
         view.insert(keys::due(instance, retry.due_ms, id), Vec::new());
         let pair_key = keys::pair(keys::PAIR, instance, &event.account);
@@ -809,7 +866,7 @@ impl Committer {
     }
 
     fn purge_pending(&mut self, view: &mut BatchView<'_>, instance: &str) -> Result<u64, Error> {
-        let ids: Vec<Ulid> = [keys::READY, keys::EVENT]
+        let mut ids: Vec<Ulid> = [keys::READY, keys::EVENT]
             .into_iter()
             .flat_map(|family| {
                 self.db
@@ -818,6 +875,16 @@ impl Committer {
             })
             .filter_map(|k| k.ok().and_then(|k| keys::trailing_id(&k)))
             .collect();
+        for entry in self
+            .db
+            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
+            .values()
+        {
+            let run = entry.map_err(sled_error)?;
+            for member in run::members(&run) {
+                ids.push(member?.0);
+            }
+        }
         let mut count = 0;
         for id in ids {
             count += u64::from(self.remove_pending(view, instance, id)?);
@@ -875,7 +942,7 @@ impl Committer {
                     changes: None,
                     raw: None,
                 };
-                let id = Ulid::generate();
+                let id = self.next_id();
                 self.insert_pending(view, instance, id, &event);
                 events.push(to_event(id, instance, &event, None));
             }
@@ -974,7 +1041,7 @@ impl Committer {
             }),
             raw: None,
         };
-        let id = Ulid::generate();
+        let id = self.next_id();
         // The head is due now; the others wait behind it, outside the due index.
         let key = match is_head {
             true => keys::ready(instance, id),
@@ -1015,11 +1082,11 @@ impl Committer {
         let Some(next) = ulid_from(&value) else {
             return Ok(());
         };
-        let Some((key, mut event)) = find_pending(view, instance, next)? else {
+        let Some((location, mut event)) = find_pending(view, instance, next)? else {
             return Ok(());
         };
         let now = super::now_ms();
-        remove_record(view, instance, next, key, event.due_ms);
+        remove_record(view, instance, next, location, event.due_ms)?;
         event.due_ms = now;
         view.insert(keys::ready(instance, next), EventRecord::encode(&event));
         self.promoted.push(now);
@@ -1028,9 +1095,49 @@ impl Committer {
 
     // === record plumbing ===
 
+    /// A new event id, greater than every id given before (see [`run`]).
+    fn next_id(&mut self) -> Ulid {
+        let fresh = Ulid::generate();
+        self.last_id = match fresh > self.last_id {
+            true => fresh,
+            // The clock went back, or the same millisecond drew a smaller random part.
+            false => Ulid(self.last_id.0.saturating_add(1)),
+        };
+        self.last_id
+    }
+
     /// Adds an event that is due now (an `r/` record).
     fn insert_pending(&mut self, view: &mut BatchView<'_>, instance: &str, id: Ulid, e: &EventV1) {
         view.insert(keys::ready(instance, id), EventRecord::encode(e));
+        self.count_pending(instance, e);
+    }
+
+    /// Adds an event that ingest just created (`id` from [`Committer::next_id`]) and hands to
+    /// delivery: a member of the instance's run in this batch, or of a new run once that one is
+    /// full; an event too large for a run gets an `r/` record of its own.
+    fn insert_created(&mut self, view: &mut BatchView<'_>, instance: &str, id: Ulid, e: &EventV1) {
+        let record = EventRecord::encode(e);
+        if record.len() > run::MAX_MEMBER_BYTES {
+            view.insert(keys::ready(instance, id), record);
+        } else {
+            let open = self
+                .open_runs
+                .get(instance)
+                .filter(|key| view.written_len(key) < run::MAX_RUN_BYTES);
+            let key = match open {
+                Some(key) => key.clone(),
+                None => {
+                    let key = keys::run(instance, id);
+                    self.open_runs.insert(instance.to_owned(), key.clone());
+                    key
+                }
+            };
+            run::append(view.written_mut(&key), id, &record);
+        }
+        self.count_pending(instance, e);
+    }
+
+    fn count_pending(&mut self, instance: &str, e: &EventV1) {
         let counter = self.counter_mut(instance);
         counter.pending_events += 1;
         counter.pending_bytes += e.bytes;
@@ -1043,10 +1150,10 @@ impl Committer {
         instance: &str,
         id: Ulid,
     ) -> Result<Option<EventV1>, Error> {
-        let Some((key, event)) = find_pending(view, instance, id)? else {
+        let Some((location, event)) = find_pending(view, instance, id)? else {
             return Ok(None);
         };
-        remove_record(view, instance, id, key, event.due_ms);
+        remove_record(view, instance, id, location, event.due_ms)?;
         let pair_key = keys::pair(keys::PAIR, instance, &event.account);
         self.unlink_pair(view, &pair_key, id)?;
         if let Some(seq) = event.changes.as_ref().and_then(|c| c.seq) {
@@ -1186,27 +1293,88 @@ impl Committer {
     }
 }
 
-/// A pending event and its key: `r/` if it is due now, else `e/` (it waits).
+/// Where a pending event's record is.
+enum Location {
+    /// A record of its own (the key): `r/` when it is due now, `e/` when it waits.
+    Record(Vec<u8>),
+    /// A member of the run at this key (`b/`).
+    Run(Vec<u8>),
+}
+
+/// A pending event and where it is: in a run, or in an `r/` or `e/` record of its own.
 fn find_pending(
     view: &BatchView<'_>,
     instance: &str,
     id: Ulid,
-) -> Result<Option<(Vec<u8>, EventV1)>, Error> {
+) -> Result<Option<(Location, EventV1)>, Error> {
+    let prefix = keys::instance_prefix(keys::RUN, instance);
+    if let Some((key, value)) = view.last_at_or_before(&prefix, &keys::run(instance, id))?
+        && let Some(record) = run::find(&value, id)?
+    {
+        return Ok(Some((Location::Run(key), EventRecord::decode(record)?)));
+    }
     for key in [keys::ready(instance, id), keys::event(instance, id)] {
         if let Some(event) = view.get_event(&key)? {
-            return Ok(Some((key, event)));
+            return Ok(Some((Location::Record(key), event)));
         }
     }
     Ok(None)
 }
 
-/// Removes a pending event's record (`key`, from [`find_pending`]) and, for a waiting one, its
+/// Removes a pending event's record (from [`find_pending`]) and, for a waiting one, its
 /// due-index entry.
-fn remove_record(view: &mut BatchView<'_>, instance: &str, id: Ulid, key: Vec<u8>, due_ms: u64) {
-    if key.starts_with(keys::EVENT) {
-        view.remove(keys::due(instance, due_ms, id));
+fn remove_record(
+    view: &mut BatchView<'_>,
+    instance: &str,
+    id: Ulid,
+    location: Location,
+    due_ms: u64,
+) -> Result<(), Error> {
+    match location {
+        Location::Record(key) => {
+            if key.starts_with(keys::EVENT) {
+                view.remove(keys::due(instance, due_ms, id));
+            }
+            view.remove(key);
+            Ok(())
+        }
+        Location::Run(key) => rewrite_run(view, key, id, None),
     }
-    view.remove(key);
+}
+
+/// Writes a changed pending event back where it is.
+fn put_event(
+    view: &mut BatchView<'_>,
+    location: &Location,
+    id: Ulid,
+    event: &EventV1,
+) -> Result<(), Error> {
+    let record = EventRecord::encode(event);
+    match location {
+        Location::Record(key) => {
+            view.insert(key.clone(), record);
+            Ok(())
+        }
+        Location::Run(key) => rewrite_run(view, key.clone(), id, Some(&record)),
+    }
+}
+
+/// Replaces (`Some`) or removes (`None`) a run's member; a run left empty is removed.
+fn rewrite_run(
+    view: &mut BatchView<'_>,
+    key: Vec<u8>,
+    id: Ulid,
+    record: Option<&[u8]>,
+) -> Result<(), Error> {
+    let rewritten = match view.get(&key)? {
+        Some(run) => run::replace(&run, id, record)?,
+        None => return Ok(()),
+    };
+    match rewritten {
+        Some(run) => view.insert(key, run),
+        None => view.remove(key),
+    }
+    Ok(())
 }
 
 fn u64_from(bytes: &[u8]) -> Option<u64> {

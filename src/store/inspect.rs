@@ -8,6 +8,7 @@ use ulid::Ulid;
 
 use super::keys;
 use super::record::{DeadRecord, EventRecord, EventV1, NotificationRecord};
+use super::run;
 use super::{Error, sled_error};
 
 /// One pending event or dead letter (also the admin API's JSON for it).
@@ -61,16 +62,25 @@ pub(super) fn pending_in(
     db: &sled::Db,
     instance: Option<&str>,
 ) -> Result<Vec<EventSummary>, Error> {
+    let prefix = |family: &[u8]| match instance {
+        Some(name) => keys::instance_prefix(family, name),
+        None => family.to_vec(),
+    };
     let mut out = Vec::new();
     for family in [keys::READY, keys::EVENT] {
-        let prefix = match instance {
-            Some(name) => keys::instance_prefix(family, name),
-            None => family.to_vec(),
-        };
-        for entry in db.scan_prefix(&prefix) {
+        for entry in db.scan_prefix(prefix(family)) {
             let (key, value) = entry.map_err(sled_error)?;
             let event = EventRecord::decode(&value)?;
-            out.push(summary(db, &key, family, &event)?);
+            let id = keys::trailing_id(&key).unwrap_or(Ulid::nil());
+            out.push(summary(db, &key, family, id, &event)?);
+        }
+    }
+    for entry in db.scan_prefix(prefix(keys::RUN)) {
+        let (key, value) = entry.map_err(sled_error)?;
+        for member in run::members(&value) {
+            let (id, record) = member?;
+            let event = EventRecord::decode(record)?;
+            out.push(summary(db, &key, keys::RUN, id, &event)?);
         }
     }
     out.sort_by(|a, b| (&a.instance, &a.id).cmp(&(&b.instance, &b.id)));
@@ -86,7 +96,8 @@ pub(super) fn dead_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<Event
     for entry in db.scan_prefix(&prefix) {
         let (key, value) = entry.map_err(sled_error)?;
         let dead = DeadRecord::decode(&value)?;
-        let mut summary = summary(db, &key, keys::DEAD, &dead.event)?;
+        let id = keys::trailing_id(&key).unwrap_or(Ulid::nil());
+        let mut summary = summary(db, &key, keys::DEAD, id, &dead.event)?;
         summary.dead_at_ms = Some(dead.dead_at_ms);
         summary.reason = Some(dead.reason);
         out.push(summary);
@@ -94,13 +105,14 @@ pub(super) fn dead_in(db: &sled::Db, instance: Option<&str>) -> Result<Vec<Event
     Ok(out)
 }
 
+/// The summary of event `id`, whose record (or run) is at `key` in `family`.
 fn summary(
     db: &sled::Db,
     key: &[u8],
     family: &[u8],
+    id: Ulid,
     event: &EventV1,
 ) -> Result<EventSummary, Error> {
-    let id = keys::trailing_id(key).unwrap_or(Ulid::nil());
     let raw = match (&event.raw, &event.notification) {
         (Some(raw), _) => raw.clone().into_bytes(),
         (None, Some(notification)) => match notification.parse::<Ulid>() {

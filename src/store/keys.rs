@@ -13,6 +13,9 @@ pub const NOTIFICATION: &[u8] = b"n/";
 /// creation time): a new event, a catch-up event, a replayed dead letter, a change envelope at
 /// its queue's head. It has no due-index entry: one key per event on the common path.
 pub const READY: &[u8] = b"r/";
+/// `b/<instance>\0<first event id>`: a run ([`super::run`]): the events due now that one group
+/// commit created for the instance, in one record.
+pub const RUN: &[u8] = b"b/";
 /// `e/<instance>\0<event id>`: a pending event that waits: for a retry's due time (with its
 /// `d/` entry), or behind its queue's head (a change envelope, no `d/` entry).
 pub const EVENT: &[u8] = b"e/";
@@ -55,6 +58,15 @@ pub fn notification(id: Ulid) -> Vec<u8> {
     [NOTIFICATION, &id.to_bytes()[..]].concat()
 }
 
+/// The first key after every key of `family` (`b/` → `b0`).
+pub fn family_end(family: &[u8]) -> Vec<u8> {
+    let mut end = family.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// The prefix of one instance's keys in a family: `<family><instance>\0`.
 pub fn instance_prefix(family: &[u8], instance: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(family.len() + instance.len() + 1);
@@ -67,6 +79,12 @@ pub fn instance_prefix(family: &[u8], instance: &str) -> Vec<u8> {
 pub fn ready(instance: &str, id: Ulid) -> Vec<u8> {
     let mut key = instance_prefix(READY, instance);
     key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub fn run(instance: &str, first: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(RUN, instance);
+    key.extend_from_slice(&first.to_bytes());
     key
 }
 
@@ -175,7 +193,7 @@ pub fn counters(instance: &str) -> Vec<u8> {
     [COUNTERS, instance.as_bytes()].concat()
 }
 
-/// The event id at the end of an `r/`, `e/` or `x/` key.
+/// The event id at the end of an `r/`, `e/` or `x/` key (a `b/` key: its run's first id).
 pub fn trailing_id(key: &[u8]) -> Option<Ulid> {
     let start = key.len().checked_sub(16)?;
     let id: [u8; 16] = key[start..].try_into().ok()?;

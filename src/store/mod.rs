@@ -64,6 +64,7 @@ mod commit;
 pub mod inspect;
 mod keys;
 pub mod record;
+mod run;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -335,7 +336,9 @@ impl Store {
             counters: ArcSwap::from_pointee(counters.clone()),
         });
         let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
-        let committer = Committer::new(db.clone(), db_file, sync, counters, shared.clone());
+        let last_id = last_run_id(&db).map_err(|e| open_error(e.to_string()))?;
+        let committer =
+            Committer::new(db.clone(), db_file, sync, counters, shared.clone(), last_id);
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))
@@ -597,8 +600,8 @@ impl Store {
     // === reads (any thread; they see committed batches) ===
 
     /// Ids of `instance`'s events due at or before `now_ms`, earliest first, skipping `held`:
-    /// the events due now (`r/`, in arrival order) merged with the waiting ones whose time has
-    /// come (`d/`, by due time).
+    /// the events due now (runs and `r/` records, each in arrival order) merged with the waiting
+    /// ones whose time has come (`d/`, by due time).
     pub fn due_ids(
         &self,
         instance: &str,
@@ -607,18 +610,38 @@ impl Store {
         held: impl Fn(&Ulid) -> bool,
     ) -> Result<Vec<Ulid>, Error> {
         let mut due: Vec<(u64, Ulid)> = Vec::new();
+        let mut take = |id: Ulid, at: u64, taken: &mut usize| {
+            if !held(&id) {
+                due.push((at, id));
+                *taken += 1;
+            }
+        };
+        let mut in_runs = 0;
+        for run in self
+            .db
+            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
+            .values()
+        {
+            let run = run.map_err(sled_error)?;
+            for member in run::members(&run) {
+                let id = member?.0;
+                take(id, id.timestamp_ms(), &mut in_runs);
+            }
+            if in_runs >= limit {
+                break;
+            }
+        }
+        let mut ready = 0;
         for key in self
             .db
             .scan_prefix(keys::instance_prefix(keys::READY, instance))
             .keys()
         {
-            if due.len() >= limit {
+            if ready >= limit {
                 break;
             }
-            if let Some(id) = keys::trailing_id(&key.map_err(sled_error)?)
-                && !held(&id)
-            {
-                due.push((id.timestamp_ms(), id));
+            if let Some(id) = keys::trailing_id(&key.map_err(sled_error)?) {
+                take(id, id.timestamp_ms(), &mut ready);
             }
         }
         let prefix_len = keys::instance_prefix(keys::DUE, instance).len();
@@ -628,11 +651,8 @@ impl Store {
             if waited >= limit {
                 break;
             }
-            if let Some((at, id)) = keys::parse_due(prefix_len, &entry.map_err(sled_error)?)
-                && !held(&id)
-            {
-                due.push((at, id));
-                waited += 1;
+            if let Some((at, id)) = keys::parse_due(prefix_len, &entry.map_err(sled_error)?) {
+                take(id, at, &mut waited);
             }
         }
         due.sort_unstable();
@@ -680,6 +700,16 @@ impl Store {
     /// The oldest pending event's id time (ULIDs sort by creation), for "oldest pending age".
     pub fn oldest_pending_ms(&self, instance: &str) -> Result<Option<u64>, Error> {
         let mut oldest: Option<u64> = None;
+        let first_run = self
+            .db
+            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
+            .values()
+            .next();
+        if let Some(run) = first_run
+            && let Some(member) = run::members(&run.map_err(sled_error)?).next()
+        {
+            oldest = Some(member?.0.timestamp_ms());
+        }
         for family in [keys::READY, keys::EVENT] {
             let prefix = keys::instance_prefix(family, instance);
             if let Some(key) = self.db.scan_prefix(&prefix).keys().next() {
@@ -793,9 +823,10 @@ fn unexpected(reply: Reply) -> Error {
 }
 
 /// The store layout this build writes (`m/schema`). 2: event records are binary and carry a
-/// body no other event shares, and events due now are `r/` records without a due-index entry
-/// (schema 1 stores are read as they are).
-const SCHEMA: u32 = 2;
+/// body no other event shares, and events due now are `r/` records without a due-index entry.
+/// 3: the events one batch creates for an instance share a run record (`b/`). Older stores are
+/// read as they are.
+const SCHEMA: u32 = 3;
 
 /// Refuses a store written by a newer hookrelay, whose records this build may misread.
 fn check_schema(db: &sled::Db) -> Result<(), String> {
@@ -835,6 +866,24 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
         clean_stop,
         last_alive_ms,
     })
+}
+
+/// The greatest event id in any run: the committer's ids continue after it, whatever the clock
+/// says now (see [`run`]). Reads the last run of each instance.
+fn last_run_id(db: &sled::Db) -> Result<Ulid, Error> {
+    let mut last = Ulid::nil();
+    let mut end = keys::family_end(keys::RUN);
+    while let Some(entry) = db.range(keys::RUN.to_vec()..end).next_back() {
+        let (key, value) = entry.map_err(sled_error)?;
+        for member in run::members(&value) {
+            last = last.max(member?.0);
+        }
+        let Some(instance) = keys::instance_of(keys::RUN, &key) else {
+            return Err(Error::Corrupt("run key without an instance".into()));
+        };
+        end = keys::instance_prefix(keys::RUN, &instance);
+    }
+    Ok(last)
 }
 
 fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, Counters>, String> {

@@ -140,6 +140,50 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// The record of event `id` of `acme` if a run holds it.
+fn stored_in_run(store: &Store, id: Ulid) -> Option<record::EventV1> {
+    let runs = store
+        .db
+        .scan_prefix(keys::instance_prefix(keys::RUN, "acme"));
+    let found = runs.values().find_map(|value| {
+        let value = value.ok()?;
+        let record = run::find(&value, id).ok()??.to_vec();
+        Some(record)
+    })?;
+    record::EventRecord::decode(&found).ok()
+}
+
+/// The members of each of `acme`'s runs, in key order.
+fn runs_of_acme(store: &Store) -> Vec<Vec<Ulid>> {
+    let runs = store
+        .db
+        .scan_prefix(keys::instance_prefix(keys::RUN, "acme"));
+    runs.values()
+        .map(|value| {
+            let value = value.unwrap_or_else(|e| panic!("{e}"));
+            run::members(&value)
+                .map(|m| m.map(|(id, _)| id).unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        })
+        .collect()
+}
+
+/// A sync that says when its first call begins and holds it until `release` says so (later
+/// calls sync at once), so that requests pile up behind it and form one batch.
+fn sync_held_once(
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+) -> SyncFn {
+    let mut first = Some((entered, release));
+    Box::new(move |file: &File| {
+        if let Some((entered, release)) = first.take() {
+            let _ = entered.send(());
+            let _ = release.recv_timeout(std::time::Duration::from_secs(10));
+        }
+        file.sync_data()
+    })
+}
+
 /// A sync that counts its calls.
 fn counting_sync(syncs: &Arc<AtomicUsize>) -> SyncFn {
     let counted = syncs.clone();
@@ -287,13 +331,14 @@ async fn events_due_now_need_no_due_entry_and_a_retry_waits_for_its_time() {
         .reschedule("acme", first, retry)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert!(stored_in_run(&store, first).is_none(), "it left its run");
     assert!(
         store
             .db
-            .get(keys::ready("acme", first))
+            .get(keys::event("acme", first))
             .ok()
             .flatten()
-            .is_none()
+            .is_some()
     );
     assert_eq!(store.db.scan_prefix(keys::DUE).count(), 1);
     assert_eq!(due(now_ms(), None), vec![second]);
@@ -478,13 +523,7 @@ async fn a_body_with_one_event_is_kept_in_its_record_and_a_shared_one_apart() {
     let (store, _) = open(dir.path());
     let single = created(ingest_one(&store, 1, false).await);
     assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
-    let record = store
-        .db
-        .get(keys::ready("acme", single.id))
-        .ok()
-        .flatten()
-        .map(|v| record::EventRecord::decode(&v));
-    let raw = record.and_then(Result::ok).and_then(|event| event.raw);
+    let raw = stored_in_run(&store, single.id).and_then(|event| event.raw);
     assert_eq!(raw.map(String::into_bytes), Some(body(1).to_vec()));
     let targets = vec![target("dbid:a", false), target("dbid:b", false)];
     store
@@ -548,7 +587,13 @@ async fn a_store_of_a_newer_schema_is_refused() {
         check_schema(&store.db).is_ok(),
         "the schema this build wrote"
     );
-    for (schema, opens) in [("1", true), ("2", true), ("3", false), ("x", false)] {
+    for (schema, opens) in [
+        ("1", true),
+        ("2", true),
+        ("3", true),
+        ("4", false),
+        ("x", false),
+    ] {
         assert!(store.db.insert(keys::meta("schema"), schema).is_ok());
         let checked = check_schema(&store.db);
         assert_eq!(checked.is_ok(), opens, "schema {schema}: {checked:?}");
@@ -889,4 +934,174 @@ async fn removing_a_tree_forgets_committed_and_same_batch_children_only() {
     }
     assert_eq!(by_id("id:m").map(|o| o.path_lower), Some("/moved/m".into()));
     assert!(by_path("/docs-sibling/s").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_one_batch_share_a_run_and_leave_it_one_by_one() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (release, held) = std::sync::mpsc::channel();
+    let (entered, entering) = std::sync::mpsc::channel();
+    let (store, _) = Store::open(&options(dir.path()), sync_held_once(entered, held))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The first ingest's sync is held while 40 more queue up: they form the next batch.
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { created(ingest_one(&store, 0, false).await) }
+    });
+    let queued = || MAX_BATCH * 4 - store.requests.capacity();
+    wait_until("the first ingest's sync begins", || {
+        entering.try_recv().is_ok()
+    })
+    .await;
+    let burst: Vec<_> = (1..=40)
+        .map(|marker| {
+            let store = store.clone();
+            tokio::spawn(async move { created(ingest_one(&store, marker, false).await) })
+        })
+        .collect();
+    wait_until("40 ingests queue behind the held sync", || queued() == 40).await;
+    release.send(()).unwrap_or_else(|e| panic!("{e}"));
+    let first = first.await.unwrap_or_else(|e| panic!("{e}"));
+    let mut events = Vec::new();
+    for ingest in burst {
+        events.push(ingest.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    events.sort_by_key(|event| event.id);
+    let ids: Vec<Ulid> = events.iter().map(|event| event.id).collect();
+    assert_eq!(runs_of_acme(&store), vec![vec![first.id], ids.clone()]);
+    assert!(first.id < ids[0], "ids grow from batch to batch");
+    assert_eq!(store.counters()["acme"].pending_events, 41);
+    let due = store
+        .due_ids("acme", now_ms(), 100, |_| false)
+        .unwrap_or_default();
+    assert_eq!(
+        due,
+        [vec![first.id], ids.clone()].concat(),
+        "due in arrival order"
+    );
+
+    // Members are found, claimed with their bodies, retried, dead-lettered and delivered in any
+    // order; the run shrinks and goes with its last member.
+    let claimed = store
+        .claim("acme", vec![ids[7], ids[0]])
+        .await
+        .unwrap_or_default();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].raw, events[7].raw);
+    store
+        .reschedule("acme", ids[4], refused(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dead = DeadLetter {
+        attempts: 1,
+        reason: "gone".into(),
+        last_status: Some(410),
+        last_error: None,
+    };
+    store
+        .dead_letter("acme", ids[6], dead)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for id in ids.iter().rev().step_by(2) {
+        deliver(&store, *id).await;
+    }
+    let left: Vec<Ulid> = ids
+        .iter()
+        .rev()
+        .skip(1)
+        .step_by(2)
+        .rev()
+        .copied()
+        .filter(|id| ![ids[4], ids[6]].contains(id))
+        .collect();
+    assert_eq!(runs_of_acme(&store), vec![vec![first.id], left.clone()]);
+    assert!(stored_in_run(&store, ids[4]).is_none());
+    assert!(
+        store
+            .db
+            .get(keys::event("acme", ids[4]))
+            .ok()
+            .flatten()
+            .is_some()
+    );
+    assert_eq!(
+        store.dead_letters(Some("acme")).map(|d| d.len()).ok(),
+        Some(1)
+    );
+    assert_eq!(
+        store.oldest_pending_ms("acme").ok().flatten(),
+        Some(first.id.timestamp_ms())
+    );
+    deliver(&store, first.id).await;
+    for id in &left {
+        deliver(&store, *id).await;
+    }
+    assert!(
+        runs_of_acme(&store).is_empty(),
+        "no run outlives its members"
+    );
+    let pending = store.pending_events(Some("acme")).unwrap_or_default();
+    assert_eq!(
+        pending.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![ids[4].to_string()]
+    );
+    assert_eq!(store.counters()["acme"].pending_events, 1);
+    // Delivering what is gone changes nothing.
+    deliver(&store, ids[0]).await;
+    assert_eq!(store.counters()["acme"].pending_events, 1);
+}
+
+#[tokio::test]
+async fn ids_continue_after_the_last_run_whatever_the_clock() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let mut beta = target("dbid:a", false);
+    beta.instance = "beta".into();
+    store
+        .ingest(body(1), now_ms(), vec![target("dbid:a", false)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A run from the future (a clock that was ahead, or set back since): ids must follow it,
+    // or a later run would sit inside its id interval.
+    let future = Ulid::from_parts(now_ms() + 3_600_000, 5);
+    let mut value = Vec::new();
+    run::append(
+        &mut value,
+        future,
+        &record::EventRecord::encode(&record::EventV1 {
+            account: "dbid:a".into(),
+            kind: EventKind::Notify,
+            notification: None,
+            date_ms: 1,
+            age_base_ms: 1,
+            attempts: 0,
+            due_ms: 1,
+            refused_only: true,
+            last_status: None,
+            last_error: None,
+            bytes: 300,
+            changes: None,
+            raw: Some("{}".into()),
+        }),
+    );
+    assert!(store.db.insert(keys::run("acme", future), value).is_ok());
+    store
+        .ingest(body(2), now_ms(), vec![beta])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(last_run_id(&store.db).ok(), Some(future));
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+
+    let (store, _) = open(dir.path());
+    let next = created(ingest_one(&store, 3, false).await);
+    assert!(next.id > future, "{} after {future}", next.id);
+    // Both runs' members are found where they are.
+    deliver(&store, future).await;
+    deliver(&store, next.id).await;
+    assert_eq!(
+        runs_of_acme(&store).len(),
+        1,
+        "only the first ingest's run is left"
+    );
 }
