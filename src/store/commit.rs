@@ -18,8 +18,8 @@ use super::record::{
 };
 use super::run;
 use super::{
-    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, Shared,
-    SyncFn, WalkPage, sled_error,
+    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, SCHEMA,
+    SCHEMA_WITHOUT_RUNS, Shared, SyncFn, WalkPage, schema_value, sled_error,
 };
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
@@ -316,6 +316,8 @@ pub(super) struct Committer {
     last_id: Ulid,
     /// The run each instance's new events join in the current batch (`b/` key).
     open_runs: HashMap<String, Vec<u8>>,
+    /// `m/schema` says runs may exist (see [`super::SCHEMA_WITHOUT_RUNS`]).
+    runs_marked: bool,
 }
 
 impl Committer {
@@ -327,6 +329,11 @@ impl Committer {
         shared: Arc<Shared>,
         last_id: Ulid,
     ) -> Self {
+        let runs_marked = db
+            .get(keys::meta("schema"))
+            .ok()
+            .flatten()
+            .is_some_and(|stored| *stored == *schema_value(SCHEMA));
         Committer {
             db,
             db_file,
@@ -341,6 +348,7 @@ impl Committer {
             defer_syncs: false,
             last_id,
             open_runs: HashMap::new(),
+            runs_marked,
         }
     }
 
@@ -584,6 +592,11 @@ impl Committer {
                 Ok(Reply::Count(u64::from(taken)))
             }
             Op::Close { mark_clean, now_ms } => {
+                if view.first_with_prefix(keys::RUN)?.is_none() {
+                    // No run left: a schema 2 build can open this store again.
+                    view.insert(keys::meta("schema"), schema_value(SCHEMA_WITHOUT_RUNS));
+                    self.runs_marked = false;
+                }
                 if mark_clean {
                     view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
                     view.insert(keys::meta("clean"), now_ms.to_be_bytes().to_vec());
@@ -1127,6 +1140,10 @@ impl Committer {
             let key = match open {
                 Some(key) => key.clone(),
                 None => {
+                    if !self.runs_marked {
+                        view.insert(keys::meta("schema"), schema_value(SCHEMA));
+                        self.runs_marked = true;
+                    }
                     let key = keys::run(instance, id);
                     self.open_runs.insert(instance.to_owned(), key.clone());
                     key

@@ -18,18 +18,21 @@
 //! - **Fail-stop.** The first write or sync error is sticky: every later request fails, and
 //!   [`Store::failure`] says why. A failed sync is never retried and then acknowledged.
 //! - **Small values.** Records stay far below sled's blob threshold (segment size / 4), so
-//!   sled never writes its unsynced blob files.
-//! - **Few, small writes per event.** sled rewrites whole tree nodes as they fill and split, so
-//!   what it writes grows with the keys and bytes per event: an event due now is one key, a
-//!   binary record carrying its own body; only an event that waits (a retry) also has a
-//!   due-index key.
+//!   sled never writes its unsynced blob files: a run takes members up to 16 KiB
+//!   ([`run::MAX_RUN_BYTES`]), and a larger event gets a record of its own.
+//! - **Few keys per event.** sled 0.34 pays per key: it rewrites whole tree nodes as they fill
+//!   and split, keeps metadata in memory for every page, and allocates for every key it adds in
+//!   `apply_batch`. So the events one batch creates for an instance share one key, a run
+//!   ([`run`]: binary records carrying their own bodies), and only an event that waits (a retry)
+//!   has keys of its own, its record and a due-index key.
 //!
 //! # Layout (one tree; see [`keys`])
 //! | key | value |
 //! |---|---|
 //! | `m/schema`, `m/clean`, `m/alive` | schema version ([`SCHEMA`]); present after a clean stop; heartbeat ms |
 //! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count; only for a body several events share |
-//! | `r/<instance>\0<event>` | [`record::EventRecord`]: a pending event due now (binary), with its body when no other event shares it; ULID order is arrival order |
+//! | `b/<instance>\0<first event>` | a run ([`run`]): the events due now that one batch created for the instance, each an [`record::EventRecord`] (binary) with its body when no other event shares it; ULID order is arrival order |
+//! | `r/<instance>\0<event>` | [`record::EventRecord`]: a pending event due now outside a run: parked over quota, catch-up, replayed, a change envelope at its queue's head, or too large for a run |
 //! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event that waits — for its retry time, or behind its change queue's head |
 //! | `d/<instance>\0<due ms><event>` | due-time index of the waiting `e/` events with a due time |
 //! | `p/<instance>\0<account>` | the event a new notification of that pair may merge into |
@@ -43,9 +46,10 @@
 //! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
 //! | `a/<instance>` | change events: [`record::AuthorizationV1`], the credentials `authorize` obtained |
 //!
-//! An event moves between `r/` and `e/` only in the committer: a retry moves it to `e/` with a
-//! `d/` entry; a promotion to its queue's head moves it to `r/`. What is due at a time `t` is
-//! every `r/` event plus the `d/` entries up to `t` ([`Store::due_ids`]).
+//! An event moves only in the committer, and never into a run: a retry moves it from its run or
+//! `r/` record to `e/` with a `d/` entry; a promotion to its queue's head moves it to `r/`. What is
+//! due at a time `t` is every run member and `r/` event plus the `d/` entries up to `t`
+//! ([`Store::due_ids`]).
 //!
 //! Change envelopes are events of kind [`EventKind::Changes`] whose record carries the events
 //! and raw entries ([`record::ChangesV1`]); only the head of each pair's `q/` queue is due (in
@@ -54,7 +58,7 @@
 //! Events of an instance that is no longer configured stay under its name ("held").
 //!
 //! # Recovery
-//! Nothing is leased on disk: an event being delivered keeps its `r/` record (or its due entry)
+//! Nothing is leased on disk: an event being delivered keeps its place (or its due entry)
 //! until its outcome is committed, so after a crash every event whose due time has passed is due
 //! at once. A schema 1 store has no `r/` records: its events are all `e/` + `d/`, which reads
 //! the same way. The delivery lanes keep the ids they hold in memory and skip them when they
@@ -822,11 +826,14 @@ fn unexpected(reply: Reply) -> Error {
     Error::Corrupt(format!("unexpected committer reply {reply:?}"))
 }
 
-/// The store layout this build writes (`m/schema`). 2: event records are binary and carry a
-/// body no other event shares, and events due now are `r/` records without a due-index entry.
-/// 3: the events one batch creates for an instance share a run record (`b/`). Older stores are
-/// read as they are.
+/// The newest store layout this build reads and writes (`m/schema`). 2: event records are binary
+/// and carry a body no other event shares, and events due now are `r/` records without a
+/// due-index entry. 3: the events one batch creates for an instance share a run record (`b/`).
+/// Older stores are read as they are.
 const SCHEMA: u32 = 3;
+/// The layout of a store that holds no run. A store says 3 only from its first run on, and a
+/// stop that leaves none says 2 again, so that a schema 2 build can open it (a rollback).
+const SCHEMA_WITHOUT_RUNS: u32 = 2;
 
 /// Refuses a store written by a newer hookrelay, whose records this build may misread.
 fn check_schema(db: &sled::Db) -> Result<(), String> {
@@ -850,6 +857,11 @@ fn check_schema(db: &sled::Db) -> Result<(), String> {
     }
 }
 
+/// The `m/schema` value of a layout.
+fn schema_value(version: u32) -> Vec<u8> {
+    version.to_string().into_bytes()
+}
+
 fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled::Error> {
     let clean_stop = db.get(keys::meta("clean"))?.is_some();
     let last_alive_ms = db.get(keys::meta("alive"))?.and_then(|v| {
@@ -860,7 +872,11 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
     if clean_stop && mode == OpenMode::Daemon {
         db.remove(keys::meta("clean"))?;
     }
-    db.insert(keys::meta("schema"), SCHEMA.to_string().as_bytes())?;
+    let stored = db.get(keys::meta("schema"))?;
+    let stored = stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok());
+    if stored.is_none_or(|version| version < SCHEMA_WITHOUT_RUNS) {
+        db.insert(keys::meta("schema"), schema_value(SCHEMA_WITHOUT_RUNS))?;
+    }
     db.flush()?;
     Ok(PreviousRun {
         clean_stop,

@@ -1105,3 +1105,34 @@ async fn ids_continue_after_the_last_run_whatever_the_clock() {
         "only the first ingest's run is left"
     );
 }
+
+#[tokio::test]
+async fn a_store_says_schema_3_only_while_it_holds_runs() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let schema = |store: &Store| {
+        let stored = store.db.get(keys::meta("schema")).ok().flatten();
+        stored.map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        schema(&store).as_deref(),
+        Some("2"),
+        "a new store holds no run"
+    );
+    let first = created(ingest_one(&store, 1, false).await);
+    assert_eq!(schema(&store).as_deref(), Some("3"));
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+
+    let (store, _) = open(dir.path());
+    assert_eq!(schema(&store).as_deref(), Some("3"), "a run is left");
+    deliver(&store, first.id).await;
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+
+    // Drained: a schema 2 build may open it again; this one marks it once it writes a run.
+    let (store, _) = open(dir.path());
+    assert_eq!(schema(&store).as_deref(), Some("2"));
+    created(ingest_one(&store, 2, false).await);
+    assert_eq!(schema(&store).as_deref(), Some("3"));
+}
