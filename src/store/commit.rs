@@ -303,8 +303,11 @@ pub(super) struct Committer {
     touched: Vec<String>,
     /// Due times of change envelopes promoted to their queue's head by the current request.
     promoted: Vec<u64>,
-    /// `s/` keys known to be written (they are never removed).
-    seen: HashSet<Vec<u8>>,
+    /// Pairs (instance → accounts) whose `s/` key is known to be written (they are never
+    /// removed); looked up without building the key.
+    seen: HashMap<String, HashSet<String>>,
+    /// Accounts in `seen`.
+    seen_count: usize,
     /// When the oldest batch applied since the last sync was applied; `None` when everything
     /// applied is synced. Only batches of removals and claims stay unsynced past their commit.
     unsynced_since: Option<Instant>,
@@ -342,7 +345,8 @@ impl Committer {
             shared,
             touched: Vec::new(),
             promoted: Vec::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
+            seen_count: 0,
             unsynced_since: None,
             unsynced_deliveries: 0,
             defer_syncs: false,
@@ -711,15 +715,17 @@ impl Committer {
         account: &str,
         now_ms: u64,
     ) -> Result<(), Error> {
-        let key = keys::pair(keys::SEEN, instance, account);
-        if self.seen.contains(&key) {
+        let known = self.seen.get(instance);
+        if known.is_some_and(|accounts| accounts.contains(account)) {
             return Ok(());
         }
+        let key = keys::pair(keys::SEEN, instance, account);
         if view.get(&key)?.is_none() {
-            view.insert(key.clone(), now_ms.to_be_bytes().to_vec());
+            view.insert(key, now_ms.to_be_bytes().to_vec());
         }
-        if self.seen.len() < SEEN_REMEMBERED {
-            self.seen.insert(key);
+        if self.seen_count < SEEN_REMEMBERED {
+            let accounts = self.seen.entry(instance.to_owned()).or_default();
+            self.seen_count += usize::from(accounts.insert(account.to_owned()));
         }
         Ok(())
     }
