@@ -894,15 +894,8 @@ impl Committer {
             })
             .filter_map(|k| k.ok().and_then(|k| keys::trailing_id(&k)))
             .collect();
-        for entry in self
-            .db
-            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
-            .values()
-        {
-            let run = entry.map_err(sled_error)?;
-            for member in run::members(&run) {
-                ids.push(member?.0);
-            }
+        for id in super::run_member_ids(&self.db, instance) {
+            ids.push(id?);
         }
         let mut count = 0;
         for id in ids {

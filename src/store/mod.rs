@@ -621,19 +621,12 @@ impl Store {
             }
         };
         let mut in_runs = 0;
-        for run in self
-            .db
-            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
-            .values()
-        {
-            let run = run.map_err(sled_error)?;
-            for member in run::members(&run) {
-                let id = member?.0;
-                take(id, id.timestamp_ms(), &mut in_runs);
-            }
+        for id in run_member_ids(&self.db, instance) {
             if in_runs >= limit {
                 break;
             }
+            let id = id?;
+            take(id, id.timestamp_ms(), &mut in_runs);
         }
         let mut ready = 0;
         for key in self
@@ -881,6 +874,17 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
     Ok(PreviousRun {
         clean_stop,
         last_alive_ms,
+    })
+}
+
+/// The ids of `instance`'s run members, in arrival order.
+fn run_member_ids(db: &sled::Db, instance: &str) -> impl Iterator<Item = Result<Ulid, Error>> {
+    let runs = db.scan_prefix(keys::instance_prefix(keys::RUN, instance));
+    runs.values().flat_map(|run| match run {
+        Ok(run) => run::members(&run)
+            .map(|member| member.map(|(id, _)| id))
+            .collect(),
+        Err(err) => vec![Err(sled_error(err))],
     })
 }
 

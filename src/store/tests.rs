@@ -140,6 +140,26 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// A notify event of `dbid:a` as a store holds it, never attempted, with its body in an `n/`
+/// record or in `raw`.
+fn stored_event(notification: Option<String>, raw: Option<String>) -> record::EventV1 {
+    record::EventV1 {
+        account: "dbid:a".into(),
+        kind: EventKind::Notify,
+        notification,
+        date_ms: 1,
+        age_base_ms: 1,
+        attempts: 0,
+        due_ms: 1,
+        refused_only: true,
+        last_status: None,
+        last_error: None,
+        bytes: 300,
+        changes: None,
+        raw,
+    }
+}
+
 /// The record of event `id` of `acme` if a run holds it.
 fn stored_in_run(store: &Store, id: Ulid) -> Option<record::EventV1> {
     let runs = store
@@ -544,21 +564,7 @@ async fn an_event_written_by_schema_1_is_delivered_with_its_shared_body() {
     let (store, _) = open(dir.path());
     // As the first release wrote it: a JSON event record pointing at an `n/` record.
     let (id, notification) = (Ulid::generate(), Ulid::generate());
-    let event = record::EventV1 {
-        account: "dbid:a".into(),
-        kind: EventKind::Notify,
-        notification: Some(notification.to_string()),
-        date_ms: 1,
-        age_base_ms: 1,
-        attempts: 0,
-        due_ms: 1,
-        refused_only: true,
-        last_status: None,
-        last_error: None,
-        bytes: 300,
-        changes: None,
-        raw: None,
-    };
+    let event = stored_event(Some(notification.to_string()), None);
     let json = serde_json::to_vec(&record::EventRecord::V1(event)).unwrap_or_default();
     let shared = record::NotificationRecord {
         accepted_ms: 1,
@@ -1068,21 +1074,7 @@ async fn ids_continue_after_the_last_run_whatever_the_clock() {
     run::append(
         &mut value,
         future,
-        &record::EventRecord::encode(&record::EventV1 {
-            account: "dbid:a".into(),
-            kind: EventKind::Notify,
-            notification: None,
-            date_ms: 1,
-            age_base_ms: 1,
-            attempts: 0,
-            due_ms: 1,
-            refused_only: true,
-            last_status: None,
-            last_error: None,
-            bytes: 300,
-            changes: None,
-            raw: Some("{}".into()),
-        }),
+        &record::EventRecord::encode(&stored_event(None, Some("{}".into()))),
     );
     assert!(store.db.insert(keys::run("acme", future), value).is_ok());
     store
