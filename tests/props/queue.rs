@@ -1,6 +1,7 @@
 //! Model-based test of the durable queue (reliability.md T9): `hookrelay::store::Store` driven
-//! by random sequences of `ingest`, `claim`, `delivered`, `reschedule`, `dead_letter`,
-//! `replay_dead` and close-or-drop-then-reopen, against a plain model (maps of pending and dead
+//! by random sequences of `ingest` (alone, or several at once, which the committer takes into one
+//! batch and one run record), `claim`, `delivered`, `reschedule`, `dead_letter`, `replay_dead`
+//! and close-or-drop-then-reopen, against a plain model (maps of pending and dead
 //! events, merge targets, counters). After every step:
 //!
 //! - **at least once**: every acknowledged notification × target is covered by a pending event
@@ -38,6 +39,13 @@ enum Op {
         small_quota: bool,
         pad: usize,
     },
+    /// Several one-target notifications for one instance at once (`coalesce = false`, no quota):
+    /// each is a new event, and those the committer takes together share a run.
+    Burst {
+        instance: usize,
+        accounts: Vec<usize>,
+        pad: usize,
+    },
     Claim(prop::sample::Index),
     Delivered(prop::sample::Index),
     Reschedule {
@@ -66,6 +74,16 @@ fn op() -> impl Strategy<Value = Op> {
                 targets,
                 coalesce,
                 small_quota,
+                pad,
+            }),
+        2 => (
+            0..INSTANCES.len(),
+            proptest::collection::vec(0..ACCOUNTS.len(), 2..=8),
+            0usize..200,
+        )
+            .prop_map(|(instance, accounts, pad)| Op::Burst {
+                instance,
+                accounts,
                 pad,
             }),
         3 => index.clone().prop_map(Op::Claim),
@@ -276,6 +294,11 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                     .push((marker, target.instance.clone(), target.account.clone(), id));
             }
         }
+        Op::Burst {
+            instance,
+            accounts,
+            pad,
+        } => burst(store, model, *instance, accounts, *pad).await?,
         Op::Claim(index) => {
             let Some(id) = pick(model.pending.keys().copied(), index) else {
                 return Ok(());
@@ -425,6 +448,63 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
         }
         // Handled by the caller, which owns the handle.
         Op::Reopen { .. } => {}
+    }
+    Ok(())
+}
+
+/// Sends one notification per account at once, then checks that each became a new event.
+async fn burst(
+    store: &Store,
+    model: &mut Model,
+    instance: usize,
+    accounts: &[usize],
+    pad: usize,
+) -> Result<(), TestCaseError> {
+    let accepted_ms = store::now_ms();
+    let mut ingests = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        model.next_marker += 1;
+        let marker = model.next_marker;
+        let body = body(marker, &[ACCOUNTS[*account]], pad);
+        let bytes = body.len() as u64 + OVERHEAD;
+        let target = IngestTarget {
+            instance: INSTANCES[instance].to_owned(),
+            account: ACCOUNTS[*account].to_owned(),
+            coalesce: false,
+            quota_bytes: u64::MAX,
+            changes: false,
+        };
+        let (store, sent) = (store.clone(), target.clone());
+        let ingest = tokio::spawn(async move { store.ingest(body, accepted_ms, vec![sent]).await });
+        ingests.push((marker, target, bytes, ingest));
+    }
+    for (marker, target, bytes, ingest) in ingests {
+        let placed = ingest
+            .await
+            .map_err(|e| TestCaseError::fail(format!("ingest task: {e}")))?
+            .map_err(|e| TestCaseError::fail(format!("ingest: {e}")))?;
+        let [Placed::Created(event)] = placed.as_slice() else {
+            return Err(TestCaseError::fail(format!(
+                "a burst's notification must be a new event, got {placed:?}"
+            )));
+        };
+        count(&STATS.created);
+        prop_assert_eq!(event.raw.as_deref().and_then(marker_of), Some(marker));
+        model.add_pending(
+            event.id,
+            MEvent {
+                instance: target.instance.clone(),
+                account: target.account.clone(),
+                marker,
+                attempts: 0,
+                refused_only: true,
+                bytes,
+                due_ms: Some(accepted_ms),
+            },
+        );
+        model
+            .covered
+            .push((marker, target.instance, target.account, event.id));
     }
     Ok(())
 }
