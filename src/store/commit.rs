@@ -317,7 +317,7 @@ pub(super) struct Committer {
     defer_syncs: bool,
     /// The greatest event id given so far: ids only grow (runs depend on it, see [`run`]).
     last_id: Ulid,
-    /// The run each instance's new events join in the current batch (`b/` key).
+    /// The run each instance's new events join in the current batch (`z/` key).
     open_runs: HashMap<String, Vec<u8>>,
     /// `m/schema` says runs may exist (see [`super::SCHEMA_WITHOUT_RUNS`]).
     runs_marked: bool,
@@ -1313,7 +1313,7 @@ impl Committer {
 enum Location {
     /// A record of its own (the key): `r/` when it is due now, `e/` when it waits.
     Record(Vec<u8>),
-    /// A member of the run at this key (`b/`).
+    /// A member of the run at this key (`z/`).
     Run(Vec<u8>),
 }
 

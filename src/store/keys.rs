@@ -13,9 +13,12 @@ pub const NOTIFICATION: &[u8] = b"n/";
 /// creation time): a new event, a catch-up event, a replayed dead letter, a change envelope at
 /// its queue's head. It has no due-index entry: one key per event on the common path.
 pub const READY: &[u8] = b"r/";
-/// `b/<instance>\0<first event id>`: a run ([`super::run`]): the events due now that one group
-/// commit created for the instance, in one record.
-pub const RUN: &[u8] = b"b/";
+/// `z/<instance>\0<first event id>`: a run ([`super::run`]): the events due now that one group
+/// commit created for the instance, in one record. Last in key order on purpose: new runs are
+/// the tree's busiest leaves, and no other key written at every commit (the `c/` counters) may
+/// share them, or sled rewrites those leaves, runs and all, for that key's changes too (about
+/// 40 % more bytes written per event with `b/`, measured).
+pub const RUN: &[u8] = b"z/";
 /// `e/<instance>\0<event id>`: a pending event that waits: for a retry's due time (with its
 /// `d/` entry), or behind its queue's head (a change envelope, no `d/` entry).
 pub const EVENT: &[u8] = b"e/";
@@ -58,7 +61,7 @@ pub fn notification(id: Ulid) -> Vec<u8> {
     [NOTIFICATION, &id.to_bytes()[..]].concat()
 }
 
-/// The first key after every key of `family` (`b/` → `b0`).
+/// The first key after every key of `family` (`z/` → `z0`).
 pub fn family_end(family: &[u8]) -> Vec<u8> {
     let mut end = family.to_vec();
     if let Some(last) = end.last_mut() {
@@ -193,7 +196,7 @@ pub fn counters(instance: &str) -> Vec<u8> {
     [COUNTERS, instance.as_bytes()].concat()
 }
 
-/// The event id at the end of an `r/`, `e/` or `x/` key (a `b/` key: its run's first id).
+/// The event id at the end of an `r/`, `e/` or `x/` key (a `z/` key: its run's first id).
 pub fn trailing_id(key: &[u8]) -> Option<Ulid> {
     let start = key.len().checked_sub(16)?;
     let id: [u8; 16] = key[start..].try_into().ok()?;

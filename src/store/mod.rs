@@ -31,7 +31,7 @@
 //! |---|---|
 //! | `m/schema`, `m/clean`, `m/alive` | schema version ([`SCHEMA`]); present after a clean stop; heartbeat ms |
 //! | `n/<notification>` | [`record::NotificationRecord`]: raw body, acceptance time, reference count; only for a body several events share |
-//! | `b/<instance>\0<first event>` | a run ([`run`]): the events due now that one batch created for the instance, each an [`record::EventRecord`] (binary) with its body when no other event shares it; ULID order is arrival order |
+//! | `z/<instance>\0<first event>` | a run ([`run`]): the events due now that one batch created for the instance, each an [`record::EventRecord`] (binary) with its body when no other event shares it; ULID order is arrival order |
 //! | `r/<instance>\0<event>` | [`record::EventRecord`]: a pending event due now outside a run: parked over quota, catch-up, replayed, a change envelope at its queue's head, or too large for a run |
 //! | `e/<instance>\0<event>` | [`record::EventRecord`]: a pending event that waits — for its retry time, or behind its change queue's head |
 //! | `d/<instance>\0<due ms><event>` | due-time index of the waiting `e/` events with a due time |
@@ -821,7 +821,7 @@ fn unexpected(reply: Reply) -> Error {
 
 /// The newest store layout this build reads and writes (`m/schema`). 2: event records are binary
 /// and carry a body no other event shares, and events due now are `r/` records without a
-/// due-index entry. 3: the events one batch creates for an instance share a run record (`b/`).
+/// due-index entry. 3: the events one batch creates for an instance share a run record (`z/`).
 /// Older stores are read as they are.
 const SCHEMA: u32 = 3;
 /// The layout of a store that holds no run. A store says 3 only from its first run on, and a

@@ -1,4 +1,4 @@
-//! Run records (`b/<instance>\0<first event id>`): the events one group commit created for an
+//! Run records (`z/<instance>\0<first event id>`): the events one group commit created for an
 //! instance, in one sled value.
 //!
 //! sled 0.34 pays per key: every key is a stream of tree-node rewrites, page metadata kept in
