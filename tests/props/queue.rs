@@ -112,6 +112,21 @@ struct MEvent {
     due_ms: Option<u64>,
 }
 
+impl MEvent {
+    /// A new event of `target` holding notification `marker`, never attempted.
+    fn new(target: &IngestTarget, marker: u64, bytes: u64, accepted_ms: u64) -> MEvent {
+        MEvent {
+            instance: target.instance.clone(),
+            account: target.account.clone(),
+            marker,
+            attempts: 0,
+            refused_only: true,
+            bytes,
+            due_ms: Some(accepted_ms),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct MCounters {
     pending_events: u64,
@@ -276,18 +291,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                     }
                 };
                 if merge_into.is_none() {
-                    model.add_pending(
-                        id,
-                        MEvent {
-                            instance: target.instance.clone(),
-                            account: target.account.clone(),
-                            marker,
-                            attempts: 0,
-                            refused_only: true,
-                            bytes: new_bytes,
-                            due_ms: Some(accepted_ms),
-                        },
-                    );
+                    model.add_pending(id, MEvent::new(target, marker, new_bytes, accepted_ms));
                 }
                 model
                     .covered
@@ -490,18 +494,7 @@ async fn burst(
         };
         count(&STATS.created);
         prop_assert_eq!(event.raw.as_deref().and_then(marker_of), Some(marker));
-        model.add_pending(
-            event.id,
-            MEvent {
-                instance: target.instance.clone(),
-                account: target.account.clone(),
-                marker,
-                attempts: 0,
-                refused_only: true,
-                bytes,
-                due_ms: Some(accepted_ms),
-            },
-        );
+        model.add_pending(event.id, MEvent::new(&target, marker, bytes, accepted_ms));
         model
             .covered
             .push((marker, target.instance, target.account, event.id));
