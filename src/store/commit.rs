@@ -306,8 +306,6 @@ pub(super) struct Committer {
     /// Pairs (instance → accounts) whose `s/` key is known to be written (they are never
     /// removed); looked up without building the key.
     seen: HashMap<String, HashSet<String>>,
-    /// Accounts in `seen`.
-    seen_count: usize,
     /// When the oldest batch applied since the last sync was applied; `None` when everything
     /// applied is synced. Only batches of removals and claims stay unsynced past their commit.
     unsynced_since: Option<Instant>,
@@ -346,7 +344,6 @@ impl Committer {
             touched: Vec::new(),
             promoted: Vec::new(),
             seen: HashMap::new(),
-            seen_count: 0,
             unsynced_since: None,
             unsynced_deliveries: 0,
             defer_syncs: false,
@@ -723,9 +720,10 @@ impl Committer {
         if view.get(&key)?.is_none() {
             view.insert(key, now_ms.to_be_bytes().to_vec());
         }
-        if self.seen_count < SEEN_REMEMBERED {
+        // Only for a pair not known yet, so counting here costs nothing on the common path.
+        if self.seen.values().map(HashSet::len).sum::<usize>() < SEEN_REMEMBERED {
             let accounts = self.seen.entry(instance.to_owned()).or_default();
-            self.seen_count += usize::from(accounts.insert(account.to_owned()));
+            accounts.insert(account.to_owned());
         }
         Ok(())
     }
