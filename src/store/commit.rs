@@ -329,12 +329,8 @@ impl Committer {
         counters: BTreeMap<String, Counters>,
         shared: Arc<Shared>,
         last_id: Ulid,
+        runs_marked: bool,
     ) -> Self {
-        let runs_marked = db
-            .get(keys::meta("schema"))
-            .ok()
-            .flatten()
-            .is_some_and(|stored| *stored == *schema_value(SCHEMA));
         Committer {
             db,
             db_file,

@@ -329,9 +329,9 @@ impl Store {
         File::open(&options.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| open_error(e.to_string()))?;
-        check_schema(&db).map_err(open_error)?;
+        let schema = check_schema(&db).map_err(open_error)?;
         let previous =
-            read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
+            read_previous_run(&db, options.mode, schema).map_err(|e| open_error(e.to_string()))?;
         let counters = read_counters(&db).map_err(|e| open_error(e.to_string()))?;
         let total: u64 = counters.values().map(Counters::total_bytes).sum();
         let shared = Arc::new(Shared {
@@ -341,8 +341,16 @@ impl Store {
         });
         let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
         let last_id = last_run_id(&db).map_err(|e| open_error(e.to_string()))?;
-        let committer =
-            Committer::new(db.clone(), db_file, sync, counters, shared.clone(), last_id);
+        let runs_marked = schema == Some(SCHEMA);
+        let committer = Committer::new(
+            db.clone(),
+            db_file,
+            sync,
+            counters,
+            shared.clone(),
+            last_id,
+            runs_marked,
+        );
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))
@@ -697,15 +705,8 @@ impl Store {
     /// The oldest pending event's id time (ULIDs sort by creation), for "oldest pending age".
     pub fn oldest_pending_ms(&self, instance: &str) -> Result<Option<u64>, Error> {
         let mut oldest: Option<u64> = None;
-        let first_run = self
-            .db
-            .scan_prefix(keys::instance_prefix(keys::RUN, instance))
-            .values()
-            .next();
-        if let Some(run) = first_run
-            && let Some(member) = run::members(&run.map_err(sled_error)?).next()
-        {
-            oldest = Some(member?.0.timestamp_ms());
+        if let Some(first) = run_member_ids(&self.db, instance).next() {
+            oldest = Some(first?.timestamp_ms());
         }
         for family in [keys::READY, keys::EVENT] {
             let prefix = keys::instance_prefix(family, instance);
@@ -828,17 +829,18 @@ const SCHEMA: u32 = 3;
 /// stop that leaves none says 2 again, so that a schema 2 build can open it (a rollback).
 const SCHEMA_WITHOUT_RUNS: u32 = 2;
 
-/// Refuses a store written by a newer hookrelay, whose records this build may misread.
-fn check_schema(db: &sled::Db) -> Result<(), String> {
+/// Refuses a store written by a newer hookrelay, whose records this build may misread; the
+/// stored schema otherwise (`None` for a new store).
+fn check_schema(db: &sled::Db) -> Result<Option<u32>, String> {
     let stored = db.get(keys::meta("schema")).map_err(|e| e.to_string())?;
     let Some(stored) = stored else {
-        return Ok(());
+        return Ok(None);
     };
     match std::str::from_utf8(&stored)
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
     {
-        Some(version) if version <= SCHEMA => Ok(()),
+        Some(version) if version <= SCHEMA => Ok(Some(version)),
         Some(version) => Err(format!(
             "the store has schema {version}, newer than this hookrelay's ({SCHEMA}); run the \
              newer hookrelay, or restore the store's backup"
@@ -855,7 +857,13 @@ fn schema_value(version: u32) -> Vec<u8> {
     version.to_string().into_bytes()
 }
 
-fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled::Error> {
+/// Reads the previous run's markers and, if the store is older than schema 2 (or new), marks it
+/// 2: this build writes binary records from now on.
+fn read_previous_run(
+    db: &sled::Db,
+    mode: OpenMode,
+    schema: Option<u32>,
+) -> Result<PreviousRun, sled::Error> {
     let clean_stop = db.get(keys::meta("clean"))?.is_some();
     let last_alive_ms = db.get(keys::meta("alive"))?.and_then(|v| {
         let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
@@ -865,9 +873,7 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
     if clean_stop && mode == OpenMode::Daemon {
         db.remove(keys::meta("clean"))?;
     }
-    let stored = db.get(keys::meta("schema"))?;
-    let stored = stored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok());
-    if stored.is_none_or(|version| version < SCHEMA_WITHOUT_RUNS) {
+    if schema.is_none_or(|version| version < SCHEMA_WITHOUT_RUNS) {
         db.insert(keys::meta("schema"), schema_value(SCHEMA_WITHOUT_RUNS))?;
     }
     db.flush()?;
