@@ -1,5 +1,6 @@
 //! The committer: the store's single writer. It turns a queue of requests into group commits:
-//! one atomic sled batch, one `flush`, one `fdatasync`, then every answer.
+//! one journal record, one `fdatasync` of the journal, the same batch applied to sled in
+//! memory, then every answer (see [`journal`] for the checkpoints that keep sled durable).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
+use super::journal::{self, Appended, Journal, Writes};
 use super::keys;
 use super::record::{
     AuthorizationRecord, AuthorizationV1, ChangesV1, Counters, DeadRecord, DeadV1, EventKind,
@@ -18,8 +20,8 @@ use super::record::{
 };
 use super::run;
 use super::{
-    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry, SCHEMA,
-    SCHEMA_WITHOUT_RUNS, Shared, SyncFn, WalkPage, schema_value, sled_error,
+    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry,
+    SCHEMA_RUNS, SCHEMA_WITHOUT_RUNS, Shared, SyncFn, WalkPage, schema_value, sled_error,
 };
 
 /// Bytes an event is charged beyond its raw body (its records and index entries).
@@ -28,8 +30,8 @@ const EVENT_OVERHEAD_BYTES: u64 = 256;
 /// Such a batch needs no sync of its own (a removal lost in a crash only repeats a delivery, which
 /// at-least-once allows; a claim only matters while the daemon runs): the next batch that must be
 /// durable, usually an ingest, syncs it along with its own writes, or the committer syncs it once
-/// this much time has passed without one. sled recovers a prefix of the applied batches, so a
-/// crash undoes only the last ones, never a synced batch after them.
+/// this much time has passed without one. The journal's records are read back only up to the
+/// first one missing, so a crash undoes only the last batches, never a synced batch after them.
 pub(super) const OUTCOME_SYNC_DELAY: Duration = Duration::from_millis(100);
 /// Delivered-event removals that may wait for a sync at most: a batch that would leave more
 /// unsynced is synced at once. With [`OUTCOME_SYNC_DELAY`], it bounds the deliveries a crash can
@@ -156,7 +158,7 @@ impl std::ops::Deref for Value<'_> {
 /// The writes of one batch, readable before they are applied.
 struct BatchView<'a> {
     db: &'a sled::Db,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Writes,
 }
 
 impl<'a> BatchView<'a> {
@@ -280,22 +282,41 @@ impl<'a> BatchView<'a> {
         }
         Ok(merged.into_iter().collect())
     }
+}
 
-    fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
+/// Applies batch `seq` to sled as one atomic batch, `m/journal` included (see [`journal`]).
+pub(super) fn apply_atomically(db: &sled::Db, seq: u64, writes: Writes) -> sled::Result<()> {
+    let mut batch = sled::Batch::default();
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
         }
-        batch
     }
+    batch.insert(keys::meta(journal::SEQ_KEY), &seq.to_be_bytes());
+    db.apply_batch(batch)
+}
+
+/// Applies batch `seq` to sled write by write, `m/journal` last; only for a batch already
+/// durable in the journal (see [`journal`] for why, and for why it is worth it).
+fn apply_in_order(db: &sled::Db, seq: u64, writes: Writes) -> sled::Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => db.insert(key, value)?,
+            None => db.remove(key)?,
+        };
+    }
+    db.insert(keys::meta(journal::SEQ_KEY), &seq.to_be_bytes())?;
+    Ok(())
 }
 
 pub(super) struct Committer {
     db: sled::Db,
+    /// sled's log file, synced at checkpoints.
     db_file: File,
+    journal: Journal,
+    /// The sequence number of the last batch given to sled (see [`journal`]).
+    last_seq: u64,
     sync: SyncFn,
     counters: BTreeMap<String, Counters>,
     shared: Arc<Shared>,
@@ -306,8 +327,8 @@ pub(super) struct Committer {
     /// Pairs (instance → accounts) whose `s/` key is known to be written (they are never
     /// removed); looked up without building the key.
     seen: HashMap<String, HashSet<String>>,
-    /// When the oldest batch applied since the last sync was applied; `None` when everything
-    /// applied is synced. Only batches of removals and claims stay unsynced past their commit.
+    /// When the oldest batch journaled since the last sync was; `None` when everything applied
+    /// is durable. Only batches of removals and claims stay unsynced past their commit.
     unsynced_since: Option<Instant>,
     /// Delivered-event removals applied since the last sync.
     unsynced_deliveries: usize,
@@ -317,23 +338,34 @@ pub(super) struct Committer {
     last_id: Ulid,
     /// The run each instance's new events join in the current batch (`z/` key).
     open_runs: HashMap<String, Vec<u8>>,
-    /// `m/schema` says runs may exist (see [`super::SCHEMA_WITHOUT_RUNS`]).
-    runs_marked: bool,
+}
+
+/// What the committer starts from: the store as [`super::Store::open`] left it.
+pub(super) struct Opened {
+    pub db: sled::Db,
+    pub db_file: File,
+    /// Restarted: everything before it is in sled, durably.
+    pub journal: Journal,
+    pub last_seq: u64,
+    pub counters: BTreeMap<String, Counters>,
+    pub last_id: Ulid,
 }
 
 impl Committer {
-    pub fn new(
-        db: sled::Db,
-        db_file: File,
-        sync: SyncFn,
-        counters: BTreeMap<String, Counters>,
-        shared: Arc<Shared>,
-        last_id: Ulid,
-        runs_marked: bool,
-    ) -> Self {
+    pub fn new(opened: Opened, sync: SyncFn, shared: Arc<Shared>) -> Self {
+        let Opened {
+            db,
+            db_file,
+            journal,
+            last_seq,
+            counters,
+            last_id,
+        } = opened;
         Committer {
             db,
             db_file,
+            journal,
+            last_seq,
             sync,
             counters,
             shared,
@@ -345,7 +377,6 @@ impl Committer {
             defer_syncs: false,
             last_id,
             open_runs: HashMap::new(),
-            runs_marked,
         }
     }
 
@@ -395,8 +426,13 @@ impl Committer {
                 break;
             }
         }
-        // Every handle is gone (or closed): what was deferred is synced now.
-        self.sync_deferred();
+        // Every handle is gone (or closed): sled is made durable, so that the journal holds
+        // nothing the next open must apply (and an older build may open the store).
+        if self.shared.failure.get().is_none()
+            && let Err(message) = self.checkpoint()
+        {
+            self.fail(message);
+        }
     }
 
     /// Commits and answers every request of `batch`, leaving it empty (with its capacity).
@@ -468,32 +504,67 @@ impl Committer {
         }
     }
 
-    /// Applies the batch atomically; with `sync`, then makes it (and every batch applied before
-    /// it) durable. Without, it is synced by the next batch that must be, or after
-    /// [`OUTCOME_SYNC_DELAY`].
+    /// Journals the batch and applies it to sled. With `sync`, the journal is synced first
+    /// (with every batch before it), and sled takes the batch write by write. Without, sled
+    /// takes it as one atomic batch, and the journal is synced by the next batch that must be,
+    /// or after [`OUTCOME_SYNC_DELAY`]. A batch the journal has no room for is applied
+    /// atomically and made durable by a checkpoint at once.
     fn apply_batch(&mut self, view: BatchView<'_>, sync: bool) -> Result<(), String> {
-        if !view.writes.is_empty() {
-            self.db
-                .apply_batch(view.into_batch())
-                .map_err(|e| format!("apply: {e}"))?;
-            self.unsynced_since.get_or_insert_with(Instant::now);
+        let writes = view.writes;
+        if writes.is_empty() {
+            return match sync {
+                true => self.make_durable(),
+                false => Ok(()),
+            };
         }
-        match sync {
-            true => self.make_durable(),
-            false => Ok(()),
+        let seq = self.last_seq + 1;
+        let appended = self
+            .journal
+            .append(seq, &writes)
+            .map_err(|e| format!("journal write: {e}"))?;
+        self.last_seq = seq;
+        let apply_error = |e: sled::Error| format!("apply: {e}");
+        match appended {
+            Appended::Full => {
+                apply_atomically(&self.db, seq, writes).map_err(apply_error)?;
+                self.checkpoint()
+            }
+            Appended::Written => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                if sync {
+                    self.make_durable()?;
+                    apply_in_order(&self.db, seq, writes).map_err(apply_error)
+                } else {
+                    apply_atomically(&self.db, seq, writes).map_err(apply_error)
+                }
+            }
         }
     }
 
-    /// Flushes sled's buffers, then fdatasyncs its log file, if anything was applied since the
-    /// last time.
+    /// fdatasyncs the journal, if anything was journaled since the last time.
     fn make_durable(&mut self) -> Result<(), String> {
         if self.unsynced_since.is_some() {
-            self.db.flush().map_err(|e| format!("flush: {e}"))?;
-            (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
+            (self.sync)(self.journal.file()).map_err(|e| format!("journal fdatasync: {e}"))?;
         }
+        self.synced();
+        Ok(())
+    }
+
+    /// Makes sled durable up to the last batch (its `flush`, then an fdatasync of its log), and
+    /// starts the journal again: nothing in it is needed any more.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        self.db.flush().map_err(|e| format!("flush: {e}"))?;
+        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
+        self.journal
+            .restart()
+            .map_err(|e| format!("journal restart: {e}"))?;
+        self.synced();
+        Ok(())
+    }
+
+    fn synced(&mut self) {
         self.unsynced_since = None;
         self.unsynced_deliveries = 0;
-        Ok(())
     }
 
     fn apply(&mut self, view: &mut BatchView<'_>, op: Op) -> Result<Reply, Error> {
@@ -589,11 +660,14 @@ impl Committer {
                 Ok(Reply::Count(u64::from(taken)))
             }
             Op::Close { mark_clean, now_ms } => {
-                if view.first_with_prefix(keys::RUN)?.is_none() {
-                    // No run left: a schema 2 build can open this store again.
-                    view.insert(keys::meta("schema"), schema_value(SCHEMA_WITHOUT_RUNS));
-                    self.runs_marked = false;
-                }
+                // The checkpoint after the last batch leaves the journal with nothing to apply:
+                // the store says the oldest layout that reads it, so that an older build can
+                // open it again (a rollback).
+                let layout = match view.first_with_prefix(keys::RUN)? {
+                    Some(_) => SCHEMA_RUNS,
+                    None => SCHEMA_WITHOUT_RUNS,
+                };
+                view.insert(keys::meta("schema"), schema_value(layout));
                 if mark_clean {
                     view.insert(keys::meta("alive"), now_ms.to_be_bytes().to_vec());
                     view.insert(keys::meta("clean"), now_ms.to_be_bytes().to_vec());
@@ -1133,10 +1207,6 @@ impl Committer {
             let key = match open {
                 Some(key) => key.clone(),
                 None => {
-                    if !self.runs_marked {
-                        view.insert(keys::meta("schema"), schema_value(SCHEMA));
-                        self.runs_marked = true;
-                    }
                     let key = keys::run(instance, id);
                     self.open_runs.insert(instance.to_owned(), key.clone());
                     key

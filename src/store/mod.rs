@@ -1,17 +1,20 @@
 //! The durable queue: the only module that touches sled.
 //!
 //! # Design constraints
-//! - **A write is acknowledged only when it is on stable storage.** sled 0.34's `flush()` ends in
-//!   `sync_file_range`, which is not durable against power loss; after every batch the committer
-//!   also calls `fdatasync` on sled's log file (`<path>/db`) itself, and only then answers.
+//! - **A write is acknowledged only when it is on stable storage.** Every batch is first a record
+//!   of the store's [`journal`] (`<path>/journal`), and the committer answers only after an
+//!   `fdatasync` of it; sled gets the batch after that, and is made durable (its `flush`, which
+//!   ends in `sync_file_range` and so is not durable against power loss, then an `fdatasync` of
+//!   its log `<path>/db`) at checkpoints, after which the journal starts again. Opening the
+//!   store applies the journal's records sled lacks.
 //!   One exception: a batch of nothing but removals of *delivered* events and claims is answered
 //!   once applied, and made durable by the next batch that must be (usually an ingest), or after
 //!   `commit::OUTCOME_SYNC_DELAY` (100 ms) or `commit::OUTCOME_SYNC_AFTER` (64) removals without
 //!   one. A crash can only undo such batches, which
 //!   repeats those deliveries (at least once allows it); it saves a device wait per delivery.
 //! - **Group commit.** All writes go through one committer thread. It takes every request that
-//!   is waiting (up to [`MAX_BATCH`]), applies them as one atomic `sled::Batch`, flushes, syncs
-//!   once, and answers them all. Concurrent ingests share one sync.
+//!   is waiting (up to [`MAX_BATCH`]), journals them as one record, syncs once, applies them to
+//!   sled and answers them all. Concurrent ingests share one sync.
 //! - **One writer.** Because only the committer writes, it can read-modify-write records
 //!   (reference counts, counters, merges) without locks; within a batch it reads through an
 //!   overlay of the batch's own writes.
@@ -66,6 +69,7 @@
 
 mod commit;
 pub mod inspect;
+mod journal;
 mod keys;
 pub mod record;
 mod run;
@@ -88,15 +92,17 @@ pub use record::{AuthorizationV1, Counters, EventKind};
 
 use record::AuthorizationRecord;
 
-use commit::{Committer, Op, Reply, Request};
+use commit::{Committer, Op, Opened, Reply, Request};
+use journal::Journal;
 
 /// Requests one batch takes at most.
 pub const MAX_BATCH: usize = 512;
 
-/// How the store makes a batch durable after sled's flush; replaceable so tests can fail it.
+/// How the committer makes a file durable (the journal after a batch, sled's log at a
+/// checkpoint); replaceable so tests can fail it.
 pub type SyncFn = Box<dyn FnMut(&File) -> io::Result<()> + Send>;
 
-/// The default sync: `fdatasync` of sled's log file.
+/// The default sync: `fdatasync`.
 pub fn fdatasync() -> SyncFn {
     Box::new(|file: &File| file.sync_data())
 }
@@ -293,6 +299,8 @@ pub struct Store {
     shared: Arc<Shared>,
     committer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     mode: OpenMode,
+    /// The journal's size (allocated when it is created, constant after).
+    journal_bytes: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -319,19 +327,30 @@ impl Store {
         let db = sled::Config::new()
             .path(&options.path)
             .cache_capacity(options.cache_bytes)
-            // The committer flushes and syncs after every batch; sled's own periodic flush
-            // would only contend with it for the log (and add a sync_all of its own).
+            // The committer flushes at its checkpoints; sled's own periodic flush would only
+            // contend with the journal for the device (and add a sync_all of its own).
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e.to_string()))?;
         let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
-        // The directory entries of sled's files must be durable too; once is enough.
+        check_schema(&db).map_err(open_error)?;
+        let mut journal =
+            Journal::open(&options.path).map_err(|e| open_error(format!("journal: {e}")))?;
+        // The directory entries of sled's files and the journal must be durable too; once is
+        // enough.
         File::open(&options.path)
             .and_then(|dir| dir.sync_all())
             .map_err(|e| open_error(e.to_string()))?;
-        let schema = check_schema(&db).map_err(open_error)?;
+        let last_seq = apply_journal(&db, &journal).map_err(open_error)?;
         let previous =
-            read_previous_run(&db, options.mode, schema).map_err(|e| open_error(e.to_string()))?;
+            read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
+        // What the journal held, and the markers, durable in sled before the journal starts
+        // again (and before a record may rely on `m/schema` saying 4).
+        db.flush().map_err(|e| open_error(e.to_string()))?;
+        db_file.sync_data().map_err(|e| open_error(e.to_string()))?;
+        journal
+            .restart()
+            .map_err(|e| open_error(format!("journal: {e}")))?;
         let counters = read_counters(&db).map_err(|e| open_error(e.to_string()))?;
         let total: u64 = counters.values().map(Counters::total_bytes).sum();
         let shared = Arc::new(Shared {
@@ -341,16 +360,16 @@ impl Store {
         });
         let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
         let last_id = last_run_id(&db).map_err(|e| open_error(e.to_string()))?;
-        let runs_marked = schema == Some(SCHEMA);
-        let committer = Committer::new(
-            db.clone(),
+        let journal_bytes = journal.capacity();
+        let opened = Opened {
+            db: db.clone(),
             db_file,
-            sync,
+            journal,
+            last_seq,
             counters,
-            shared.clone(),
             last_id,
-            runs_marked,
-        );
+        };
+        let committer = Committer::new(opened, sync, shared.clone());
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))
@@ -361,6 +380,7 @@ impl Store {
             shared,
             committer: Arc::new(std::sync::Mutex::new(Some(handle))),
             mode: options.mode,
+            journal_bytes,
         };
         Ok((store, previous))
     }
@@ -380,9 +400,9 @@ impl Store {
         self.shared.counters.load_full()
     }
 
-    /// Bytes sled's files take on disk.
+    /// Bytes the store's files take on disk: sled's and the journal.
     pub fn disk_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.journal_bytes
     }
 
     async fn request(&self, op: Op) -> Result<Reply, Error> {
@@ -823,24 +843,30 @@ fn unexpected(reply: Reply) -> Error {
 /// The newest store layout this build reads and writes (`m/schema`). 2: event records are binary
 /// and carry a body no other event shares, and events due now are `r/` records without a
 /// due-index entry. 3: the events one batch creates for an instance share a run record (`z/`).
-/// Older stores are read as they are.
-const SCHEMA: u32 = 3;
-/// The layout of a store that holds no run. A store says 3 only from its first run on, and a
-/// stop that leaves none says 2 again, so that a schema 2 build can open it (a rollback).
+/// 4: the journal may hold batches sled does not ([`journal`]). Older stores are read as they
+/// are.
+///
+/// An open store says 4; a clean stop leaves the journal with nothing to apply and says the
+/// oldest layout that reads the store: 3 if a run is left, 2 if not. So a build of either can
+/// open a store this one stopped (a rollback), and none can open one it did not.
+const SCHEMA: u32 = 4;
+/// The layout of a stopped store that holds runs.
+const SCHEMA_RUNS: u32 = 3;
+/// The layout of a stopped store that holds no run.
 const SCHEMA_WITHOUT_RUNS: u32 = 2;
 
-/// Refuses a store written by a newer hookrelay, whose records this build may misread; the
-/// stored schema otherwise (`None` for a new store).
-fn check_schema(db: &sled::Db) -> Result<Option<u32>, String> {
+/// Refuses a store written by a newer hookrelay, whose records (or journal) this build may
+/// misread.
+fn check_schema(db: &sled::Db) -> Result<(), String> {
     let stored = db.get(keys::meta("schema")).map_err(|e| e.to_string())?;
     let Some(stored) = stored else {
-        return Ok(None);
+        return Ok(());
     };
     match std::str::from_utf8(&stored)
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
     {
-        Some(version) if version <= SCHEMA => Ok(Some(version)),
+        Some(version) if version <= SCHEMA => Ok(()),
         Some(version) => Err(format!(
             "the store has schema {version}, newer than this hookrelay's ({SCHEMA}); run the \
              newer hookrelay, or restore the store's backup"
@@ -857,13 +883,9 @@ fn schema_value(version: u32) -> Vec<u8> {
     version.to_string().into_bytes()
 }
 
-/// Reads the previous run's markers and, if the store is older than schema 2 (or new), marks it
-/// 2: this build writes binary records from now on.
-fn read_previous_run(
-    db: &sled::Db,
-    mode: OpenMode,
-    schema: Option<u32>,
-) -> Result<PreviousRun, sled::Error> {
+/// Reads the previous run's markers and marks the store [`SCHEMA`] (4): this build journals
+/// batches from now on.
+fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled::Error> {
     let clean_stop = db.get(keys::meta("clean"))?.is_some();
     let last_alive_ms = db.get(keys::meta("alive"))?.and_then(|v| {
         let bytes: [u8; 8] = v.as_ref().try_into().ok()?;
@@ -873,14 +895,47 @@ fn read_previous_run(
     if clean_stop && mode == OpenMode::Daemon {
         db.remove(keys::meta("clean"))?;
     }
-    if schema.is_none_or(|version| version < SCHEMA_WITHOUT_RUNS) {
-        db.insert(keys::meta("schema"), schema_value(SCHEMA_WITHOUT_RUNS))?;
-    }
-    db.flush()?;
+    // Written whatever it says (a journaled `Close` may just have set it back to 3 or 2).
+    db.insert(keys::meta("schema"), schema_value(SCHEMA))?;
     Ok(PreviousRun {
         clean_stop,
         last_alive_ms,
     })
+}
+
+/// Applies the journal's batches that sled does not hold (see [`journal`]); the sequence number
+/// of the last batch sled then holds.
+fn apply_journal(db: &sled::Db, journal: &Journal) -> Result<u64, String> {
+    let held = match db
+        .get(keys::meta(journal::SEQ_KEY))
+        .map_err(|e| e.to_string())?
+    {
+        Some(value) => {
+            let bytes: [u8; 8] = value.as_ref().try_into().map_err(|_| {
+                format!(
+                    "the store's journal record (m/{}) is unreadable",
+                    journal::SEQ_KEY
+                )
+            })?;
+            u64::from_be_bytes(bytes)
+        }
+        None => 0,
+    };
+    let records = journal
+        .records_after(held)
+        .map_err(|e| format!("journal: {e}"))?;
+    let mut last = held;
+    for (seq, writes) in records {
+        commit::apply_atomically(db, seq, writes).map_err(|e| e.to_string())?;
+        last = seq;
+    }
+    if last > held {
+        tracing::info!(
+            batches = last - held,
+            "applied the journal's batches after a crash"
+        );
+    }
+    Ok(last)
 }
 
 /// The ids of `instance`'s run members, in arrival order.

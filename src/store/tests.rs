@@ -597,7 +597,8 @@ async fn a_store_of_a_newer_schema_is_refused() {
         ("1", true),
         ("2", true),
         ("3", true),
-        ("4", false),
+        ("4", true),
+        ("5", false),
         ("x", false),
     ] {
         assert!(store.db.insert(keys::meta("schema"), schema).is_ok());
@@ -1099,7 +1100,7 @@ async fn ids_continue_after_the_last_run_whatever_the_clock() {
 }
 
 #[tokio::test]
-async fn a_store_says_schema_3_only_while_it_holds_runs() {
+async fn an_open_store_says_schema_4_and_a_stopped_one_the_oldest_layout_that_reads_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let schema = |store: &Store| {
         let stored = store.db.get(keys::meta("schema")).ok().flatten();
@@ -1108,23 +1109,136 @@ async fn a_store_says_schema_3_only_while_it_holds_runs() {
     let (store, _) = open(dir.path());
     assert_eq!(
         schema(&store).as_deref(),
-        Some("2"),
-        "a new store holds no run"
+        Some("4"),
+        "the journal is in use"
     );
     let first = created(ingest_one(&store, 1, false).await);
-    assert_eq!(schema(&store).as_deref(), Some("3"));
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(schema(&store).as_deref(), Some("3"), "a run is left");
     drop(store);
 
     let (store, _) = open(dir.path());
-    assert_eq!(schema(&store).as_deref(), Some("3"), "a run is left");
+    assert_eq!(schema(&store).as_deref(), Some("4"));
     deliver(&store, first.id).await;
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    // Drained: a schema 2 build may open it again.
+    assert_eq!(schema(&store).as_deref(), Some("2"));
+}
+
+/// Copies the store's files as they are on disk now: what a crash would leave (sled's
+/// unflushed buffers are not in them).
+fn crash_image(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            crash_image(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_acknowledged_batch_sled_did_not_write_is_applied_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    let first = created(ingest_one(&store, 1, false).await);
+    let second = created(ingest_one(&store, 2, false).await);
+    deliver(&store, first.id).await;
+    // The removal was answered before its sync; the next ingest's sync covers it.
+    let third = created(ingest_one(&store, 3, false).await);
+    let crashed = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    crash_image(&options(dir.path()).path, &options(crashed.path()).path);
+    let without_journal = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    crash_image(
+        &options(dir.path()).path,
+        &options(without_journal.path()).path,
+    );
+    let journal_file = options(without_journal.path())
+        .path
+        .join(journal::JOURNAL_FILE);
+    std::fs::remove_file(journal_file).unwrap_or_else(|e| panic!("{e}"));
     drop(store);
 
-    // Drained: a schema 2 build may open it again; this one marks it once it writes a run.
-    let (store, _) = open(dir.path());
-    assert_eq!(schema(&store).as_deref(), Some("2"));
-    created(ingest_one(&store, 2, false).await);
-    assert_eq!(schema(&store).as_deref(), Some("3"));
+    let pending_ids = |store: &Store| {
+        let pending = store.pending_events(None).unwrap_or_else(|e| panic!("{e}"));
+        pending.into_iter().map(|e| e.id).collect::<Vec<_>>()
+    };
+    // sled alone lacks the last batch: it writes a batch's buffer out only when the next batch
+    // begins. The journal is what makes the answer to the third ingest true.
+    let (store, previous) = open(without_journal.path());
+    assert!(!previous.clean_stop);
+    assert!(!pending_ids(&store).contains(&third.id.to_string()));
+    drop(store);
+
+    let (store, _) = open(crashed.path());
+    let expected = [second.id, third.id].map(|id| id.to_string()).to_vec();
+    assert_eq!(pending_ids(&store), expected);
+    assert_eq!(
+        store.counters().get("acme").map(|c| c.pending_events),
+        Some(2)
+    );
+    // Ids continue after the recovered ones, and the journal takes new batches.
+    let fourth = created(ingest_one(&store, 4, false).await);
+    assert!(fourth.id > third.id);
+    drop(store);
+    let (store, _) = open(crashed.path());
+    assert_eq!(pending_ids(&store).len(), 3);
+}
+
+#[test]
+fn the_journal_applies_only_what_sled_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .open()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut journal = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let seq_key = keys::meta(journal::SEQ_KEY);
+    let batch = |writes: &[(&str, Option<&str>)]| -> journal::Writes {
+        writes
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+            .collect()
+    };
+    for (seq, writes) in [
+        (4, batch(&[("a", Some("4"))])),
+        (5, batch(&[("a", Some("5"))])),
+        (6, batch(&[("a", Some("6")), ("b", Some("6"))])),
+        (7, batch(&[("b", None), ("c", Some("7"))])),
+    ] {
+        assert_eq!(
+            journal.append(seq, &writes).ok(),
+            Some(journal::Appended::Written)
+        );
+    }
+    let value = |key: &str| {
+        let value = db.get(key).unwrap_or_else(|e| panic!("{e}"));
+        value.map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    // sled ahead of the journal (it wrote batches the journal lost): nothing is applied.
+    db.insert(&seq_key, 9u64.to_be_bytes().to_vec()).ok();
+    db.insert("a", "9").ok();
+    assert_eq!(apply_journal(&db, &journal), Ok(9));
+    assert_eq!(value("a").as_deref(), Some("9"));
+    // sled holds batch 5 and part of 6 (applied write by write, `m/journal` last): 6 and 7
+    // are applied, in order.
+    db.insert(&seq_key, 5u64.to_be_bytes().to_vec()).ok();
+    db.insert("a", "5").ok();
+    db.insert("b", "6").ok();
+    assert_eq!(apply_journal(&db, &journal), Ok(7));
+    assert_eq!(value("a").as_deref(), Some("6"));
+    assert_eq!(value("b"), None);
+    assert_eq!(value("c").as_deref(), Some("7"));
+    let held = db.get(&seq_key).ok().flatten();
+    assert_eq!(held.as_deref(), Some(&7u64.to_be_bytes()[..]));
+    // sled before the journal's first batch: batches are missing, the store does not open.
+    db.insert(&seq_key, 2u64.to_be_bytes().to_vec()).ok();
+    let missing = apply_journal(&db, &journal);
+    assert!(
+        missing.as_ref().is_err_and(|e| e.contains("missing")),
+        "{missing:?}"
+    );
 }

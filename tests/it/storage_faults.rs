@@ -2,15 +2,18 @@
 //! write or sync error: 503 from then on, `/readyz` fails, the daemon exits non-zero").
 //!
 //! - **EIO on fdatasync** (T5): the real binary under `strace -e inject=fdatasync:error=EIO:when=N`.
-//!   Only hookrelay's committer calls `fdatasync` (sled uses `sync_file_range` and `fsync`),
-//!   so the N-th call is the N-th group commit. Notifications go one at a time until one is
+//!   Only hookrelay's store calls `fdatasync` (sled uses `sync_file_range` and `fsync`): once
+//!   at open (sled's log), then once per group commit (the journal), so the N-th call is the
+//!   (N-1)-th group commit. Notifications go one at a time until one is
 //!   refused; after that nothing is acknowledged, `/readyz` fails, the process exits non-zero,
 //!   and a restart without strace still holds every notification acknowledged before.
 //! - **Durability audit** (T3a): under `strace -f`, every `HTTP/1.1 200` written on an ingest
-//!   connection must follow a successful `fdatasync` of `<store>/db` that completed after the
-//!   request was read on that connection.
-//! - **Disk full** (T4): the store on an 8 MiB tmpfs, load until the disk is full; then 503 only,
-//!   one exit, non-zero; after growing the tmpfs to 64 MiB a restart holds every acked notification.
+//!   connection must follow a successful `fdatasync` of the store's journal (`<store>/journal`,
+//!   or of sled's log `<store>/db` at a checkpoint) that completed after the request was read on
+//!   that connection.
+//! - **Disk full** (T4): the store on a 24 MiB tmpfs (16 MiB of it the journal, allocated at the
+//!   first start), load until the disk is full; then 503 only, one exit, non-zero; after growing
+//!   the tmpfs to 64 MiB a restart holds every acked notification.
 //!
 //! Tests that need `strace` or `mount` print `skipped: …` and pass when they cannot run.
 //! Long tier (`HOOKRELAY_LONG_TESTS=1`): N = 1..60 and 5,000 audited notifications.
@@ -454,9 +457,10 @@ fn audit(calls: &[Call], ingest_port: u16, store: &Path) -> Audit {
     const READS: [&str; 5] = ["read", "readv", "recvfrom", "recvmsg", "recv"];
     const WRITES: [&str; 6] = ["write", "writev", "sendto", "sendmsg", "send", "sendmmsg"];
     let ingest = format!("TCP:[127.0.0.1:{ingest_port}->");
-    let db = store.join("db").to_string_lossy().into_owned();
+    let synced_files =
+        ["journal", "db"].map(|file| store.join(file).to_string_lossy().into_owned());
     let mut result = Audit::default();
-    // Exit positions of successful fdatasyncs of the store's db file.
+    // Exit positions of successful fdatasyncs of the store's journal (or sled's log).
     let mut syncs: Vec<usize> = Vec::new();
     // Per connection: exit position and marker of the last read that carried a marker.
     let mut last_request: HashMap<&str, (usize, u64)> = HashMap::new();
@@ -476,7 +480,7 @@ fn audit(calls: &[Call], ingest_port: u16, store: &Path) -> Audit {
     for (at, call) in events {
         let name = call.name.as_str();
         if name == "fdatasync" {
-            if call.ret == 0 && call.fd == db {
+            if call.ret == 0 && synced_files.contains(&call.fd) {
                 syncs.push(at);
                 result.syncs_ok += 1;
             }
@@ -506,8 +510,8 @@ fn audit(calls: &[Call], ingest_port: u16, store: &Path) -> Audit {
                         result.uncovered.push((
                             Some(marker),
                             format!(
-                                "no fdatasync of {db} between the read (log line {}) and the 200 \
-                                 (log line {})",
+                                "no fdatasync of {synced_files:?} between the read (log line {}) \
+                                 and the 200 (log line {})",
                                 read_at + 1,
                                 at + 1
                             ),
@@ -713,7 +717,7 @@ async fn disk_full_run(test: &str, require_exit: bool) {
     const SENDERS: usize = 4;
     const PAD: usize = 8 * 1024;
     const FILL_BOUND: Duration = Duration::from_secs(120);
-    let mount = match TmpfsMount::mount("8m") {
+    let mount = match TmpfsMount::mount("24m") {
         Ok(m) => m,
         Err(reason) => {
             println!("{test}: skipped: cannot mount a tmpfs ({reason})");
@@ -776,7 +780,7 @@ async fn disk_full_run(test: &str, require_exit: bool) {
     if filled.is_err() {
         give_up.store(true, Ordering::SeqCst);
         panic!(
-            "an 8 MiB tmpfs did not fill within {FILL_BOUND:?} ({} requests)\n{}",
+            "a 24 MiB tmpfs did not fill within {FILL_BOUND:?} ({} requests)\n{}",
             outcomes.lock().unwrap().len(),
             d.logs()
         );
