@@ -8,6 +8,9 @@
 //! verbatim in `message.raw`); accounts come from a small fixed set so the catch-up `UNKNOWN`
 //! events queued after every unclean stop (SPEC §6) stay few. The verifier ignores those.
 //!
+//! The figures count the starts that applied the store's journal (batches acknowledged but not
+//! yet written by sled); the loop fails if none did, since it would then not test that path.
+//!
 //! Short tier: 30 cycles. Long tier (`HOOKRELAY_LONG_TESTS=1`): 300. The seed is printed;
 //! `HOOKRELAY_SEED=<seed>` replays the same kill schedule, account choice and 500 pattern
 //! (timing still differs from run to run). Figures are printed with `--nocapture`.
@@ -37,6 +40,9 @@ const SENDER_PERIOD: Duration = Duration::from_millis(25);
 const ACCOUNTS: usize = 4;
 const KILL_AFTER_MIN: Duration = Duration::from_millis(200);
 const KILL_AFTER_MAX: Duration = Duration::from_millis(1500);
+/// What the daemon logs when it starts by applying journal records sled had not written: each
+/// such start is a recovery that sled alone would have got wrong.
+const JOURNAL_APPLIED: &str = "applied the journal's batches after a crash";
 /// The two instances, their callbacks' share of 500 answers during the loop.
 const STEADY: (&str, u32) = ("steady", 5);
 const FLAKY: (&str, u32) = ("flaky", 30);
@@ -290,6 +296,8 @@ async fn crash_loop_loses_no_acknowledged_notification() {
         restart_times.push(t.elapsed());
     }
     let loop_time = started.elapsed();
+    // Starts that found acknowledged batches in the journal only (sled had not written them).
+    let journal_recoveries = d.logs().matches(JOURNAL_APPLIED).count();
 
     // Quiesce: no more load, every callback answers 200, wait for the queue to drain.
     stop.store(true, Ordering::SeqCst);
@@ -371,7 +379,8 @@ async fn crash_loop_loses_no_acknowledged_notification() {
          catch_up_unknown_200={unknown_ok} catch_up_unknown_500={unknown_refused} \
          unparsable={unparsable} raw_mismatch={raw_mismatch} transport_errors={} \
          other_status={other_status:?} \
-         restart_to_ready mean={mean_restart:?} max={max_restart:?} loop={loop_time:.1?} \
+         restart_to_ready mean={mean_restart:?} max={max_restart:?} \
+         starts_applying_the_journal={journal_recoveries} loop={loop_time:.1?} \
          drain={drain_time:.1?} drained={drained} total={:.1?} seed={seed}",
         ledger.sent.load(Ordering::SeqCst),
         acked.len(),
@@ -385,6 +394,10 @@ async fn crash_loop_loses_no_acknowledged_notification() {
         acked.len() >= cycles,
         "too little load to mean anything: {} acknowledged in {cycles} cycles",
         acked.len()
+    );
+    assert!(
+        journal_recoveries > 0,
+        "no start after a kill -9 applied the journal: the loop did not test recovery from it"
     );
     assert!(
         lost.is_empty(),
