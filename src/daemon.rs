@@ -172,6 +172,7 @@ async fn open_store(config: &Config) -> Result<(Store, PreviousRun), DaemonError
         path: config.storage.path.clone(),
         cache_bytes: config.storage.cache_bytes,
         mode: OpenMode::Daemon,
+        journal_bytes: store::DEFAULT_JOURNAL_BYTES,
     };
     let opened = tokio::task::spawn_blocking(move || Store::open(&options, store::fdatasync()))
         .await

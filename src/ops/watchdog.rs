@@ -77,6 +77,7 @@ mod tests {
             path: dir.join("store"),
             cache_bytes: 1 << 20,
             mode: OpenMode::Daemon,
+            journal_bytes: store::DEFAULT_JOURNAL_BYTES,
         };
         Store::open(&options, sync)
             .map(|(store, _)| store)

@@ -94,6 +94,7 @@ use record::AuthorizationRecord;
 
 use commit::{Committer, Op, Opened, Reply, Request};
 use journal::Journal;
+pub use journal::{JOURNAL_BYTES as DEFAULT_JOURNAL_BYTES, JOURNAL_FILE};
 
 /// Requests one batch takes at most.
 pub const MAX_BATCH: usize = 512;
@@ -133,6 +134,9 @@ pub struct StoreOptions {
     pub path: PathBuf,
     pub cache_bytes: u64,
     pub mode: OpenMode,
+    /// The journal's size when it is created ([`DEFAULT_JOURNAL_BYTES`]; tests use less, to
+    /// checkpoint often). An existing journal keeps its size if larger.
+    pub journal_bytes: u64,
 }
 
 /// Who opens the store.
@@ -334,8 +338,8 @@ impl Store {
             .map_err(|e| open_error(e.to_string()))?;
         let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
         check_schema(&db).map_err(open_error)?;
-        let mut journal =
-            Journal::open(&options.path).map_err(|e| open_error(format!("journal: {e}")))?;
+        let mut journal = Journal::open(&options.path, options.journal_bytes)
+            .map_err(|e| open_error(format!("journal: {e}")))?;
         // The directory entries of sled's files and the journal must be durable too; once is
         // enough.
         File::open(&options.path)
@@ -996,6 +1000,7 @@ pub fn create_offline(path: &Path) -> Result<Store, Error> {
         path: path.to_path_buf(),
         cache_bytes: 32 * 1024 * 1024,
         mode: OpenMode::Offline,
+        journal_bytes: DEFAULT_JOURNAL_BYTES,
     };
     Store::open(&options, fdatasync()).map(|(store, _)| store)
 }

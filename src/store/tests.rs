@@ -10,6 +10,7 @@ fn options(dir: &Path) -> StoreOptions {
         path: dir.join("store"),
         cache_bytes: 4 * 1024 * 1024,
         mode: OpenMode::Daemon,
+        journal_bytes: DEFAULT_JOURNAL_BYTES,
     }
 }
 
@@ -1125,19 +1126,27 @@ async fn an_open_store_says_schema_4_and_a_stopped_one_the_oldest_layout_that_re
     assert_eq!(schema(&store).as_deref(), Some("2"));
 }
 
-/// Copies the store's files as they are on disk now: what a crash would leave (sled's
-/// unflushed buffers are not in them).
+/// Copies the store's files as they are now, sled's first and the journal last (so the copy's
+/// journal is at least as new as its sled files): what a crash would leave (sled's unwritten
+/// buffers are not in them).
 fn crash_image(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
-        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            crash_image(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("{e}"));
+    fn copy_tree(from: &Path, to: &Path, skip: Option<&str>) {
+        std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+        for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
+            let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+            let name = entry.file_name();
+            if skip.is_some_and(|skip| name == skip) {
+                continue;
+            }
+            if entry.path().is_dir() {
+                copy_tree(&entry.path(), &to.join(&name), None);
+            } else {
+                std::fs::copy(entry.path(), to.join(&name)).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
     }
+    copy_tree(from, to, Some(JOURNAL_FILE));
+    std::fs::copy(from.join(JOURNAL_FILE), to.join(JOURNAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]
@@ -1195,7 +1204,8 @@ fn the_journal_applies_only_what_sled_does_not_hold() {
         .path(dir.path().join("db"))
         .open()
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut journal = Journal::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut journal =
+        Journal::open(dir.path(), DEFAULT_JOURNAL_BYTES).unwrap_or_else(|e| panic!("{e}"));
     let seq_key = keys::meta(journal::SEQ_KEY);
     let batch = |writes: &[(&str, Option<&str>)]| -> journal::Writes {
         writes

@@ -1,8 +1,10 @@
 //! Model-based test of the durable queue (reliability.md T9): `hookrelay::store::Store` driven
 //! by random sequences of `ingest` (alone, or several at once, which the committer takes into one
 //! batch and one run record), `claim`, `delivered`, `reschedule`, `dead_letter`, `replay_dead`
-//! and close-or-drop-then-reopen, against a plain model (maps of pending and dead
-//! events, merge targets, counters). After every step:
+//! and a reopen (after a clean close, after dropping the handle, or of a crash image: the
+//! store's files copied while it runs, sled's before the journal's), against a plain model (maps
+//! of pending and dead events, merge targets, counters). The journal is 16 KiB, so that cases
+//! go through its checkpoints and batches too large for it. After every step:
 //!
 //! - **at least once**: every acknowledged notification × target is covered by a pending event
 //!   of that pair holding it or a later notification of the pair, by a delivered event that did,
@@ -56,9 +58,18 @@ enum Op {
     ReplayDead(prop::sample::Index),
     /// An outcome for an id the store does not hold: nothing changes.
     Unknown(u8),
-    Reopen {
-        clean: bool,
-    },
+    Reopen(Reopening),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reopening {
+    /// After `close`.
+    Clean,
+    /// After dropping the handle (the committer still checkpoints).
+    Dropped,
+    /// A copy of the files as they are: what a `kill -9` leaves; the journal must supply what
+    /// sled did not write yet.
+    Crashed,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -95,7 +106,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => index.clone().prop_map(Op::DeadLetter),
         2 => index.prop_map(Op::ReplayDead),
         1 => (0u8..4).prop_map(Op::Unknown),
-        1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+        2 => prop_oneof![
+            Just(Reopening::Clean),
+            Just(Reopening::Dropped),
+            Just(Reopening::Crashed)
+        ]
+        .prop_map(Op::Reopen),
     ]
 }
 
@@ -192,11 +208,15 @@ fn marker_of(raw: &[u8]) -> Option<u64> {
     v["delta"]["users"][0].as_u64()
 }
 
+/// A journal this small fills in a few steps: checkpoints, and batches that do not fit.
+const JOURNAL_BYTES: u64 = 16 * 1024;
+
 fn open(path: &Path) -> Store {
     let options = StoreOptions {
         path: path.to_path_buf(),
         cache_bytes: 4 << 20,
         mode: OpenMode::Daemon,
+        journal_bytes: JOURNAL_BYTES,
     };
     // A dropped handle's committer thread lets go of sled's lock shortly after.
     let mut last = None;
@@ -451,7 +471,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             result.map_err(|e| TestCaseError::fail(format!("an unknown id: {e}")))?;
         }
         // Handled by the caller, which owns the handle.
-        Op::Reopen { .. } => {}
+        Op::Reopen(_) => {}
     }
     Ok(())
 }
@@ -642,6 +662,7 @@ struct Stats {
     dead: AtomicU64,
     replayed: AtomicU64,
     reopened: AtomicU64,
+    crashed: AtomicU64,
 }
 
 static STATS: Stats = Stats {
@@ -656,7 +677,31 @@ static STATS: Stats = Stats {
     dead: AtomicU64::new(0),
     replayed: AtomicU64::new(0),
     reopened: AtomicU64::new(0),
+    crashed: AtomicU64::new(0),
 };
+
+/// Copies the store's files at `from` to `to` as they are now, sled's first, the journal last:
+/// the journal in the copy is at least as new as sled's files, as on a disk after a crash.
+fn crash_image(from: &Path, to: &Path) {
+    fn copy_tree(from: &Path, to: &Path, skip: Option<&str>) {
+        std::fs::create_dir_all(to).expect("creating the image's directory");
+        for entry in std::fs::read_dir(from).expect("reading the store's directory") {
+            let entry = entry.expect("a directory entry");
+            let name = entry.file_name();
+            if skip.is_some_and(|skip| name == skip) {
+                continue;
+            }
+            if entry.path().is_dir() {
+                copy_tree(&entry.path(), &to.join(&name), None);
+            } else {
+                std::fs::copy(entry.path(), to.join(&name)).expect("copying a store file");
+            }
+        }
+    }
+    copy_tree(from, to, Some(store::JOURNAL_FILE));
+    std::fs::copy(from.join(store::JOURNAL_FILE), to.join(store::JOURNAL_FILE))
+        .expect("copying the journal");
+}
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -669,19 +714,28 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         .enable_all()
         .build()
         .expect("a runtime");
-    let dir = scratch_dir();
-    let path = dir.path().join("store");
+    // A crash image goes to a new directory; every one lives until the case ends.
+    let mut dirs = vec![scratch_dir()];
+    let mut path = dirs[0].path().join("store");
     runtime.block_on(async {
         let mut store = open(&path);
         let mut model = Model::default();
         check(&store, &model)?;
         for (n, op) in ops.iter().enumerate() {
-            if let Op::Reopen { clean } = op {
-                if *clean {
-                    store
+            if let Op::Reopen(how) = op {
+                match how {
+                    Reopening::Clean => store
                         .close()
                         .await
-                        .map_err(|e| TestCaseError::fail(format!("close: {e}")))?;
+                        .map_err(|e| TestCaseError::fail(format!("close: {e}")))?,
+                    Reopening::Dropped => {}
+                    Reopening::Crashed => {
+                        dirs.push(scratch_dir());
+                        let image = dirs[dirs.len() - 1].path().join("store");
+                        crash_image(&path, &image);
+                        path = image;
+                        count(&STATS.crashed);
+                    }
                 }
                 drop(store);
                 store = open(&path);
@@ -725,7 +779,7 @@ fn the_queue_keeps_every_acked_notification_covered() {
     eprintln!(
         "queue model: {cases} cases (+ shrinking: {} run), {} steps in {:?}; events created {}, \
          parked {}, merged {}; claims {}, delivered {}, rescheduled {}, dead-lettered {}, \
-         replayed {}; reopens {}",
+         replayed {}; reopens {} ({} of a crash image)",
         get(&s.cases),
         get(&s.steps),
         started.elapsed(),
@@ -738,6 +792,7 @@ fn the_queue_keeps_every_acked_notification_covered() {
         get(&s.dead),
         get(&s.replayed),
         get(&s.reopened),
+        get(&s.crashed),
     );
     for (path, n) in [
         ("created", get(&s.created)),
@@ -748,6 +803,7 @@ fn the_queue_keeps_every_acked_notification_covered() {
         ("dead-lettered", get(&s.dead)),
         ("replayed", get(&s.replayed)),
         ("reopened", get(&s.reopened)),
+        ("crash-imaged", get(&s.crashed)),
     ] {
         assert!(
             n > 0,
