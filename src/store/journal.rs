@@ -92,6 +92,7 @@ impl Journal {
         if length < bytes {
             allocate(&file, length, bytes)?;
         }
+        forget_cached_pages(&file)?;
         Ok(Journal {
             file,
             end: 0,
@@ -137,6 +138,7 @@ impl Journal {
                 records.push((seq, writes));
             }
         }
+        forget_cached_pages(&self.file)?;
         Ok(records)
     }
 
@@ -159,6 +161,15 @@ impl Journal {
         self.end = 0;
         self.file.write_all_at(&[0], 0)
     }
+}
+
+/// Drops the file's clean pages from the page cache. Written or read in large pieces (its
+/// allocation, the read at open), a file is cached in large folios (ext4 on Linux 6.x), and a
+/// small record written into one dirties all of it: every `fdatasync` then wrote a whole folio,
+/// up to 1 MiB, instead of the page or two the record touches (measured: 1,024 KiB against
+/// 4.7 KiB per sync of a 700-byte record). Pages cached afresh by small writes stay small.
+fn forget_cached_pages(file: &File) -> io::Result<()> {
+    rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
 }
 
 /// Writes zeros from `from` up to `to` and syncs them.
