@@ -856,6 +856,33 @@ impl CpuWatch {
     }
 }
 
+/// Bytes a process wrote: handed to `write`-like calls (`wchar`), and sent to the block device
+/// (`write_bytes`: the page-cache pages it dirtied, whole folios).
+#[derive(Clone, Copy)]
+struct Written {
+    syscall_bytes: u64,
+    device_bytes: u64,
+}
+
+impl std::ops::Sub for Written {
+    type Output = Written;
+
+    fn sub(self, before: Written) -> Written {
+        Written {
+            syscall_bytes: self.syscall_bytes.saturating_sub(before.syscall_bytes),
+            device_bytes: self.device_bytes.saturating_sub(before.device_bytes),
+        }
+    }
+}
+
+impl Written {
+    /// Bytes per acknowledged request, as JSON.
+    fn per(self, acked: u64) -> Value {
+        let per = |bytes: u64| json!((bytes as f64 / acked.max(1) as f64).round());
+        json!({ "syscall_bytes": per(self.syscall_bytes), "device_bytes": per(self.device_bytes) })
+    }
+}
+
 /// CPU ticks of a whole process, exited threads included.
 fn process_ticks(pid: u32) -> u64 {
     stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).map_or(0, |(_, ticks)| ticks)
@@ -1158,6 +1185,19 @@ events = "notify"
         }
     }
 
+    /// What the daemon has written so far (`/proc/<pid>/io`).
+    fn written(&self) -> Option<Written> {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.pid().ok()?)).ok()?;
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        Some(Written {
+            syscall_bytes: field("wchar:")?,
+            device_bytes: field("write_bytes:")?,
+        })
+    }
+
     fn cpu_watch(&self) -> CpuWatch {
         let mut pids = vec![("bench", std::process::id())];
         if let Ok(pid) = self.pid() {
@@ -1379,13 +1419,19 @@ async fn scenario_ingest(env: &Env, paused: bool) -> Fallible<Value> {
     with_daemon(env, name, paused, async |d: &mut Daemon| {
         let sampler = Sampler::start(d, env.sink.clone(), env.sample_every());
         let watch = d.cpu_watch();
+        let written_before = d.written();
         let mut load = closed(d.listen, env);
         load.track = !paused;
         let result = run_load(load).await;
         let cpu = watch.finish(result.generator_ticks);
+        let written = d
+            .written()
+            .zip(written_before)
+            .map(|(after, before)| after - before);
         let depth_at_end = d.queue_depth().await;
         let mut value = result.json();
         value["cpu"] = cpu;
+        value["written_per_ack"] = written.map_or(Value::Null, |w| w.per(result.ok));
         value["queue_depth_at_end"] = json!(depth_at_end);
         value["rss_mib_at_end"] = json!(d.rss_mib());
         if !paused {
@@ -1714,10 +1760,12 @@ fn print_table(results: &Map<String, Value>, env: &Env) {
         "(a) durable ingest, instance paused",
         format!("{} req/s", fmt(n("/a_ingest_paused/ok_per_s"), 0)),
         format!(
-            "{}x plain, {}x durable plain; {}",
+            "{}x plain, {}x durable plain; {}; written {} B/ack ({} B to the device)",
             fmt(ratio(n("/a_ingest_paused/ok_per_s")), 3),
             fmt(durable_ratio(n("/a_ingest_paused/ok_per_s")), 3),
-            lat("/a_ingest_paused/ack_latency")
+            lat("/a_ingest_paused/ack_latency"),
+            fmt(n("/a_ingest_paused/written_per_ack/syscall_bytes"), 0),
+            fmt(n("/a_ingest_paused/written_per_ack/device_bytes"), 0),
         ),
     );
     row(
