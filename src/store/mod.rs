@@ -852,7 +852,8 @@ fn unexpected(reply: Reply) -> Error {
 ///
 /// An open store says 4; a clean stop leaves the journal with nothing to apply and says the
 /// oldest layout that reads the store: 3 if a run is left, 2 if not. So a build of either can
-/// open a store this one stopped (a rollback), and none can open one it did not.
+/// open a store this one stopped cleanly (a rollback), and neither opens one whose journal may
+/// still hold batches.
 const SCHEMA: u32 = 4;
 /// The layout of a stopped store that holds runs.
 const SCHEMA_RUNS: u32 = 3;
