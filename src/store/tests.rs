@@ -292,8 +292,18 @@ async fn more_unsynced_removals_than_the_bound_are_synced_at_once() {
     }
     let before = syncs.load(Ordering::SeqCst);
     let (last, first) = events.split_last().unwrap_or_else(|| panic!("no events"));
+    let started = std::time::Instant::now();
     for event in first {
         deliver(&store, event.id).await;
+    }
+    if started.elapsed() >= commit::OUTCOME_SYNC_DELAY {
+        // The delay's sync may rightly have come first: the bound cannot be told apart.
+        println!(
+            "skipped: {} removals took {:?}, longer than the sync delay (a loaded machine)",
+            first.len(),
+            started.elapsed()
+        );
+        return;
     }
     assert_eq!(
         syncs.load(Ordering::SeqCst),
@@ -1126,27 +1136,8 @@ async fn an_open_store_says_schema_4_and_a_stopped_one_the_oldest_layout_that_re
     assert_eq!(schema(&store).as_deref(), Some("2"));
 }
 
-/// Copies the store's files as they are now, sled's first and the journal last (so the copy's
-/// journal is at least as new as its sled files): what a crash would leave (sled's unwritten
-/// buffers are not in them).
 fn crash_image(from: &Path, to: &Path) {
-    fn copy_tree(from: &Path, to: &Path, skip: Option<&str>) {
-        std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
-        for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
-            let entry = entry.unwrap_or_else(|e| panic!("{e}"));
-            let name = entry.file_name();
-            if skip.is_some_and(|skip| name == skip) {
-                continue;
-            }
-            if entry.path().is_dir() {
-                copy_tree(&entry.path(), &to.join(&name), None);
-            } else {
-                std::fs::copy(entry.path(), to.join(&name)).unwrap_or_else(|e| panic!("{e}"));
-            }
-        }
-    }
-    copy_tree(from, to, Some(JOURNAL_FILE));
-    std::fs::copy(from.join(JOURNAL_FILE), to.join(JOURNAL_FILE)).unwrap_or_else(|e| panic!("{e}"));
+    testing::crash_image(from, to).unwrap_or_else(|e| panic!("crash image: {e}"));
 }
 
 #[tokio::test]

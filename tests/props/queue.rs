@@ -680,29 +680,6 @@ static STATS: Stats = Stats {
     crashed: AtomicU64::new(0),
 };
 
-/// Copies the store's files at `from` to `to` as they are now, sled's first, the journal last:
-/// the journal in the copy is at least as new as sled's files, as on a disk after a crash.
-fn crash_image(from: &Path, to: &Path) {
-    fn copy_tree(from: &Path, to: &Path, skip: Option<&str>) {
-        std::fs::create_dir_all(to).expect("creating the image's directory");
-        for entry in std::fs::read_dir(from).expect("reading the store's directory") {
-            let entry = entry.expect("a directory entry");
-            let name = entry.file_name();
-            if skip.is_some_and(|skip| name == skip) {
-                continue;
-            }
-            if entry.path().is_dir() {
-                copy_tree(&entry.path(), &to.join(&name), None);
-            } else {
-                std::fs::copy(entry.path(), to.join(&name)).expect("copying a store file");
-            }
-        }
-    }
-    copy_tree(from, to, Some(store::JOURNAL_FILE));
-    std::fs::copy(from.join(store::JOURNAL_FILE), to.join(store::JOURNAL_FILE))
-        .expect("copying the journal");
-}
-
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -732,7 +709,8 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                     Reopening::Crashed => {
                         dirs.push(scratch_dir());
                         let image = dirs[dirs.len() - 1].path().join("store");
-                        crash_image(&path, &image);
+                        store::testing::crash_image(&path, &image)
+                            .map_err(|e| TestCaseError::fail(format!("crash image: {e}")))?;
                         path = image;
                         count(&STATS.crashed);
                     }
