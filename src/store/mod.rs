@@ -350,8 +350,10 @@ impl Store {
             read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
         // What the journal held, and the markers, durable in sled before the journal starts
         // again (and before a record may rely on `m/schema` saying 4).
-        db.flush().map_err(|e| open_error(e.to_string()))?;
-        db_file.sync_data().map_err(|e| open_error(e.to_string()))?;
+        db.flush().map_err(|e| open_error(format!("flush: {e}")))?;
+        db_file
+            .sync_data()
+            .map_err(|e| open_error(format!("fdatasync of sled's log: {e}")))?;
         journal
             .restart()
             .map_err(|e| open_error(format!("journal: {e}")))?;
