@@ -1166,8 +1166,9 @@ async fn an_acknowledged_batch_sled_did_not_write_is_applied_from_the_journal() 
         let pending = store.pending_events(None).unwrap_or_else(|e| panic!("{e}"));
         pending.into_iter().map(|e| e.id).collect::<Vec<_>>()
     };
-    // sled alone lacks the last batch: it writes a batch's buffer out only when the next batch
-    // begins. The journal is what makes the answer to the third ingest true.
+    // sled alone lacks the last batch: it writes its log a full buffer at a time (or when an
+    // atomic batch rolls the buffer), and the third ingest went to it key by key after its
+    // journal sync. The journal is what makes the answer to the third ingest true.
     let (store, previous) = open(without_journal.path());
     assert!(!previous.clean_stop);
     assert!(!pending_ids(&store).contains(&third.id.to_string()));
