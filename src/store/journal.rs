@@ -17,6 +17,10 @@
 //! records after that one are applied again, in order, up to the first record that is torn,
 //! fails its checksum or does not follow its predecessor (the rest of the file is what earlier
 //! rounds left). A record holds whole values, so it overwrites whatever part of it sled kept.
+//! A record a crash tore was never synced, so never acknowledged; but when the batch after an
+//! unreadable record is found further on, that record was damaged after it was written, and
+//! the open logs an error naming the batch (the chain, and what was acknowledged in it, ends
+//! there).
 //!
 //! That needs every batch sled may hold in part to be in the journal: a batch is applied key by
 //! key only once its record is synced. The batches that are answered before their sync
@@ -34,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read as _, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -60,6 +64,44 @@ const INSERT: u8 = 1;
 
 /// A batch's writes: each key with its new value, or `None` for a removal.
 pub(super) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The records a journal holds after a given batch, and how their chain ends.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Chain {
+    pub records: Vec<(u64, Writes)>,
+    pub end: ChainEnd,
+}
+
+/// Where the journal's chain of records ends, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ChainEnd {
+    /// Cleared bytes or the file's end: nothing more was written.
+    Clear,
+    /// A record of an earlier round (its sequence number does not follow).
+    Earlier,
+    /// Bytes (at `offset`, where `batch` would be) that are no record: a record torn by a
+    /// crash while it was written (so never synced, nor acknowledged), or what is left of an
+    /// earlier round's records, in both cases the expected end after a crash. But when the
+    /// batch after `batch` comes later in the file (at `followed_at`), the record was damaged
+    /// after it was written, and the batches from it on are lost.
+    Unreadable {
+        offset: u64,
+        batch: Option<u64>,
+        followed_at: Option<u64>,
+    },
+}
+
+/// What [`read_record`] found.
+enum Read {
+    Record {
+        seq: u64,
+        writes: Writes,
+        bytes: u64,
+    },
+    /// A zero version byte, or the file's end.
+    Clear,
+    Unreadable,
+}
 
 /// What [`Journal::append`] did with a batch.
 #[derive(Debug, PartialEq, Eq)]
@@ -115,17 +157,23 @@ impl Journal {
     }
 
     /// The records that follow record `after` (the last batch the state holds), in order, up to
-    /// the end of the journal's valid chain. A chain that starts after `after + 1` means
-    /// records are missing: an error, not a silent loss.
-    pub fn records_after(&self, after: u64) -> io::Result<Vec<(u64, Writes)>> {
+    /// the end of the journal's valid chain, and how that chain ends. A chain that starts after
+    /// `after + 1` means records are missing: an error, not a silent loss.
+    pub fn records_after(&self, after: u64) -> io::Result<Chain> {
         let mut file = &self.file;
         file.seek(SeekFrom::Start(0))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut records = Vec::new();
         let mut previous: Option<u64> = None;
-        while let Some((seq, writes)) = read_record(&mut reader, self.capacity)? {
+        let mut offset = 0;
+        let end = loop {
+            let (seq, writes, bytes) = match read_record(&mut reader, self.capacity)? {
+                Read::Record { seq, writes, bytes } => (seq, writes, bytes),
+                Read::Clear => break ChainEnd::Clear,
+                Read::Unreadable => break self.unreadable_at(offset, previous)?,
+            };
             if previous.is_some_and(|p| seq != p + 1) {
-                break;
+                break ChainEnd::Earlier;
             }
             if previous.is_none() && seq > after + 1 {
                 return Err(io::Error::new(
@@ -137,12 +185,47 @@ impl Journal {
                 ));
             }
             previous = Some(seq);
+            offset += bytes;
             if seq > after {
                 records.push((seq, writes));
             }
-        }
+        };
         forget_cached_pages(&self.file)?;
-        Ok(records)
+        Ok(Chain { records, end })
+    }
+
+    /// How the chain ends at an unreadable record at `offset` after batch `previous`: whether
+    /// the batch after the one it should hold comes later in the file (then the record was
+    /// damaged after it was written, not torn by a crash while it was written).
+    fn unreadable_at(&self, offset: u64, previous: Option<u64>) -> io::Result<ChainEnd> {
+        let Some(previous) = previous else {
+            // A first record unreadable: after a checkpoint, nothing that was synced is lost.
+            return Ok(ChainEnd::Unreadable {
+                offset,
+                batch: None,
+                followed_at: None,
+            });
+        };
+        let batch = previous + 1;
+        let mut contents = Vec::new();
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_to_end(&mut contents)?;
+        let wanted = [&[VERSION][..], &(batch + 1).to_le_bytes()].concat();
+        let followed_at = memchr::memmem::find_iter(&contents[1..], &wanted)
+            .map(|at| at + 1)
+            .find(|&at| {
+                matches!(
+                    read_record(&mut &contents[at..], self.capacity),
+                    Ok(Read::Record { .. })
+                )
+            })
+            .map(|at| offset + at as u64);
+        Ok(ChainEnd::Unreadable {
+            offset,
+            batch: Some(batch),
+            followed_at,
+        })
     }
 
     /// Writes batch `seq` at the journal's end, unless it does not fit.
@@ -228,34 +311,62 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// The next record, or `None` where the valid records end (a zero version, a torn or short
-/// record, a length over `limit`, a checksum that does not match, a payload that does not
-/// parse).
-fn read_record(reader: &mut impl Read, limit: u64) -> io::Result<Option<(u64, Writes)>> {
+/// The next record: `Clear` at a zero version byte or the file's end, `Unreadable` for a
+/// torn or short record, a length over `limit`, a checksum that does not match or a payload
+/// that does not parse.
+fn read_record(reader: &mut impl io::Read, limit: u64) -> io::Result<Read> {
     let mut header = [0u8; HEADER_BYTES];
-    if !read_full(reader, &mut header)? || header[0] != VERSION {
-        return Ok(None);
+    match read_full(reader, &mut header)? {
+        Filled::Empty => return Ok(Read::Clear),
+        Filled::Short => return Ok(Read::Unreadable),
+        Filled::Full if header[0] == 0 => return Ok(Read::Clear),
+        Filled::Full if header[0] != VERSION => return Ok(Read::Unreadable),
+        Filled::Full => {}
     }
     let seq = u64::from_le_bytes(header[1..9].try_into().expect("8 bytes"));
     let payload_bytes = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(header[13..17].try_into().expect("4 bytes"));
     if u64::from(payload_bytes) > limit {
-        return Ok(None);
+        return Ok(Read::Unreadable);
     }
     let mut payload = vec![0u8; payload_bytes as usize];
-    if !read_full(reader, &mut payload)? || checksum(&header[..13], &payload) != crc {
-        return Ok(None);
+    if !matches!(read_full(reader, &mut payload)?, Filled::Full)
+        || checksum(&header[..13], &payload) != crc
+    {
+        return Ok(Read::Unreadable);
     }
-    Ok(decode_writes(&payload).map(|writes| (seq, writes)))
+    Ok(match decode_writes(&payload) {
+        Some(writes) => Read::Record {
+            seq,
+            writes,
+            bytes: (HEADER_BYTES + payload.len()) as u64,
+        },
+        None => Read::Unreadable,
+    })
 }
 
-/// Fills `buffer`; `false` if the file ends first.
-fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<bool> {
-    match reader.read_exact(buffer) {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(err) => Err(err),
+/// How much of a buffer [`read_full`] filled.
+enum Filled {
+    Full,
+    /// The file ended part of the way.
+    Short,
+    /// The file ended before it.
+    Empty,
+}
+
+/// Fills `buffer`, or says where the file ended.
+fn read_full(reader: &mut impl io::Read, buffer: &mut [u8]) -> io::Result<Filled> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) if filled == 0 => return Ok(Filled::Empty),
+            Ok(0) => return Ok(Filled::Short),
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
     }
+    Ok(Filled::Full)
 }
 
 fn decode_writes(mut payload: &[u8]) -> Option<Writes> {
@@ -295,10 +406,17 @@ mod tests {
     }
 
     fn seqs(journal: &Journal, after: u64) -> Vec<u64> {
-        let records = journal
+        chain(journal, after)
+            .records
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()
+    }
+
+    fn chain(journal: &Journal, after: u64) -> Chain {
+        journal
             .records_after(after)
-            .unwrap_or_else(|e| panic!("{e}"));
-        records.into_iter().map(|(seq, _)| seq).collect()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -310,8 +428,9 @@ mod tests {
         assert_eq!(journal.append(7, &first).ok(), Some(Appended::Written));
         assert_eq!(journal.append(8, &second).ok(), Some(Appended::Written));
         let reopened = open(dir.path());
-        let records = reopened.records_after(6).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(records, vec![(7, first), (8, second)]);
+        let chain = chain(&reopened, 6);
+        assert_eq!(chain.records, vec![(7, first), (8, second)]);
+        assert_eq!(chain.end, ChainEnd::Clear);
         assert_eq!(seqs(&reopened, 7), vec![8]);
         assert_eq!(seqs(&reopened, 8), Vec::<u64>::new());
         assert_eq!(seqs(&reopened, 20), Vec::<u64>::new());
@@ -346,6 +465,16 @@ mod tests {
             .write_all_at(&[byte[0] ^ 1], at)
             .expect("write");
         assert_eq!(seqs(&journal, 0), vec![1]);
+        // Batch 3 follows the damaged record: it was damaged after it was written.
+        let end = chain(&journal, 0).end;
+        assert_eq!(
+            end,
+            ChainEnd::Unreadable {
+                offset: record_bytes,
+                batch: Some(2),
+                followed_at: Some(2 * record_bytes),
+            }
+        );
         // The third record cut short (the end of the file in its payload).
         let dir = tempfile::tempdir().expect("tempdir");
         let mut journal = open(dir.path());
@@ -353,6 +482,12 @@ mod tests {
         journal.append(2, &writes(&[("key", Some("value"))])).ok();
         journal.file.set_len(journal.end - 1).expect("truncate");
         assert_eq!(seqs(&journal, 0), vec![1]);
+        let torn = ChainEnd::Unreadable {
+            offset: journal.end / 2,
+            batch: Some(2),
+            followed_at: None,
+        };
+        assert_eq!(chain(&journal, 0).end, torn);
     }
 
     #[test]
@@ -368,8 +503,29 @@ mod tests {
         journal.append(6, &writes(&[("k", Some("new"))])).ok();
         // Record 6 overwrote record 1; records 2..=5 follow it but do not follow on from it.
         assert_eq!(seqs(&journal, 5), vec![6]);
-        // A state that already holds 6 reads nothing.
-        assert_eq!(seqs(&journal, 6), Vec::<u64>::new());
+        assert_eq!(chain(&journal, 5).end, ChainEnd::Earlier);
+        // A longer record 7 ends inside old record 3: what follows it is no record (or reads
+        // as cleared bytes), and no damage either.
+        journal
+            .append(7, &writes(&[("k", Some("a longer value"))]))
+            .ok();
+        assert_eq!(seqs(&journal, 5), vec![6, 7]);
+        let end = chain(&journal, 5).end;
+        assert!(
+            matches!(
+                end,
+                ChainEnd::Clear
+                    | ChainEnd::Unreadable {
+                        batch: Some(8),
+                        followed_at: None,
+                        ..
+                    }
+            ),
+            "{end:?}"
+        );
+        // A state that already holds 7 reads nothing.
+        assert_eq!(seqs(&journal, 6), vec![7]);
+        assert_eq!(seqs(&journal, 7), Vec::<u64>::new());
     }
 
     #[test]

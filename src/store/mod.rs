@@ -928,11 +928,26 @@ fn apply_journal(db: &sled::Db, journal: &Journal) -> Result<u64, String> {
         }
         None => 0,
     };
-    let records = journal
+    let chain = journal
         .records_after(held)
         .map_err(|e| format!("journal: {e}"))?;
+    if let journal::ChainEnd::Unreadable {
+        offset,
+        batch: Some(batch),
+        followed_at: Some(followed_at),
+    } = chain.end
+    {
+        tracing::error!(
+            batch,
+            offset,
+            next_batch_offset = followed_at,
+            "the journal's record of a batch is damaged and the next batch follows it: the \
+             batches from the damaged one on are not applied, and any of them that was \
+             acknowledged is lost"
+        );
+    }
     let mut last = held;
-    for (seq, writes) in records {
+    for (seq, writes) in chain.records {
         commit::apply_atomically(db, seq, writes).map_err(|e| e.to_string())?;
         last = seq;
     }
