@@ -2,6 +2,8 @@
 //! records of crates that use `log` are bridged in, except sled's debug and trace records
 //! (see [`QuietSled`]).
 
+use std::io::IsTerminal as _;
+
 use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
 use tracing_log::{AsLog, LogTracer};
@@ -18,8 +20,11 @@ pub enum LogFormat {
 /// daemon sets up).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: under systemd, stderr goes to the journal, where escape
+    // codes would show as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let subscriber: Box<dyn Subscriber + Send + Sync> = match format {
         LogFormat::Text => Box::new(builder.finish()),

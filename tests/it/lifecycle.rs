@@ -42,6 +42,10 @@ async fn run_serves_health_readiness_and_metrics() {
     assert_eq!(d.metric("hookrelay_config_generation").await, Some(1.0));
     assert_eq!(counter(&d, OK_RELOADS).await, 0.0);
     assert!(ingest_answers(&d).await);
+    // stderr is a file here, as it is a pipe to the journal under systemd: no colour codes.
+    let logs = d.logs();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "escape codes in the log\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

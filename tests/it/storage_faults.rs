@@ -881,3 +881,91 @@ async fn disk_full_run(test: &str, require_exit: bool) {
     );
     assert!(blobs.is_empty(), "sled wrote blob files: {blobs:?}");
 }
+
+/// The journal's records from its start, as `(offset, seq, payload)`, while their sequence
+/// numbers follow on (the format is `src/store/journal.rs`'s: version 1, seq u64, length u32,
+/// crc32 u32, little-endian, then the payload).
+fn journal_records(journal: &[u8]) -> Vec<(usize, u64, Vec<u8>)> {
+    let mut records: Vec<(usize, u64, Vec<u8>)> = Vec::new();
+    let mut at = 0;
+    while let Some(header) = journal.get(at..at + 17) {
+        let seq = u64::from_le_bytes(header[1..9].try_into().expect("8 bytes"));
+        let length = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+        let follows = records.last().is_none_or(|(_, last, _)| seq == last + 1);
+        let Some(payload) = journal.get(at + 17..at + 17 + length) else {
+            break;
+        };
+        if header[0] != 1 || !follows {
+            break;
+        }
+        records.push((at, seq, payload.to_vec()));
+        at += 17 + length;
+    }
+    records
+}
+
+/// A journal record damaged on disk after its batch was acknowledged (bit rot, a bad block):
+/// the next start logs an error naming the batch and its offset, and starts. The batches before
+/// it are kept; it and those after it cannot be applied in order and are lost, and the error
+/// says so (an operator then restores from a backup if they matter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_record_damaged_after_its_sync_is_named_at_the_next_start() {
+    let app = App::new("app-key");
+    let mut d = Daemon::start(&paused_config(&app)).await;
+    let account = account_id();
+    let markers: Vec<u64> = (0..6).map(|i| 4_200_000_000 + i).collect();
+    for &marker in &markers {
+        let body = marked_body(&account, marker, 0);
+        let status = try_post_notification(&d.ingest_url(), &app.secret, &body).await;
+        assert_eq!(status, Ok(200), "{}", d.logs());
+    }
+    d.kill9();
+
+    // The records since the start (the journal starts again at every open), and which one holds
+    // each notification (its body is in the record).
+    let path = d.store_path().join(hookrelay::store::JOURNAL_FILE);
+    let mut journal = std::fs::read(&path).expect("reading the journal");
+    let records = journal_records(&journal);
+    let record_of = |marker: u64| {
+        let needle = marker.to_string().into_bytes();
+        records
+            .iter()
+            .position(|(_, _, payload)| payload.windows(needle.len()).any(|w| w == needle))
+    };
+    let holding: Vec<usize> = markers
+        .iter()
+        .map(|&m| record_of(m).unwrap_or_else(|| panic!("no journal record holds {m}")))
+        .collect();
+    // Damage the record of the fourth notification: the fifth's follows it.
+    let damaged = holding[3];
+    let (offset, seq, _) = records[damaged];
+    assert!(
+        damaged + 1 < records.len(),
+        "no record after the damaged one"
+    );
+    journal[offset + 17 + 2] ^= 0xff;
+    std::fs::write(&path, &journal).expect("writing the damaged journal");
+
+    d.restart().await;
+    let logs = d.logs();
+    let error = logs
+        .lines()
+        .find(|line| line.contains("the journal's record of a batch is damaged"))
+        .unwrap_or_else(|| panic!("no error about the damaged record\n{logs}"));
+    assert!(
+        error.contains(&format!("batch={seq}")) && error.contains(&format!("offset={offset}")),
+        "the error names another batch or offset than {seq} at {offset}: {error}"
+    );
+    d.sigterm();
+    d.wait_exit(Duration::from_secs(10)).await;
+
+    let kept = stored_bodies(&d.store_path());
+    for (&marker, &record) in markers.iter().zip(&holding) {
+        let body = marked_body(&account, marker, 0).into_bytes();
+        assert_eq!(
+            kept.contains(&body),
+            record < damaged,
+            "notification {marker} (journal record {record}, the damaged one {damaged})"
+        );
+    }
+}
