@@ -14,6 +14,8 @@
 //! - **Disk full** (T4): the store on a 24 MiB tmpfs (16 MiB of it the journal, allocated at the
 //!   first start), load until the disk is full; then 503 only, one exit, non-zero; after growing
 //!   the tmpfs to 64 MiB a restart holds every acked notification.
+//! - **A damaged journal record**: a record flipped on disk after its batch was acked; the next
+//!   start names the batch and offset in an error, and keeps the batches before it.
 //!
 //! Tests that need `strace` or `mount` print `skipped: …` and pass when they cannot run.
 //! Long tier (`HOOKRELAY_LONG_TESTS=1`): N = 1..60 and 5,000 audited notifications.
