@@ -17,10 +17,10 @@
 //! records after that one are applied again, in order, up to the first record that is torn,
 //! fails its checksum or does not follow its predecessor (the rest of the file is what earlier
 //! rounds left). A record holds whole values, so it overwrites whatever part of it sled kept.
-//! A record a crash tore was never synced, so never acknowledged; but when the batch after an
-//! unreadable record is found further on, that record was damaged after it was written, and
-//! the open logs an error naming the batch (the chain, and what was acknowledged in it, ends
-//! there).
+//! A record a crash tore was never synced, so never acknowledged; but when a batch the store
+//! lacks is found further on, the unreadable record was damaged after it was written, and the
+//! open logs an error naming the first lost batch (the chain, and what was acknowledged in it,
+//! ends there).
 //!
 //! That needs every batch sled may hold in part to be in the journal: a batch is applied key by
 //! key only once its record is synced. The batches that are answered before their sync
@@ -79,16 +79,22 @@ pub(super) enum ChainEnd {
     Clear,
     /// A record of an earlier round (its sequence number does not follow).
     Earlier,
-    /// Bytes (at `offset`, where `batch` would be) that are no record: a record torn by a
-    /// crash while it was written (so never synced, nor acknowledged), or what is left of an
-    /// earlier round's records, in both cases the expected end after a crash. But when the
-    /// batch after `batch` comes later in the file (at `followed_at`), the record was damaged
-    /// after it was written, and the batches from it on are lost.
-    Unreadable {
-        offset: u64,
-        batch: Option<u64>,
-        followed_at: Option<u64>,
-    },
+    /// Bytes (at `offset`) that are no record: a record torn by a crash while it was written
+    /// (so never synced, nor acknowledged), or what is left of an earlier round's records, in
+    /// both cases the expected end after a crash; or a record damaged after it was written,
+    /// when a later batch is found further on (`damage`).
+    Unreadable { offset: u64, damage: Option<Damage> },
+}
+
+/// Proof that an unreadable record was damaged after it was written: a batch the store lacks
+/// that was journaled after it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Damage {
+    /// The first batch that is lost: it and every batch after it.
+    pub first_lost: u64,
+    /// The batch found further on, and where.
+    pub found: u64,
+    pub found_at: u64,
 }
 
 /// What [`read_record`] found.
@@ -170,7 +176,7 @@ impl Journal {
             let (seq, writes, bytes) = match read_record(&mut reader, self.capacity)? {
                 Read::Record { seq, writes, bytes } => (seq, writes, bytes),
                 Read::Clear => break ChainEnd::Clear,
-                Read::Unreadable => break self.unreadable_at(offset, previous)?,
+                Read::Unreadable => break self.unreadable_at(offset, previous, after)?,
             };
             if previous.is_some_and(|p| seq != p + 1) {
                 break ChainEnd::Earlier;
@@ -194,38 +200,43 @@ impl Journal {
         Ok(Chain { records, end })
     }
 
-    /// How the chain ends at an unreadable record at `offset` after batch `previous`: whether
-    /// the batch after the one it should hold comes later in the file (then the record was
-    /// damaged after it was written, not torn by a crash while it was written).
-    fn unreadable_at(&self, offset: u64, previous: Option<u64>) -> io::Result<ChainEnd> {
-        let Some(previous) = previous else {
-            // A first record unreadable: after a checkpoint, nothing that was synced is lost.
-            return Ok(ChainEnd::Unreadable {
-                offset,
-                batch: None,
-                followed_at: None,
-            });
-        };
-        let batch = previous + 1;
+    /// How the chain ends at an unreadable record at `offset`, after batch `previous` of the
+    /// chain, in a store that holds batches up to `after`. Every batch after those two was
+    /// journaled after the unreadable record, since sequence numbers only grow; if one of the
+    /// next two is found further on, the record was damaged after it was written.
+    fn unreadable_at(
+        &self,
+        offset: u64,
+        previous: Option<u64>,
+        after: u64,
+    ) -> io::Result<ChainEnd> {
+        let held = previous.map_or(after, |previous| previous.max(after));
         let mut contents = Vec::new();
         let mut file = &self.file;
         file.seek(SeekFrom::Start(offset))?;
         file.read_to_end(&mut contents)?;
-        let wanted = [&[VERSION][..], &(batch + 1).to_le_bytes()].concat();
-        let followed_at = memchr::memmem::find_iter(&contents[1..], &wanted)
-            .map(|at| at + 1)
-            .find(|&at| {
-                matches!(
-                    read_record(&mut &contents[at..], self.capacity),
-                    Ok(Read::Record { .. })
-                )
+        let found_at = |seq: u64| {
+            let wanted = [&[VERSION][..], &seq.to_le_bytes()].concat();
+            memchr::memmem::find_iter(&contents[1..], &wanted)
+                .map(|at| at + 1)
+                .find(|&at| {
+                    matches!(
+                        read_record(&mut &contents[at..], self.capacity),
+                        Ok(Read::Record { .. })
+                    )
+                })
+                .map(|at| offset + at as u64)
+        };
+        // The record at `offset` is `held + 1` (then `held + 2` follows it) or one the store
+        // already holds (then `held + 1` does).
+        let damage = [held + 1, held + 2].into_iter().find_map(|found| {
+            found_at(found).map(|found_at| Damage {
+                first_lost: held + 1,
+                found,
+                found_at,
             })
-            .map(|at| offset + at as u64);
-        Ok(ChainEnd::Unreadable {
-            offset,
-            batch: Some(batch),
-            followed_at,
-        })
+        });
+        Ok(ChainEnd::Unreadable { offset, damage })
     }
 
     /// Writes batch `seq` at the journal's end, unless it does not fit.
@@ -466,14 +477,57 @@ mod tests {
             .expect("write");
         assert_eq!(seqs(&journal, 0), vec![1]);
         // Batch 3 follows the damaged record: it was damaged after it was written.
-        let end = chain(&journal, 0).end;
-        assert_eq!(
-            end,
-            ChainEnd::Unreadable {
-                offset: record_bytes,
-                batch: Some(2),
-                followed_at: Some(2 * record_bytes),
-            }
+        let damaged = ChainEnd::Unreadable {
+            offset: record_bytes,
+            damage: Some(Damage {
+                first_lost: 2,
+                found: 3,
+                found_at: 2 * record_bytes,
+            }),
+        };
+        assert_eq!(chain(&journal, 0).end, damaged);
+        // A store that already holds batch 2 lacks only 3, which is found.
+        let held_2 = chain(&journal, 2).end;
+        assert!(
+            matches!(
+                held_2,
+                ChainEnd::Unreadable {
+                    damage: Some(Damage {
+                        first_lost: 3,
+                        found: 3,
+                        ..
+                    }),
+                    ..
+                }
+            ),
+            "{held_2:?}"
+        );
+        // The first record damaged: batch 2 follows it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut journal = open(dir.path());
+        for seq in 1..=2 {
+            journal.append(seq, &writes(&[("key", Some("value"))])).ok();
+        }
+        let at = HEADER_BYTES as u64 + 2;
+        journal.file.read_exact_at(&mut byte, at).expect("read");
+        journal
+            .file
+            .write_all_at(&[byte[0] ^ 1], at)
+            .expect("write");
+        let first = chain(&journal, 0).end;
+        assert!(
+            matches!(
+                first,
+                ChainEnd::Unreadable {
+                    offset: 0,
+                    damage: Some(Damage {
+                        first_lost: 1,
+                        found: 2,
+                        ..
+                    }),
+                }
+            ),
+            "{first:?}"
         );
         // The third record cut short (the end of the file in its payload).
         let dir = tempfile::tempdir().expect("tempdir");
@@ -484,8 +538,7 @@ mod tests {
         assert_eq!(seqs(&journal, 0), vec![1]);
         let torn = ChainEnd::Unreadable {
             offset: journal.end / 2,
-            batch: Some(2),
-            followed_at: None,
+            damage: None,
         };
         assert_eq!(chain(&journal, 0).end, torn);
     }
@@ -514,12 +567,7 @@ mod tests {
         assert!(
             matches!(
                 end,
-                ChainEnd::Clear
-                    | ChainEnd::Unreadable {
-                        batch: Some(8),
-                        followed_at: None,
-                        ..
-                    }
+                ChainEnd::Clear | ChainEnd::Unreadable { damage: None, .. }
             ),
             "{end:?}"
         );

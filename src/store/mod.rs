@@ -933,16 +933,16 @@ fn apply_journal(db: &sled::Db, journal: &Journal) -> Result<u64, String> {
         .map_err(|e| format!("journal: {e}"))?;
     if let journal::ChainEnd::Unreadable {
         offset,
-        batch: Some(batch),
-        followed_at: Some(followed_at),
-    } = chain.end
+        damage: Some(damage),
+    } = &chain.end
     {
         tracing::error!(
-            batch,
             offset,
-            next_batch_offset = followed_at,
-            "the journal's record of a batch is damaged and the next batch follows it: the \
-             batches from the damaged one on are not applied, and any of them that was \
+            first_lost_batch = damage.first_lost,
+            found_batch = damage.found,
+            found_at = damage.found_at,
+            "the journal's record of a batch is damaged (a later batch follows it): the \
+             batches from first_lost_batch on are not applied, and any of them that was \
              acknowledged is lost"
         );
     }

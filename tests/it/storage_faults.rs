@@ -955,7 +955,8 @@ async fn a_journal_record_damaged_after_its_sync_is_named_at_the_next_start() {
         .find(|line| line.contains("the journal's record of a batch is damaged"))
         .unwrap_or_else(|| panic!("no error about the damaged record\n{logs}"));
     assert!(
-        error.contains(&format!("batch={seq}")) && error.contains(&format!("offset={offset}")),
+        error.contains(&format!("first_lost_batch={seq} "))
+            && error.contains(&format!("offset={offset} ")),
         "the error names another batch or offset than {seq} at {offset}: {error}"
     );
     d.sigterm();
