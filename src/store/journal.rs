@@ -459,85 +459,63 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_torn_or_corrupt_record_ends_the_journal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut journal = open(dir.path());
-        for seq in 1..=3 {
+    /// A journal holding `count` equal records; returns it and a record's size.
+    fn journal_of(dir: &Path, count: u64) -> (Journal, u64) {
+        let mut journal = open(dir);
+        for seq in 1..=count {
             journal.append(seq, &writes(&[("key", Some("value"))])).ok();
         }
-        let record_bytes = journal.end / 3;
-        // A byte of the second record's payload flipped: only the first is read.
-        let at = record_bytes + HEADER_BYTES as u64 + 2;
+        let record_bytes = journal.end / count;
+        (journal, record_bytes)
+    }
+
+    /// Flips a bit of the payload of the record at `offset`.
+    fn damage(journal: &Journal, offset: u64) {
+        let at = offset + HEADER_BYTES as u64 + 2;
         let mut byte = [0u8];
         journal.file.read_exact_at(&mut byte, at).expect("read");
         journal
             .file
             .write_all_at(&[byte[0] ^ 1], at)
             .expect("write");
-        assert_eq!(seqs(&journal, 0), vec![1]);
-        // Batch 3 follows the damaged record: it was damaged after it was written.
-        let damaged = ChainEnd::Unreadable {
-            offset: record_bytes,
+    }
+
+    fn damaged(offset: u64, first_lost: u64, found: u64, found_at: u64) -> ChainEnd {
+        ChainEnd::Unreadable {
+            offset,
             damage: Some(Damage {
-                first_lost: 2,
-                found: 3,
-                found_at: 2 * record_bytes,
+                first_lost,
+                found,
+                found_at,
             }),
-        };
-        assert_eq!(chain(&journal, 0).end, damaged);
+        }
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_record_ends_the_journal() {
+        // The second of three records damaged: only the first is read, and batch 3 after it
+        // shows that it was damaged after it was written.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, record_bytes) = journal_of(dir.path(), 3);
+        damage(&journal, record_bytes);
+        assert_eq!(seqs(&journal, 0), vec![1]);
+        let end = chain(&journal, 0).end;
+        assert_eq!(end, damaged(record_bytes, 2, 3, 2 * record_bytes));
         // A store that already holds batch 2 lacks only 3, which is found.
-        let held_2 = chain(&journal, 2).end;
-        assert!(
-            matches!(
-                held_2,
-                ChainEnd::Unreadable {
-                    damage: Some(Damage {
-                        first_lost: 3,
-                        found: 3,
-                        ..
-                    }),
-                    ..
-                }
-            ),
-            "{held_2:?}"
-        );
+        let end = chain(&journal, 2).end;
+        assert_eq!(end, damaged(record_bytes, 3, 3, 2 * record_bytes));
         // The first record damaged: batch 2 follows it.
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut journal = open(dir.path());
-        for seq in 1..=2 {
-            journal.append(seq, &writes(&[("key", Some("value"))])).ok();
-        }
-        let at = HEADER_BYTES as u64 + 2;
-        journal.file.read_exact_at(&mut byte, at).expect("read");
-        journal
-            .file
-            .write_all_at(&[byte[0] ^ 1], at)
-            .expect("write");
-        let first = chain(&journal, 0).end;
-        assert!(
-            matches!(
-                first,
-                ChainEnd::Unreadable {
-                    offset: 0,
-                    damage: Some(Damage {
-                        first_lost: 1,
-                        found: 2,
-                        ..
-                    }),
-                }
-            ),
-            "{first:?}"
-        );
-        // The third record cut short (the end of the file in its payload).
+        let (journal, record_bytes) = journal_of(dir.path(), 2);
+        damage(&journal, 0);
+        assert_eq!(chain(&journal, 0).end, damaged(0, 1, 2, record_bytes));
+        // The second record cut short (the end of the file in its payload): torn, not damaged.
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut journal = open(dir.path());
-        journal.append(1, &writes(&[("key", Some("value"))])).ok();
-        journal.append(2, &writes(&[("key", Some("value"))])).ok();
+        let (journal, record_bytes) = journal_of(dir.path(), 2);
         journal.file.set_len(journal.end - 1).expect("truncate");
         assert_eq!(seqs(&journal, 0), vec![1]);
         let torn = ChainEnd::Unreadable {
-            offset: journal.end / 2,
+            offset: record_bytes,
             damage: None,
         };
         assert_eq!(chain(&journal, 0).end, torn);
