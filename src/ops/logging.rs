@@ -20,8 +20,8 @@ pub enum LogFormat {
 /// daemon sets up).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only on a terminal: under systemd, stderr goes to the journal, where escape
-    // codes would show as text.
+    // Colours only on a terminal: in a file, a pipe or systemd's journal, escape codes would
+    // show as text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
