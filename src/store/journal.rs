@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read as _, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -211,10 +211,9 @@ impl Journal {
         after: u64,
     ) -> io::Result<ChainEnd> {
         let held = previous.map_or(after, |previous| previous.max(after));
-        let mut contents = Vec::new();
-        let mut file = &self.file;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_to_end(&mut contents)?;
+        let length = self.file.metadata()?.len().saturating_sub(offset);
+        let mut contents = vec![0u8; length as usize];
+        self.file.read_exact_at(&mut contents, offset)?;
         let found_at = |seq: u64| {
             let wanted = [&[VERSION][..], &seq.to_le_bytes()].concat();
             memchr::memmem::find_iter(&contents[1..], &wanted)
