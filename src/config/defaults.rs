@@ -7,8 +7,7 @@ use super::{Delivery, Rate};
 
 pub(crate) const SERVER_MAX_BODY_BYTES: u64 = 64 * KIB;
 /// The largest `server.max_body_bytes` accepted. Dropbox notifications are a few hundred bytes;
-/// the cap keeps every stored record far below sled's blob threshold (a quarter of its 512 KiB
-/// segments), since sled writes blob files without syncing them.
+/// the cap bounds what one request makes the store and its journal write.
 pub(crate) const SERVER_MAX_BODY_BYTES_LIMIT: u64 = 96 * KIB;
 pub(crate) const SERVER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const STORAGE_MAX_BYTES: u64 = 10 * GIB;

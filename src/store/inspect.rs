@@ -47,14 +47,10 @@ fn open_read(path: &Path) -> Result<sled::Db, Error> {
             message: "no store here".into(),
         });
     }
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(16 * 1024 * 1024)
-        .open()
-        .map_err(|e| Error::Open {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    super::open_sled(path, 16 * 1024 * 1024).map_err(|message| Error::Open {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Pending events (due now and waiting), by instance, then by id.

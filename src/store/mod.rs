@@ -1,12 +1,15 @@
 //! The durable queue: the only module that touches sled.
 //!
 //! # Design constraints
-//! - **A write is acknowledged only when it is on stable storage.** Every batch is first a record
-//!   of the store's [`journal`] (`<path>/journal`), and the committer answers only after an
-//!   `fdatasync` of it; sled gets the batch after that, and is made durable (its `flush`, which
-//!   ends in `sync_file_range` and so is not durable against power loss, then an `fdatasync` of
-//!   its log `<path>/db`) at checkpoints, after which the journal starts again. Opening the
-//!   store applies the journal's records sled lacks.
+//! - **A write is acknowledged only when it is on stable storage**, power cuts included. Every
+//!   batch is first a record of the store's [`journal`] (`<path>/journal`), and the committer
+//!   answers only after an `fdatasync` of it; sled gets the batch after that, and is made
+//!   durable (its `flush`, then an `fdatasync` of its log `<path>/db`) at checkpoints, after
+//!   which the journal starts again. Opening the store applies the journal's records sled lacks.
+//!   sled is built from `vendor/sled` (its `PATCHES.md`): there its log writes end in an
+//!   `fdatasync` instead of `sync_file_range`, and its blob files and snapshot names are synced
+//!   before anything relies on them, so that what a checkpoint made durable stays durable until
+//!   the next one; [`durable`] syncs the names sled creates without syncing.
 //!   One exception: a batch of nothing but removals of *delivered* events and claims is answered
 //!   once applied, and made durable by the next batch that must be (usually an ingest), or after
 //!   `commit::OUTCOME_SYNC_DELAY` (100 ms) or `commit::OUTCOME_SYNC_AFTER` (64) removals without
@@ -20,9 +23,10 @@
 //!   overlay of the batch's own writes.
 //! - **Fail-stop.** The first write or sync error is sticky: every later request fails, and
 //!   [`Store::failure`] says why. A failed sync is never retried and then acknowledged.
-//! - **Small values.** Records stay far below sled's blob threshold (segment size / 4), so
-//!   sled never writes its unsynced blob files: a run takes members up to 16 KiB
-//!   ([`run::MAX_RUN_BYTES`]), and a larger event gets a record of its own.
+//! - **Large values are fine.** A tree node over a quarter of sled's 512 KiB segment (a leaf
+//!   of a few large records) becomes a blob file of its own, which the patched sled syncs; a
+//!   run still takes members only up to 16 KiB ([`run::MAX_RUN_BYTES`]), and a larger event
+//!   gets a record of its own, so that one large body is not rewritten with its run.
 //! - **Few keys per event.** sled 0.34 pays per key: it rewrites whole tree nodes as they fill
 //!   and split, keeps metadata in memory for every page, and allocates for every key it adds in
 //!   `apply_batch`. So the events one batch creates for an instance share one key, a run
@@ -68,6 +72,7 @@
 //! scan for due events.
 
 mod commit;
+mod durable;
 pub mod inspect;
 mod journal;
 mod keys;
@@ -327,24 +332,14 @@ impl Store {
             path: options.path.clone(),
             message,
         };
-        std::fs::create_dir_all(&options.path).map_err(|e| open_error(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(&options.path)
-            .cache_capacity(options.cache_bytes)
-            // The committer flushes at its checkpoints; sled's own periodic flush would only
-            // contend with the journal for the device (and add a sync_all of its own).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(e.to_string()))?;
+        durable::create_dir(&options.path).map_err(|e| open_error(e.to_string()))?;
+        let db = open_sled(&options.path, options.cache_bytes).map_err(open_error)?;
         let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
         check_schema(&db).map_err(open_error)?;
         let mut journal = Journal::open(&options.path, options.journal_bytes)
             .map_err(|e| open_error(format!("journal: {e}")))?;
-        // The directory entries of sled's files and the journal must be durable too; once is
-        // enough.
-        File::open(&options.path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| open_error(e.to_string()))?;
+        // sled's files and the journal, and their names, durable before anything relies on them.
+        durable::sync_files(&options.path).map_err(|e| open_error(e.to_string()))?;
         let last_seq = apply_journal(&db, &journal).map_err(open_error)?;
         let previous =
             read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
@@ -912,6 +907,39 @@ fn read_previous_run(db: &sled::Db, mode: OpenMode) -> Result<PreviousRun, sled:
 
 /// Applies the journal's batches that sled does not hold (see [`journal`]); the sequence number
 /// of the last batch sled then holds.
+/// sled's files in the store directory (beside the journal).
+const SLED_FILES: [&str; 4] = ["db", "conf", "snap.*", "blobs/"];
+/// What an operator can do when the store does not open (docs/durability.md says more).
+const OPEN_FAILED_HINT: &str = "if the disk itself is sound, stop hookrelay, move the store \
+     directory aside (keep it for inspection) and start again with an empty store: see \
+     docs/durability.md, \"When the store does not open\"";
+
+/// Opens sled's files at `path`. sled may panic on files it cannot make sense of (damage it
+/// does not check for); that is reported like any other error, naming the store, rather than
+/// ending the process.
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // The committer flushes at its checkpoints; sled's own periodic flush would only
+        // contend with the journal for the device (and add a sync_all of its own).
+        .flush_every_ms(None);
+    let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => return Ok(db),
+        Ok(Err(err)) => err.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message")
+            .to_owned(),
+    };
+    Err(format!(
+        "sled could not open its files ({}): {failed}; {OPEN_FAILED_HINT}",
+        SLED_FILES.join(", ")
+    ))
+}
+
 fn apply_journal(db: &sled::Db, journal: &Journal) -> Result<u64, String> {
     let held = match db
         .get(keys::meta(journal::SEQ_KEY))
