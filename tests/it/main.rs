@@ -14,6 +14,7 @@ mod faults;
 mod ingest;
 mod lifecycle;
 mod policy;
+mod powerfs;
 mod reload_load;
 mod secrets;
 mod storage_faults;
