@@ -1,19 +1,32 @@
-//! Crash loop (reliability.md §6 T1/T2, SPEC §6 "at least once … across kill -9"): signed
-//! load from concurrent senders, two instances delivering to callbacks that are up but answer
-//! some 500s, and `kill -9` at a random moment U(0.2 s, 1.5 s) after every (re)start (once
-//! `/readyz` answers 200). A history verifier then checks that every (notification acknowledged
-//! 200, instance) was delivered (a 2xx from its callback) or dead-lettered.
+//! Crash and power-loss loops (the at-least-once guarantee across `kill -9` and power loss):
+//! signed load from concurrent senders, two instances delivering to callbacks that are up but
+//! answer some 500s, a third whose callback refuses every event for good (410: dead letters,
+//! replayed and purged through the admin API during the loop), and at a random moment
+//! U(0.2 s, 1.5 s) after every (re)start (once `/readyz` answers 200) a fault:
+//! - **kill -9**: the process dies, the page cache keeps every write;
+//! - **power cut**: the store lives on `powerfs` (tests/powerfs), a FUSE file system that keeps
+//!   what each `fsync`/`fdatasync` made durable; after the kill, every file is put back to its
+//!   last synced contents and names not made durable by a sync of their folder are dropped, or,
+//!   in half the cuts (seeded), also keeps a random subset of the pages written since the last
+//!   sync, the last one torn. The daemon then starts on that image.
+//!
+//! After every fault the daemon must start (the store opens, `/readyz` answers 200). A history
+//! verifier then checks that every (notification acknowledged 200, instance) of the first two
+//! instances was delivered (a 2xx from its callback) or dead-lettered.
 //!
 //! Each notification carries a unique marker (`delta.users[0]`, which hookrelay forwards
-//! verbatim in `message.raw`); accounts come from a small fixed set so the catch-up `UNKNOWN`
-//! events queued after every unclean stop (SPEC §6) stay few. The verifier ignores those.
+//! verbatim in `message.raw`); one in five also carries padding that takes it to 16–90 KiB
+//! (`server.max_body_bytes` is 96 KiB), so that sled writes some tree nodes as blob files.
+//! Accounts come from a small fixed set so the catch-up `UNKNOWN` events queued after every
+//! unclean stop stay few. The verifier ignores those.
 //!
 //! The figures count the starts that applied the store's journal (batches acknowledged but not
-//! yet written by sled); the loop fails if none did, since it would then not test that path.
+//! yet written by sled); a loop fails if none did, since it would then not test that path.
 //!
-//! Short tier: 30 cycles. Long tier (`HOOKRELAY_LONG_TESTS=1`): 300. The seed is printed;
-//! `HOOKRELAY_SEED=<seed>` replays the same kill schedule, account choice and 500 pattern
-//! (timing still differs from run to run). Figures are printed with `--nocapture`.
+//! Short tier: 30 kill cycles, 20 power cuts. Long tier (`HOOKRELAY_LONG_TESTS=1`): 300 of
+//! each. The seed is printed; `HOOKRELAY_SEED=<seed>` replays the same fault schedule, account
+//! choice, body sizes and 500 pattern (timing still differs from run to run). Figures are
+//! printed with `--nocapture`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,7 +40,12 @@ use hyper::body::Incoming;
 
 use hyper::{Request, Response};
 
+use std::path::PathBuf;
+
+use powerfs::{Loss, PowerFs};
+
 use crate::support::dropbox::{account_id, try_post_notification};
+use crate::support::http::{client, send};
 use crate::support::rng::{self, XorShift};
 use crate::support::server::{TestResponse, TestServer};
 use crate::support::store::{StoredEvent, dead, pending};
@@ -47,11 +65,23 @@ const JOURNAL_APPLIED: &str = "applied the journal's batches after a crash";
 const STEADY: (&str, u32) = ("steady", 5);
 const FLAKY: (&str, u32) = ("flaky", 30);
 
-/// A Dropbox notification for `account` whose `delta.users[0]` is the marker.
+/// A Dropbox notification for `account` whose `delta.users[0]` is the marker, padded to the
+/// marker's size ([`padding`]).
 fn marked_body(account: &str, marker: u64) -> String {
+    let pad = "p".repeat(padding(marker));
     format!(
-        "{{\"list_folder\": {{\"accounts\": [\"{account}\"]}}, \"delta\": {{\"users\": [{marker}]}}}}"
+        "{{\"list_folder\": {{\"accounts\": [\"{account}\"]}}, \"delta\": {{\"users\": [{marker}]}}, \"pad\": \"{pad}\"}}"
     )
+}
+
+/// The padding a marker's notification carries: none for four markers in five, 16–90 KiB for
+/// the fifth (a function of the marker, so that the callback can rebuild the body it expects).
+fn padding(marker: u64) -> usize {
+    if !marker.is_multiple_of(5) {
+        return 0;
+    }
+    let spread = marker.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    16 * 1024 + (spread % (74 * 1024)) as usize
 }
 
 /// The marker of a notification body (`delta.users[0]`), if it has one.
@@ -242,8 +272,83 @@ fn marked_pairs(events: &[StoredEvent]) -> HashSet<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_loses_no_acknowledged_notification() {
+    let cycles = if rng::long_tests() { 300 } else { 30 };
+    fault_loop(Fault::Kill, cycles).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_loop_loses_no_acknowledged_notification() {
+    let cycles = if rng::long_tests() { 300 } else { 20 };
+    fault_loop(Fault::PowerCut, cycles).await;
+}
+
+/// What happens to the daemon at each cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`: the page cache keeps what was written.
+    Kill,
+    /// `kill -9`, then the store's file system as a power cut leaves it ([`Disk::cut`]).
+    PowerCut,
+}
+
+/// The power-loss file system the store lives on, and the images a cut leaves.
+struct Disk {
+    mountpoint: tempfile::TempDir,
+    fs: Option<PowerFs>,
+    images: tempfile::TempDir,
+    cuts: u64,
+    torn: u64,
+}
+
+impl Disk {
+    fn mount() -> Disk {
+        let mountpoint = tempfile::tempdir().expect("tempdir");
+        let fs = PowerFs::mount(mountpoint.path(), None)
+            .unwrap_or_else(|e| panic!("the power-loss loop needs powerfs (FUSE): {e}"));
+        Disk {
+            mountpoint,
+            fs: Some(fs),
+            images: tempfile::tempdir().expect("tempdir"),
+            cuts: 0,
+            torn: 0,
+        }
+    }
+
+    /// The store's directory on the power-loss file system.
+    fn store_path(&self) -> PathBuf {
+        self.mountpoint.path().join("data")
+    }
+
+    /// The power cut (every process using the file system has ended): the file system comes
+    /// back as the cut left it, under either loss model (seeded).
+    fn cut(&mut self, rng: &mut XorShift) {
+        self.cuts += 1;
+        let loss = if rng.percent(50) {
+            self.torn += 1;
+            Loss::Torn {
+                seed: rng.next_u64(),
+            }
+        } else {
+            Loss::Unsynced
+        };
+        let fs = self.fs.take().expect("mounted");
+        let image = self.images.path().join(format!("cut-{}", self.cuts));
+        fs.power_loss_image(&image, loss)
+            .unwrap_or_else(|e| panic!("power-loss image: {e}"));
+        fs.unmount().unwrap_or_else(|e| panic!("unmount: {e}"));
+        let fs = PowerFs::mount(self.mountpoint.path(), Some(&image))
+            .unwrap_or_else(|e| panic!("mount after the cut: {e}"));
+        std::fs::remove_dir_all(&image).expect("remove the image");
+        self.fs = Some(fs);
+    }
+}
+
+/// The doomed instance's callback answers 410 to everything: its events are dead-lettered at
+/// their first attempt, and replayed or purged during the loop.
+const DOOMED: &str = "doomed";
+
+async fn fault_loop(fault: Fault, cycles: usize) {
     let long = rng::long_tests();
-    let cycles = if long { 300 } else { 30 };
     let drain_bound = if long {
         Duration::from_secs(300)
     } else {
@@ -251,7 +356,7 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     };
     let seed = rng::seed();
     println!(
-        "crash loop: seed {seed} ({}={seed} to replay), {cycles} cycles, {} tier",
+        "{fault:?} loop: seed {seed} ({}={seed} to replay), {cycles} cycles, {} tier",
         rng::SEED_ENV,
         if long { "long" } else { "short" }
     );
@@ -261,11 +366,22 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     let app = App::new("app-key");
     let steady = Recorder::start(STEADY.1, rng.fork()).await;
     let flaky = Recorder::start(FLAKY.1, rng.fork()).await;
+    let gone = TestServer::start("the refusing callback", |_req| async {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::GONE;
+        Ok(resp)
+    })
+    .await;
     let instances = [(STEADY.0, &steady), (FLAKY.0, &flaky)];
+    let mut disk = (fault == Fault::PowerCut).then(Disk::mount);
     let mut cfg = TestConfig::new()
+        .max_body_bytes("96KiB")
         .delivery("rate_limit", "10000/s")
         .delivery("rate_limit_burst", 1000_u32)
         .delivery("concurrency", 16_u32);
+    if let Some(disk) = &disk {
+        cfg = cfg.storage("path", disk.store_path().display().to_string());
+    }
     for (n, (name, recorder)) in instances.iter().enumerate() {
         cfg = cfg.instance(
             InstanceConfig::new(name, n as u64 + 1, &app)
@@ -273,7 +389,15 @@ async fn crash_loop_loses_no_acknowledged_notification() {
                 .coalesce(false),
         );
     }
+    cfg = cfg.instance(
+        InstanceConfig::new(DOOMED, 3, &app)
+            .callback(&format!("http://{}/gone", gone.addr()))
+            .coalesce(false),
+    );
     let mut d = Daemon::start(&cfg).await;
+    let store_path = disk
+        .as_ref()
+        .map_or_else(|| d.store_path(), Disk::store_path);
 
     let accounts: Arc<Vec<String>> = Arc::new((0..ACCOUNTS).map(|_| account_id()).collect());
     let ledger = Arc::new(Ledger::default());
@@ -288,10 +412,24 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     );
 
     let mut restart_times = Vec::with_capacity(cycles);
+    let mut dead_letter_requests = 0;
     for _ in 0..cycles {
-        tokio::time::sleep(rng.duration_between(KILL_AFTER_MIN, KILL_AFTER_MAX)).await;
+        let before_fault = rng.duration_between(KILL_AFTER_MIN, KILL_AFTER_MAX);
+        if rng.percent(50) {
+            // Dead-letter administration while the load goes on, part of the way to the fault.
+            tokio::time::sleep(before_fault / 2).await;
+            let action = if rng.percent(50) { "replay" } else { "purge" };
+            dead_letters(&d, action).await;
+            dead_letter_requests += 1;
+            tokio::time::sleep(before_fault / 2).await;
+        } else {
+            tokio::time::sleep(before_fault).await;
+        }
         d.kill9();
         let t = Instant::now();
+        if let Some(disk) = &mut disk {
+            disk.cut(&mut rng);
+        }
         d.restart().await;
         restart_times.push(t.elapsed());
     }
@@ -328,8 +466,8 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     d.stop().await;
 
     // The history check: every (acked marker, instance) delivered or dead-lettered.
-    let dead_pairs = marked_pairs(&dead(&d.store_path()));
-    let pending_pairs = marked_pairs(&pending(&d.store_path()));
+    let dead_pairs = marked_pairs(&dead(&store_path));
+    let pending_pairs = marked_pairs(&pending(&store_path));
     let (mut delivered, mut dead_lettered, mut still_pending, mut lost) = (0, 0, 0, Vec::new());
     for &marker in &acked {
         for (name, recorder) in &instances {
@@ -371,8 +509,11 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     let max_restart = restart_times.iter().max().copied().unwrap_or_default();
     let mean_restart = restart_times.iter().sum::<Duration>() / restart_times.len().max(1) as u32;
     let pairs = acked.len() * instances.len();
+    let cuts = disk.as_ref().map_or(String::new(), |disk| {
+        format!("power_cuts={} torn={} ", disk.cuts, disk.torn)
+    });
     println!(
-        "crash loop figures: cycles={cycles} sent={} acked={} acked_pairs={pairs} \
+        "{fault:?} loop figures: cycles={cycles} {cuts}dead_letter_requests={dead_letter_requests} sent={} acked={} acked_pairs={pairs} \
          delivered={delivered} dead_lettered={dead_lettered} still_pending={still_pending} \
          lost={} duplicates={duplicates} ({:.2}% of acked pairs; {reingested} under another event id) \
          deliveries_200={deliveries_ok} answered_500={refused} in_doubt_delivered={in_doubt} \
@@ -397,12 +538,12 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     );
     assert!(
         journal_recoveries > 0,
-        "no start after a kill -9 applied the journal: the loop did not test recovery from it"
+        "no start after a {fault:?} applied the journal: the loop did not test recovery from it"
     );
     assert!(
         lost.is_empty(),
         "{} acknowledged (marker, instance) pairs neither delivered nor dead-lettered nor \
-         pending after {cycles} kill -9 cycles (seed {seed}), e.g. {:?}",
+         pending after {cycles} {fault:?} cycles (seed {seed}), e.g. {:?}",
         lost.len(),
         &lost[..lost.len().min(10)]
     );
@@ -419,5 +560,23 @@ async fn crash_loop_loses_no_acknowledged_notification() {
     assert_eq!(
         raw_mismatch, 0,
         "deliveries whose raw is not the notification sent"
+    );
+}
+
+/// Replays or purges the doomed instance's dead letters through the admin API (the daemon is
+/// up: each fault comes after such a request, never during it).
+async fn dead_letters(d: &Daemon, action: &str) {
+    let request = client()
+        .post(format!("{}/admin/dead/{action}", d.admin_url()))
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"instance\": \"{DOOMED}\"}}"));
+    let reply = send(request)
+        .await
+        .unwrap_or_else(|e| panic!("POST /admin/dead/{action}: {e}"));
+    assert_eq!(
+        reply.status,
+        200,
+        "POST /admin/dead/{action}: {}",
+        String::from_utf8_lossy(&reply.body)
     );
 }
