@@ -632,6 +632,18 @@ impl Store {
 
     // === reads (any thread; they see committed batches) ===
 
+    /// The event a new notification of (`instance`, `account`) may merge into, as the store
+    /// holds it. For the queue model test, which must learn it after a power cut that undid a
+    /// claim (claims are answered before their sync).
+    #[doc(hidden)]
+    pub fn merge_target(&self, instance: &str, account: &str) -> Result<Option<Ulid>, Error> {
+        let value = self
+            .db
+            .get(keys::pair(keys::PAIR, instance, account))
+            .map_err(sled_error)?;
+        Ok(value.and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok().map(Ulid::from_bytes)))
+    }
+
     /// Ids of `instance`'s events due at or before `now_ms`, earliest first, skipping `held`:
     /// the events due now (runs and `r/` records, each in arrival order) merged with the waiting
     /// ones whose time has come (`d/`, by due time).

@@ -1,10 +1,15 @@
 //! Model-based test of the durable queue (reliability.md T9): `hookrelay::store::Store` driven
 //! by random sequences of `ingest` (alone, or several at once, which the committer takes into one
 //! batch and one run record), `claim`, `delivered`, `reschedule`, `dead_letter`, `replay_dead`
-//! and a reopen (after a clean close, after dropping the handle, or of a crash image: the
-//! store's files copied while it runs, sled's before the journal's), against a plain model (maps
-//! of pending and dead events, merge targets, counters). The journal is 16 KiB, so that cases
-//! go through its checkpoints and batches too large for it. After every step:
+//! and a reopen (after a clean close, after dropping the handle, of a crash image: the store's
+//! files copied while it runs, sled's before the journal's, or of a power-loss image: the store
+//! lives on `powerfs`, and the files are as a power cut would leave them, with only what was
+//! synced, or in half of them also a random part of what was written since, the last page torn),
+//! against a plain model (maps of pending and dead events, merge targets, counters). The journal
+//! is 16 KiB, so that cases go through its checkpoints and batches too large for it. A power
+//! cut may undo what was answered before its sync (a delivered event's removal, a claim) since
+//! the last batch that was synced; the model takes back the ones the store shows undone. After
+//! every step:
 //!
 //! - **at least once**: every acknowledged notification × target is covered by a pending event
 //!   of that pair holding it or a later notification of the pair, by a delivered event that did,
@@ -15,13 +20,14 @@
 //! CI: 64 cases × ≤ 40 steps; `HOOKRELAY_LONG_TESTS=1`: 1,000 cases.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hookrelay::store::{
     self, DeadLetter, IngestTarget, OpenMode, Placed, Retry, Store, StoreOptions,
 };
+use powerfs::{Loss, PowerFs};
 use proptest::prelude::*;
 use ulid::Ulid;
 
@@ -70,6 +76,15 @@ enum Reopening {
     /// A copy of the files as they are: what a `kill -9` leaves; the journal must supply what
     /// sled did not write yet.
     Crashed,
+    /// What a power cut leaves: only what was synced, or also (with a seed) a random part of
+    /// what was written since, the last page of each file torn.
+    PowerCut { torn: Option<u64> },
+}
+
+/// A notification's padding: mostly a few bytes, one in ten 16–90 KiB (so that sled writes
+/// some tree nodes as blob files).
+fn pad() -> impl Strategy<Value = usize> {
+    prop_oneof![9 => 0usize..200, 1 => 16_384usize..92_160]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -79,7 +94,7 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::collection::btree_set((0..INSTANCES.len(), 0..ACCOUNTS.len()), 0..=4),
             any::<[bool; 2]>(),
             prop::bool::weighted(0.25),
-            0usize..200,
+            pad(),
         )
             .prop_map(|(targets, coalesce, small_quota, pad)| Op::Ingest {
                 targets,
@@ -90,7 +105,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (
             0..INSTANCES.len(),
             proptest::collection::vec(0..ACCOUNTS.len(), 2..=8),
-            0usize..200,
+            pad(),
         )
             .prop_map(|(instance, accounts, pad)| Op::Burst {
                 instance,
@@ -106,10 +121,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => index.clone().prop_map(Op::DeadLetter),
         2 => index.prop_map(Op::ReplayDead),
         1 => (0u8..4).prop_map(Op::Unknown),
-        2 => prop_oneof![
+        3 => prop_oneof![
             Just(Reopening::Clean),
             Just(Reopening::Dropped),
-            Just(Reopening::Crashed)
+            Just(Reopening::Crashed),
+            Just(Reopening::PowerCut { torn: None }),
+            any::<u64>().prop_map(|seed| Reopening::PowerCut { torn: Some(seed) }),
         ]
         .prop_map(Op::Reopen),
     ]
@@ -151,6 +168,16 @@ struct MCounters {
     dead_bytes: u64,
 }
 
+/// A claim or a delivered event's removal, answered before its sync: a power cut may undo it.
+#[derive(Debug, Clone)]
+struct Unsynced {
+    id: Ulid,
+    /// The event as it was when delivered (`None`: a claim).
+    delivered: Option<MEvent>,
+    /// Whether it was its pair's merge target (the claim or removal unlinked it).
+    was_target: bool,
+}
+
 #[derive(Debug, Default)]
 struct Model {
     pending: BTreeMap<Ulid, MEvent>,
@@ -162,6 +189,8 @@ struct Model {
     covered: Vec<(u64, String, String, Ulid)>,
     /// Delivered event → the marker it carried when delivered.
     delivered: BTreeMap<Ulid, u64>,
+    /// Claims and deliveries since the last batch that was synced.
+    unsynced: Vec<Unsynced>,
     next_marker: u64,
 }
 
@@ -191,6 +220,51 @@ impl Model {
         c.pending_events += 1;
         c.pending_bytes += event.bytes;
         self.pending.insert(id, event);
+    }
+
+    /// Records a claim or delivery of pending event `id` that a power cut may undo.
+    fn answered_unsynced(&mut self, id: Ulid, delivered: bool) {
+        let event = self.pending[&id].clone();
+        let pair = (event.instance.clone(), event.account.clone());
+        self.unsynced.push(Unsynced {
+            id,
+            was_target: self.pairs.get(&pair) == Some(&id),
+            delivered: delivered.then_some(event),
+        });
+    }
+
+    /// After a power cut: the claims and deliveries the store shows undone are undone in the
+    /// model too (a delivered event is pending again, a merge target is one again).
+    fn undo_unsynced(&mut self, store: &Store) -> Result<(), TestCaseError> {
+        let pending: BTreeSet<Ulid> = store
+            .pending_events(None)
+            .map_err(|e| TestCaseError::fail(format!("pending_events: {e}")))?
+            .iter()
+            .map(|e| e.id.parse().expect("a ULID"))
+            .collect();
+        for undone in std::mem::take(&mut self.unsynced).into_iter().rev() {
+            if let Some(event) = &undone.delivered
+                && pending.contains(&undone.id)
+                && !self.pending.contains_key(&undone.id)
+            {
+                self.delivered.remove(&undone.id);
+                self.add_pending(undone.id, event.clone());
+                count(&STATS.undone);
+            }
+            let Some(event) = self.pending.get(&undone.id) else {
+                continue;
+            };
+            let pair = (event.instance.clone(), event.account.clone());
+            if undone.was_target && !self.pairs.contains_key(&pair) {
+                let target = store
+                    .merge_target(&pair.0, &pair.1)
+                    .map_err(|e| TestCaseError::fail(format!("merge_target: {e}")))?;
+                if target == Some(undone.id) {
+                    self.pairs.insert(pair, undone.id);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -343,6 +417,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 Some(m.marker),
                 "claimed raw"
             );
+            model.answered_unsynced(id, false);
             model.unlink(&m, id);
             count(&STATS.claimed);
         }
@@ -355,6 +430,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 .delivered(&instance, id)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("delivered: {e}")))?;
+            model.answered_unsynced(id, true);
             let event = model.remove_pending(id);
             model.delivered.insert(id, event.marker);
             count(&STATS.delivered);
@@ -663,6 +739,12 @@ struct Stats {
     replayed: AtomicU64,
     reopened: AtomicU64,
     crashed: AtomicU64,
+    power_cuts: AtomicU64,
+    torn: AtomicU64,
+    /// Deliveries a power cut undid (the event pending again).
+    undone: AtomicU64,
+    /// sled's blob files in the power-cut images (tree nodes too large for its log).
+    blobs: AtomicU64,
 }
 
 static STATS: Stats = Stats {
@@ -678,28 +760,68 @@ static STATS: Stats = Stats {
     replayed: AtomicU64::new(0),
     reopened: AtomicU64::new(0),
     crashed: AtomicU64::new(0),
+    power_cuts: AtomicU64::new(0),
+    torn: AtomicU64::new(0),
+    undone: AtomicU64::new(0),
+    blobs: AtomicU64::new(0),
 };
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One case: a fresh store, the ops, a check after each, a final close and reopen.
+/// A power-loss file system (tests/powerfs) on a mount point of its own.
+struct Disk {
+    mountpoint: tempfile::TempDir,
+    fs: PowerFs,
+}
+
+impl Disk {
+    /// Mounts one holding a copy of `seed` (empty without).
+    fn mount(seed: Option<&Path>) -> Result<Disk, TestCaseError> {
+        let mountpoint = tempfile::tempdir().expect("a temp dir");
+        let fs = PowerFs::mount(mountpoint.path(), seed)
+            .map_err(|e| TestCaseError::fail(format!("powerfs (FUSE): {e}")))?;
+        Ok(Disk { mountpoint, fs })
+    }
+
+    fn store(&self) -> PathBuf {
+        self.mountpoint.path().join("store")
+    }
+}
+
+/// Whether a step wrote a batch that is synced before its answer (which makes every claim and
+/// delivery before it durable too): an ingest with targets, a burst, or an outcome, replay or
+/// dead letter that changed something.
+fn synced(op: &Op, changed: bool) -> bool {
+    match op {
+        Op::Ingest { targets, .. } => !targets.is_empty(),
+        Op::Burst { .. } => true,
+        Op::Reschedule { .. } | Op::DeadLetter(_) | Op::ReplayDead(_) => changed,
+        Op::Claim(_) | Op::Delivered(_) | Op::Unknown(_) | Op::Reopen(_) => false,
+    }
+}
+
+/// One case: a fresh store on a power-loss file system, the ops, a check after each, a final
+/// close and reopen.
 fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     count(&STATS.cases);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    // A crash image goes to a new directory; every one lives until the case ends.
+    // Crash images and power-cut file systems are new directories and mounts; every one lives
+    // until the case ends (a dropped handle's committer may still be closing the old one).
     let mut dirs = vec![scratch_dir()];
-    let mut path = dirs[0].path().join("store");
+    let mut disks = vec![Disk::mount(None)?];
+    let mut path = disks[0].store();
     runtime.block_on(async {
         let mut store = open(&path);
         let mut model = Model::default();
         check(&store, &model)?;
         for (n, op) in ops.iter().enumerate() {
             if let Op::Reopen(how) = op {
+                let mut power_cut = false;
                 match how {
                     Reopening::Clean => store
                         .close()
@@ -707,22 +829,55 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                         .map_err(|e| TestCaseError::fail(format!("close: {e}")))?,
                     Reopening::Dropped => {}
                     Reopening::Crashed => {
+                        // The copy goes on a power-loss file system of its own, all of it durable.
                         dirs.push(scratch_dir());
-                        let image = dirs[dirs.len() - 1].path().join("store");
-                        store::testing::crash_image(&path, &image)
+                        let image = dirs[dirs.len() - 1].path();
+                        store::testing::crash_image(&path, &image.join("store"))
                             .map_err(|e| TestCaseError::fail(format!("crash image: {e}")))?;
-                        path = image;
+                        disks.push(Disk::mount(Some(image))?);
+                        path = disks[disks.len() - 1].store();
                         count(&STATS.crashed);
+                    }
+                    Reopening::PowerCut { torn } => {
+                        let loss = match torn {
+                            Some(seed) => {
+                                count(&STATS.torn);
+                                Loss::Torn { seed: *seed }
+                            }
+                            None => Loss::Unsynced,
+                        };
+                        dirs.push(scratch_dir());
+                        let image = dirs[dirs.len() - 1].path().join("cut");
+                        let disk = disks.last().expect("a disk");
+                        disk.fs
+                            .power_loss_image(&image, loss)
+                            .map_err(|e| TestCaseError::fail(format!("power-loss image: {e}")))?;
+                        let blobs = std::fs::read_dir(image.join("store/blobs"))
+                            .map_or(0, |entries| entries.count());
+                        STATS.blobs.fetch_add(blobs as u64, Ordering::Relaxed);
+                        disks.push(Disk::mount(Some(&image))?);
+                        path = disks[disks.len() - 1].store();
+                        power_cut = true;
+                        count(&STATS.power_cuts);
                     }
                 }
                 drop(store);
                 store = open(&path);
+                if power_cut {
+                    model.undo_unsynced(&store)?;
+                }
+                // The open made everything it found durable.
+                model.unsynced.clear();
                 count(&STATS.reopened);
             }
             count(&STATS.steps);
+            let before = (model.pending.clone(), model.dead.clone());
             step(&store, &mut model, op)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("step {n} {op:?}: {e}")))?;
+            if synced(op, before != (model.pending.clone(), model.dead.clone())) {
+                model.unsynced.clear();
+            }
             check(&store, &model)
                 .map_err(|e| TestCaseError::fail(format!("after step {n} {op:?}: {e}")))?;
         }
@@ -757,7 +912,8 @@ fn the_queue_keeps_every_acked_notification_covered() {
     eprintln!(
         "queue model: {cases} cases (+ shrinking: {} run), {} steps in {:?}; events created {}, \
          parked {}, merged {}; claims {}, delivered {}, rescheduled {}, dead-lettered {}, \
-         replayed {}; reopens {} ({} of a crash image)",
+         replayed {}; reopens {} ({} of a crash image, {} after a power cut, {} of them torn; \
+         {} deliveries undone by a cut; {} blob files in the cuts' images)",
         get(&s.cases),
         get(&s.steps),
         started.elapsed(),
@@ -771,6 +927,10 @@ fn the_queue_keeps_every_acked_notification_covered() {
         get(&s.replayed),
         get(&s.reopened),
         get(&s.crashed),
+        get(&s.power_cuts),
+        get(&s.torn),
+        get(&s.undone),
+        get(&s.blobs),
     );
     for (path, n) in [
         ("created", get(&s.created)),
@@ -782,6 +942,9 @@ fn the_queue_keeps_every_acked_notification_covered() {
         ("replayed", get(&s.replayed)),
         ("reopened", get(&s.reopened)),
         ("crash-imaged", get(&s.crashed)),
+        ("power-cut", get(&s.power_cuts)),
+        ("torn", get(&s.torn)),
+        ("blob-filed", get(&s.blobs)),
     ] {
         assert!(
             n > 0,
