@@ -2,22 +2,26 @@
 //! write or sync error: 503 from then on, `/readyz` fails, the daemon exits non-zero").
 //!
 //! - **EIO on fdatasync** (T5): the real binary under `strace -e inject=fdatasync:error=EIO:when=N`.
-//!   Only hookrelay's store calls `fdatasync` (sled uses `sync_file_range` and `fsync`): once
-//!   at open (sled's log), then once per group commit (the journal), so the N-th call is the
-//!   (N-1)-th group commit. Notifications go one at a time until one is
+//!   Only the store calls `fdatasync`: at open (sled's log, which sled's own buffer write syncs
+//!   first), then once per group commit (the journal), so a small N fails the open and a larger
+//!   one a group commit. Notifications go one at a time until one is
 //!   refused; after that nothing is acknowledged, `/readyz` fails, the process exits non-zero,
 //!   and a restart without strace still holds every notification acknowledged before.
 //! - **Durability audit** (T3a): under `strace -f`, every `HTTP/1.1 200` written on an ingest
-//!   connection must follow a successful `fdatasync` of the store's journal (`<store>/journal`,
-//!   or of sled's log `<store>/db` at a checkpoint) that completed after the request was read on
-//!   that connection.
+//!   connection must follow, in this order: the request read on that connection, a write of its
+//!   notification to the store's journal (`<store>/journal`, or to sled's log `<store>/db` when
+//!   the batch went to a checkpoint), and a successful `fdatasync` of that same file that began
+//!   after the write returned and returned before the 200 was written.
 //! - **Disk full** (T4): the store on a 24 MiB tmpfs (16 MiB of it the journal, allocated at the
 //!   first start), load until the disk is full; then 503 only, one exit, non-zero; after growing
 //!   the tmpfs to 64 MiB a restart holds every acked notification.
 //! - **A damaged journal record**: a record flipped on disk after its batch was acked; the next
 //!   start names the batch and offset in an error, and keeps the batches before it.
+//! - **A store that does not open** (sled's `conf` overwritten): the start fails with exit 1 and
+//!   an error naming the store, sled's files and the recovery step; the step (the store moved
+//!   aside) lets the daemon start again, on an empty store.
 //!
-//! Tests that need `strace` or `mount` print `skipped: …` and pass when they cannot run.
+//! Tests that need `strace` or `mount` fail when they cannot run (`.ci/run` installs strace).
 //! Long tier (`HOOKRELAY_LONG_TESTS=1`): N = 1..60 and 5,000 audited notifications.
 
 use std::collections::{HashMap, HashSet};
@@ -62,17 +66,17 @@ fn marked_body(account: &str, marker: u64, pad: usize) -> String {
     )
 }
 
-/// `strace` on PATH, or `None` after printing why the test is skipped.
-fn strace_or_skip(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("strace"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        println!("{test}: skipped: strace not found (apt-get install strace; .ci/run does)");
-    }
-    found
+/// `strace` on PATH; a test that needs it fails without it (`.ci/run` installs it).
+fn strace() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("strace"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("strace not found on PATH (apt-get install strace; .ci/run does)")
+        })
 }
 
 /// Bodies of stored events (the daemon must be stopped).
@@ -319,10 +323,8 @@ async fn eio_run(strace: &Path, n: u32, require_exit: bool) -> EioRun {
     }
 }
 
-async fn eio_sweep(test: &str, require_exit: bool) {
-    let Some(strace) = strace_or_skip(test) else {
-        return;
-    };
+async fn eio_sweep(require_exit: bool) {
+    let strace = strace();
     let values: Vec<u32> = if rng::long_tests() {
         (1..=60).collect()
     } else {
@@ -358,12 +360,12 @@ async fn eio_sweep(test: &str, require_exit: bool) {
 /// Whether the process exits is reported here and asserted by the ignored test below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdatasync_eio_is_never_acknowledged_and_acked_data_survives() {
-    eio_sweep("fdatasync_eio", false).await;
+    eio_sweep(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdatasync_eio_makes_the_daemon_exit_non_zero() {
-    eio_sweep("fdatasync_eio_exit", true).await;
+    eio_sweep(true).await;
 }
 
 // === T3a: every 200 follows an fdatasync that completed after the request was read ===
@@ -445,9 +447,7 @@ fn fd_decoration(args: &str) -> Option<&str> {
 
 /// The 10-digit marker of a request as strace prints it (`\"users\": [2000000007]`).
 fn marker_in(text: &str) -> Option<u64> {
-    let (_, after) = text.split_once("\\\"users\\\": [")?;
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    (digits.len() == 10).then(|| digits.parse().ok()).flatten()
+    markers_in(text).into_iter().next()
 }
 
 #[derive(Debug, Default)]
@@ -460,36 +460,47 @@ struct Audit {
     other_responses: usize,
 }
 
+/// The store's files a batch is made durable in: the journal, or sled's log at a checkpoint.
+const SYNCED_FILES: [&str; 2] = ["journal", "db"];
+
 fn audit(calls: &[Call], ingest_port: u16, store: &Path) -> Audit {
     const READS: [&str; 5] = ["read", "readv", "recvfrom", "recvmsg", "recv"];
     const WRITES: [&str; 6] = ["write", "writev", "sendto", "sendmsg", "send", "sendmmsg"];
+    const FILE_WRITES: [&str; 4] = ["pwrite64", "pwritev", "pwritev2", "write"];
     let ingest = format!("TCP:[127.0.0.1:{ingest_port}->");
-    let synced_files =
-        ["journal", "db"].map(|file| store.join(file).to_string_lossy().into_owned());
+    let synced_files = SYNCED_FILES.map(|file| store.join(file).to_string_lossy().into_owned());
     let mut result = Audit::default();
-    // Exit positions of successful fdatasyncs of the store's journal (or sled's log).
-    let mut syncs: Vec<usize> = Vec::new();
+    // Successful fdatasyncs of the store's files: (entry, exit, file).
+    let mut syncs: Vec<(usize, usize, &str)> = Vec::new();
+    // Per marker: the writes of the store's files that carried it, (exit, file).
+    let mut stored: HashMap<u64, Vec<(usize, &str)>> = HashMap::new();
     // Per connection: exit position and marker of the last read that carried a marker.
     let mut last_request: HashMap<&str, (usize, u64)> = HashMap::new();
-    // Writes are judged at entry, everything else at exit: sort events by that position.
+    // Answers are judged at entry, everything else at exit: sort events by that position.
     let mut events: Vec<(usize, &Call)> = calls
         .iter()
         .map(|c| {
-            let at = if WRITES.contains(&c.name.as_str()) {
-                c.entry
-            } else {
-                c.exit
-            };
-            (at, c)
+            let answer = WRITES.contains(&c.name.as_str()) && c.fd.starts_with(&ingest);
+            (if answer { c.entry } else { c.exit }, c)
         })
         .collect();
     events.sort_by_key(|(at, _)| *at);
     for (at, call) in events {
         let name = call.name.as_str();
+        let store_file = synced_files.contains(&call.fd);
         if name == "fdatasync" {
-            if call.ret == 0 && synced_files.contains(&call.fd) {
-                syncs.push(at);
+            if call.ret == 0 && store_file {
+                syncs.push((call.entry, at, call.fd.as_str()));
                 result.syncs_ok += 1;
+            }
+            continue;
+        }
+        if store_file && FILE_WRITES.contains(&name) && call.ret > 0 {
+            for marker in markers_in(&call.text) {
+                stored
+                    .entry(marker)
+                    .or_default()
+                    .push((at, call.fd.as_str()));
             }
             continue;
         }
@@ -506,36 +517,60 @@ fn audit(calls: &[Call], ingest_port: u16, store: &Path) -> Audit {
                 continue;
             }
             result.responses_200 += 1;
-            match last_request.get(call.fd.as_str()) {
-                None => result
+            let Some(&(read_at, marker)) = last_request.get(call.fd.as_str()) else {
+                result
                     .uncovered
-                    .push((None, format!("200 without a marked request: {}", call.fd))),
-                Some(&(read_at, marker)) => {
-                    if syncs.iter().any(|&s| s > read_at && s < at) {
-                        result.covered.push(marker);
-                    } else {
-                        result.uncovered.push((
-                            Some(marker),
-                            format!(
-                                "no fdatasync of {synced_files:?} between the read (log line {}) \
-                                 and the 200 (log line {})",
-                                read_at + 1,
-                                at + 1
-                            ),
-                        ));
-                    }
-                }
+                    .push((None, format!("200 without a marked request: {}", call.fd)));
+                continue;
+            };
+            // Written after the read, then synced (the same file) after the write returned,
+            // the sync returning before the 200.
+            let covered = stored.get(&marker).is_some_and(|writes| {
+                writes.iter().any(|&(written, file)| {
+                    written > read_at
+                        && syncs.iter().any(|&(entry, exit, synced)| {
+                            synced == file && entry > written && exit < at
+                        })
+                })
+            });
+            if covered {
+                result.covered.push(marker);
+            } else {
+                let why = match stored.get(&marker) {
+                    None => format!(
+                        "no write of the notification to {synced_files:?} before the 200 (log \
+                         line {})",
+                        at + 1
+                    ),
+                    Some(writes) => format!(
+                        "no fdatasync of the file written (writes at log lines {:?}) between \
+                         its write and the 200 (log line {}); read at log line {}",
+                        writes.iter().map(|(w, _)| w + 1).collect::<Vec<_>>(),
+                        at + 1,
+                        read_at + 1
+                    ),
+                };
+                result.uncovered.push((Some(marker), why));
             }
         }
     }
     result
 }
 
+/// Every 10-digit marker in a write's text (a journal record may carry several notifications).
+fn markers_in(text: &str) -> Vec<u64> {
+    text.split("\\\"users\\\": [")
+        .skip(1)
+        .filter_map(|after| {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            (digits.len() == 10).then(|| digits.parse().ok()).flatten()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_200_follows_an_fdatasync_of_the_store() {
-    let Some(strace) = strace_or_skip("durability_audit") else {
-        return;
-    };
+    let strace = strace();
     let k: u64 = if rng::long_tests() { 5000 } else { 50 };
     let started = Instant::now();
     let app = App::new("app-key");
@@ -550,7 +585,8 @@ async fn every_200_follows_an_fdatasync_of_the_store() {
         "-s",
         "4096",
         "-e",
-        "trace=fdatasync,read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,sendmmsg",
+        "trace=fdatasync,pwrite64,pwritev,pwritev2,read,readv,recvfrom,recvmsg,write,writev,\
+         sendto,sendmsg,sendmmsg",
         "-o",
         log_path.to_string_lossy().as_ref(),
     ]
@@ -625,26 +661,42 @@ fn strace_lines_are_joined_and_decoded() {
         "10 12:00:00.000001 recvfrom(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>,  <unfinished ...>\n",
         "11    12:00:00.000002 fdatasync(7</s/db>) = 0\n",
         "10 12:00:00.000003 <... recvfrom resumed>\"POST / HTTP/1.1\\r\\n\\r\\n{\\\"delta\\\": {\\\"users\\\": [3000000001]}}\", 8192, 0, NULL, NULL) = 60\n",
-        "11 12:00:00.000004 fdatasync(7</s/db>) = 0\n",
-        "10 12:00:00.000005 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",
-        "10 12:00:00.000006 recvfrom(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, \"POST / HTTP/1.1\\r\\n\\r\\n{\\\"delta\\\": {\\\"users\\\": [3000000002]}}\", 8192, 0, NULL, NULL) = 60\n",
-        "10 12:00:00.000007 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",
-        "10 12:00:00.000008 +++ exited with 0 +++\n",
+        "11 12:00:00.000004 pwrite64(8</s/journal>, \"\\1\\0{\\\"delta\\\": {\\\"users\\\": [3000000001]}}\", 40, 0) = 40\n",
+        "11 12:00:00.000005 fdatasync(8</s/journal>) = 0\n",
+        "10 12:00:00.000006 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",
+        "10 12:00:00.000007 recvfrom(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, \"POST / HTTP/1.1\\r\\n\\r\\n{\\\"delta\\\": {\\\"users\\\": [3000000002]}}\", 8192, 0, NULL, NULL) = 60\n",
+        "11 12:00:00.000008 fdatasync(8</s/journal>) = 0\n",
+        "11 12:00:00.000009 pwrite64(8</s/journal>, \"\\1\\0{\\\"delta\\\": {\\\"users\\\": [3000000002]}}\", 40, 40) = 40\n",
+        "11 12:00:00.000010 fdatasync(7</s/db>) = 0\n",
+        "10 12:00:00.000011 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",
+        "10 12:00:00.000012 recvfrom(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, \"POST / HTTP/1.1\\r\\n\\r\\n{\\\"delta\\\": {\\\"users\\\": [3000000003]}}\", 8192, 0, NULL, NULL) = 60\n",
+        "11 12:00:00.000013 fdatasync(8</s/journal>) = 0\n",
+        "10 12:00:00.000014 writev(9<TCP:[127.0.0.1:8080->127.0.0.1:5000]>, [{iov_base=\"HTTP/1.1 200 OK\\r\\n\", iov_len=17}], 1) = 17\n",
+        "10 12:00:00.000015 +++ exited with 0 +++\n",
     );
     let calls = parse_strace(log);
-    assert_eq!(calls.len(), 6, "{calls:?}");
+    assert_eq!(calls.len(), 13, "{calls:?}");
     assert_eq!(calls[0].name, "fdatasync");
     assert_eq!(calls[0].fd, "/s/db");
     assert_eq!(calls[1].name, "recvfrom");
     assert_eq!((calls[1].entry, calls[1].exit, calls[1].ret), (0, 2, 60));
     assert_eq!(calls[1].fd, "TCP:[127.0.0.1:8080->127.0.0.1:5000]");
     assert_eq!(marker_in(&calls[1].text), Some(3_000_000_001));
+    assert_eq!(calls[2].fd, "/s/journal");
+    assert_eq!(markers_in(&calls[2].text), [3_000_000_001]);
     let result = audit(&calls, 8080, Path::new("/s"));
-    assert_eq!(result.responses_200, 2);
-    // The first 200 follows a sync that completed after its read; the second follows none.
+    assert_eq!(result.responses_200, 3);
+    // The first 200 follows read → journal write → journal fdatasync. The second's journal
+    // sync came before its write (and the sync after it was of another file); the third's
+    // notification was never written to the store.
     assert_eq!(result.covered, [3_000_000_001]);
-    assert_eq!(result.uncovered.len(), 1, "{:?}", result.uncovered);
-    assert_eq!(result.uncovered[0].0, Some(3_000_000_002));
+    let uncovered: Vec<Option<u64>> = result.uncovered.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        uncovered,
+        [Some(3_000_000_002), Some(3_000_000_003)],
+        "{:?}",
+        result.uncovered
+    );
 }
 
 // === T4: disk full ===
@@ -724,13 +776,8 @@ async fn disk_full_run(test: &str, require_exit: bool) {
     const SENDERS: usize = 4;
     const PAD: usize = 8 * 1024;
     const FILL_BOUND: Duration = Duration::from_secs(120);
-    let mount = match TmpfsMount::mount("24m") {
-        Ok(m) => m,
-        Err(reason) => {
-            println!("{test}: skipped: cannot mount a tmpfs ({reason})");
-            return;
-        }
-    };
+    let mount = TmpfsMount::mount("24m")
+        .unwrap_or_else(|reason| panic!("{test}: cannot mount a tmpfs ({reason})"));
     let started = Instant::now();
     let store = mount.path().join("data");
     let app = App::new("app-key");
@@ -971,4 +1018,43 @@ async fn a_journal_record_damaged_after_its_sync_is_named_at_the_next_start() {
             "notification {marker} (journal record {record}, the damaged one {damaged})"
         );
     }
+}
+
+// === a store that does not open ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_open_is_named_and_the_daemon_exits_1() {
+    let app = App::new("app-key");
+    let mut d = Daemon::start(&paused_config(&app)).await;
+    let status = try_post_notification(
+        &d.ingest_url(),
+        &app.secret,
+        &marked_body(&account_id(), 4_000_000_001, 0),
+    )
+    .await
+    .expect("a notification");
+    assert_eq!(status, 200);
+    d.stop().await;
+    let store = d.store_path();
+    std::fs::write(store.join("conf"), vec![0xFF; 4096]).expect("overwrite sled's conf");
+    d.relaunch();
+    let exit = d
+        .wait_ready_or_exit()
+        .await
+        .expect_err("a store whose conf is garbage must not start");
+    assert_eq!(exit.code(), Some(1), "{exit}\n{}", d.logs());
+    let logs = d.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cannot open the store"))
+        .unwrap_or_else(|| panic!("no error naming the store\n{logs}"));
+    for needle in ["data", "conf", "docs/durability.md", "move the store directory aside"] {
+        assert!(line.contains(needle), "{needle:?} missing from {line}");
+    }
+    assert!(!logs.contains("panicked"), "{logs}");
+    // The documented step: the store moved aside, the daemon starts on an empty one.
+    std::fs::rename(&store, d.dir().join("data.broken")).expect("move the store aside");
+    d.restart().await;
+    assert_eq!(d.readyz().await.0, 200);
+    d.stop().await;
 }

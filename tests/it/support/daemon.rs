@@ -378,6 +378,13 @@ impl Daemon {
         self.env.retain(|(k, _)| k != key);
     }
 
+    /// Starts the stopped daemon again without waiting: [`Daemon::wait_ready_or_exit`] tells
+    /// whether it became ready.
+    pub fn relaunch(&mut self) {
+        assert!(!self.is_running(), "relaunch() needs a stopped daemon");
+        self.spawn();
+    }
+
     /// Starts the stopped daemon again (same dir, config file, store and ports); waits for ready.
     pub async fn restart(&mut self) {
         assert!(
