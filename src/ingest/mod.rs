@@ -150,7 +150,12 @@ impl Ingest {
                     created += 1;
                     self.dispatcher.offer(event);
                 }
-                Placed::Parked { .. } => created += 1,
+                Placed::Parked { .. } => {
+                    created += 1;
+                    // It waits in the store, due now: the lane is told to look there rather
+                    // than find it at its next scheduled retry.
+                    self.dispatcher.poke(instance);
+                }
                 Placed::Merged { .. } => merged += 1,
                 Placed::WalkPending { instance, account } => {
                     walks += 1;

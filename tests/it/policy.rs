@@ -521,6 +521,55 @@ async fn back_pressure_is_per_instance() {
     assert!(events.iter().all(|e| e.instance == "failing"), "{events:?}");
 }
 
+/// An event parked past `max_queued_bytes` goes to its lane at once: the lane is not left to
+/// find it at the instance's next scheduled retry (an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_event_is_delivered_before_the_next_retry() {
+    let app = App::new("app-key");
+    // The first event is refused and waits an hour for its retry, keeping the instance past
+    // its quota; the consumer takes everything after that.
+    let callback = FakeCallback::start([Action::Status(503)], Action::Status(200)).await;
+    let cfg = TestConfig::new().instance(
+        InstanceConfig::new("small", 1, &app)
+            .callback(&callback.url())
+            .delivery("max_queued_bytes", "1B")
+            .delivery("retry_initial", "1h")
+            .delivery("retry_max_interval", "1h"),
+    );
+    let mut d = Daemon::start(&cfg).await;
+    let (first, second) = (account_id(), account_id());
+    let body = notification_body(&[&first]);
+    assert_eq!(
+        post_notification(&d.ingest_url(), &app.secret, &body).await,
+        200
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "the first event to wait for its retry",
+        || async { instance_status(&d, "small").await["in_retry"] == 1 },
+    )
+    .await;
+
+    // Past the quota: the second account's event is parked in the store.
+    let body = notification_body(&[&second]);
+    assert_eq!(
+        post_notification(&d.ingest_url(), &app.secret, &body).await,
+        200
+    );
+    let got = callback
+        .wait_until(Duration::from_secs(10), "the parked event delivered", |r| {
+            r.iter()
+                .any(|r| r.answered == Some(200) && r.account() == second)
+        })
+        .await;
+    assert!(
+        got.iter()
+            .all(|r| r.account() != first || r.answered == Some(503)),
+        "the first event was retried early: {got:?}"
+    );
+    d.stop().await;
+}
+
 // === dead-letter retention ===
 
 /// Dead letters older than their instance's `dead_letter_ttl` are deleted, others kept.
