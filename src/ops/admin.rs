@@ -1,6 +1,8 @@
 //! The admin listener (SPEC §7): `/healthz`, `/readyz` and `/metrics` for everyone, and the
 //! CLI's JSON API under `/admin/`, which needs `Authorization: Bearer <admin.token>` when a
-//! token is configured (compared in constant time; otherwise 401):
+//! token is configured (compared in constant time; otherwise 401). A `POST` must also pass
+//! [`cross_site::check`] (JSON content type, no `Origin`, the listener's own `Host`; else 403 or
+//! 415), so that no web page can drive it:
 //!
 //! | request | answer |
 //! |---|---|
@@ -33,6 +35,7 @@ use crate::changes::authorize::AuthorizeError;
 use crate::config::{LiveConfig, Url};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
+use crate::ops::cross_site;
 use crate::ops::dead::{self, Selection, SelectionBody, Window};
 use crate::ops::metrics::{self, Metrics, QueueFigures};
 use crate::ops::status;
@@ -87,6 +90,13 @@ impl Admin {
         if path == "/admin" || path.starts_with("/admin/") {
             if !self.authorized(&request) {
                 return unauthorized();
+            }
+            if request.method() == Method::POST {
+                let listen = self.live.load().config.admin.listen;
+                if let Err(refusal) = cross_site::check(request.headers(), request.uri(), listen) {
+                    warn!(path = %request.uri().path(), reason = %refusal, "admin request refused");
+                    return error(refusal.status(), &refusal.to_string());
+                }
             }
             return self.admin_api(request).await;
         }

@@ -2,6 +2,7 @@
 //! dead-letter administration, metrics), logs, signals, sd_notify and the watchdog check.
 
 pub mod admin;
+pub mod cross_site;
 pub mod dead;
 pub mod logging;
 pub mod metrics;
