@@ -1,7 +1,9 @@
 //! Crash and power-loss loops (the at-least-once guarantee across `kill -9` and power loss):
 //! signed load from concurrent senders, two instances delivering to callbacks that are up but
 //! answer some 500s, a third whose callback refuses every event for good (410: dead letters,
-//! replayed and purged through the admin API during the loop), and at a random moment
+//! replayed and purged through the admin API during the loop), a fourth that turns the first
+//! account's notifications into change events (`events = "changes"`: walks of a fake Dropbox
+//! API, seven entries a page, while the loop adds files there), and at a random moment
 //! U(0.2 s, 1.5 s) after every (re)start (once `/readyz` answers 200) a fault:
 //! - **kill -9**: the process dies, the page cache keeps every write;
 //! - **power cut**: the store lives on `powerfs` (tests/powerfs), a FUSE file system that keeps
@@ -12,7 +14,8 @@
 //!
 //! After every fault the daemon must start (the store opens, `/readyz` answers 200). A history
 //! verifier then checks that every (notification acknowledged 200, instance) of the first two
-//! instances was delivered (a 2xx from its callback) or dead-lettered.
+//! instances was delivered (a 2xx from its callback) or dead-lettered, and that every file added
+//! to the fake Dropbox was delivered as a change event.
 //!
 //! Each notification carries a unique marker (`delta.users[0]`, which hookrelay forwards
 //! verbatim in `message.raw`); one in five also carries padding that takes it to 16–90 KiB
@@ -45,7 +48,8 @@ use std::path::PathBuf;
 use powerfs::{Loss, PowerFs};
 
 use crate::support::dropbox::{account_id, try_post_notification};
-use crate::support::http::{client, send};
+use crate::support::fake_api::{FakeDropboxApi, REFRESH_TOKEN};
+use crate::support::http::{client, send, wait_until};
 use crate::support::rng::{self, XorShift};
 use crate::support::server::{TestResponse, TestServer};
 use crate::support::store::{StoredEvent, dead, pending};
@@ -347,6 +351,82 @@ impl Disk {
 /// their first attempt, and replayed or purged during the loop.
 const DOOMED: &str = "doomed";
 
+/// Files added to the fake Dropbox per cycle, and its page size (walks of several pages).
+const FILES_PER_CYCLE: usize = 10;
+const WALK_PAGE: usize = 7;
+
+/// The change-events side: a fake Dropbox API whose account is the first of the load's, the
+/// files added to it, and a callback that records the paths of the change events it took.
+struct Walks {
+    api: FakeDropboxApi,
+    written: Vec<String>,
+    delivered: Arc<Mutex<HashSet<String>>>,
+    server: TestServer,
+}
+
+impl Walks {
+    async fn start(account: &str) -> Walks {
+        let api = FakeDropboxApi::start(account).await;
+        api.set_page_size(WALK_PAGE);
+        api.set_account_in_token(true);
+        let delivered: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = delivered.clone();
+        let server = TestServer::start("the change-events callback", move |req| {
+            let seen = seen.clone();
+            async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let envelope: serde_json::Value = body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                if let Some(events) = envelope["message"]["events"].as_array() {
+                    let mut seen = seen.lock().unwrap();
+                    for event in events {
+                        if let Some(path) = event["path"].as_str() {
+                            seen.insert(path.to_owned());
+                        }
+                    }
+                }
+                Ok(Response::new(Full::new(Bytes::new())))
+            }
+        })
+        .await;
+        Walks {
+            api,
+            written: Vec::new(),
+            delivered,
+            server,
+        }
+    }
+
+    fn instance(&self, app: &App, account: &str) -> InstanceConfig {
+        InstanceConfig::new("files", 4, app)
+            .raw("events = \"changes\"")
+            .accounts(&[account])
+            .callback(&format!("http://{}/changes", self.server.addr()))
+            .configuration("oauth.refresh_token", REFRESH_TOKEN)
+    }
+
+    /// Adds the next files to the fake Dropbox.
+    fn add_files(&mut self) {
+        for _ in 0..FILES_PER_CYCLE {
+            let path = format!("/loop/file-{:05}.txt", self.written.len());
+            self.api.write_file(&path);
+            self.written.push(path);
+        }
+    }
+
+    /// The files added that no change event named yet.
+    fn undelivered(&self) -> Vec<String> {
+        let delivered = self.delivered.lock().unwrap();
+        self.written
+            .iter()
+            .filter(|path| !delivered.contains(*path))
+            .cloned()
+            .collect()
+    }
+}
+
 async fn fault_loop(fault: Fault, cycles: usize) {
     let long = rng::long_tests();
     let drain_bound = if long {
@@ -373,6 +453,8 @@ async fn fault_loop(fault: Fault, cycles: usize) {
     })
     .await;
     let instances = [(STEADY.0, &steady), (FLAKY.0, &flaky)];
+    let accounts: Arc<Vec<String>> = Arc::new((0..ACCOUNTS).map(|_| account_id()).collect());
+    let mut walks = Walks::start(&accounts[0]).await;
     let mut disk = (fault == Fault::PowerCut).then(Disk::mount);
     let mut cfg = TestConfig::new()
         .max_body_bytes("96KiB")
@@ -389,31 +471,43 @@ async fn fault_loop(fault: Fault, cycles: usize) {
                 .coalesce(false),
         );
     }
-    cfg = cfg.instance(
-        InstanceConfig::new(DOOMED, 3, &app)
-            .callback(&format!("http://{}/gone", gone.addr()))
-            .coalesce(false),
-    );
+    cfg = cfg
+        .instance(
+            InstanceConfig::new(DOOMED, 3, &app)
+                .callback(&format!("http://{}/gone", gone.addr()))
+                .coalesce(false),
+        )
+        .instance(walks.instance(&app, &accounts[0]))
+        .raw(&walks.api.toml());
     let mut d = Daemon::start(&cfg).await;
+    // Files added before the walker took its first cursor would never be reported; after it,
+    // each is (the cursor is committed in the same moment).
+    wait_until(Duration::from_secs(20), "the first cursor", || async {
+        walks.api.calls("2/files/list_folder/get_latest_cursor") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let store_path = disk
         .as_ref()
         .map_or_else(|| d.store_path(), Disk::store_path);
 
-    let accounts: Arc<Vec<String>> = Arc::new((0..ACCOUNTS).map(|_| account_id()).collect());
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = spawn_senders(
         d.ingest_url(),
         app.secret.clone(),
-        accounts,
+        accounts.clone(),
         &mut rng,
         ledger.clone(),
         stop.clone(),
     );
 
     let mut restart_times = Vec::with_capacity(cycles);
+    // The harness's share of a power cut: the image, the unmount and the mount of the image.
+    let mut cut_times = Vec::new();
     let mut dead_letter_requests = 0;
     for _ in 0..cycles {
+        walks.add_files();
         let before_fault = rng.duration_between(KILL_AFTER_MIN, KILL_AFTER_MAX);
         if rng.percent(50) {
             // Dead-letter administration while the load goes on, part of the way to the fault.
@@ -426,10 +520,12 @@ async fn fault_loop(fault: Fault, cycles: usize) {
             tokio::time::sleep(before_fault).await;
         }
         d.kill9();
-        let t = Instant::now();
         if let Some(disk) = &mut disk {
+            let t = Instant::now();
             disk.cut(&mut rng);
+            cut_times.push(t.elapsed());
         }
+        let t = Instant::now();
         d.restart().await;
         restart_times.push(t.elapsed());
     }
@@ -446,6 +542,17 @@ async fn fault_loop(fault: Fault, cycles: usize) {
     .expect("senders stop within 30 s");
     steady.set_fail_percent(0);
     flaky.set_fail_percent(0);
+    // One more notification for the first account walks whatever files the last walks missed.
+    let marker = ledger.sent.load(Ordering::SeqCst) + 1_900_000_000;
+    let status = try_post_notification(
+        &d.ingest_url(),
+        &app.secret,
+        &marked_body(&accounts[0], marker),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the last notification: {e}\n{}", d.logs()));
+    assert_eq!(status, 200, "the last notification\n{}", d.logs());
+    ledger.acked.lock().unwrap().push(marker);
     let acked: Vec<u64> = ledger.acked.lock().unwrap().clone();
     let drain_started = Instant::now();
     let mut drained = false;
@@ -456,13 +563,15 @@ async fn fault_loop(fault: Fault, cycles: usize) {
                 .all(|(name, recorder)| recorder.delivered(m, name))
         });
         let empty = d.metric("hookrelay_queue_depth").await == Some(0.0);
-        if all_delivered || empty {
+        if (all_delivered || empty) && walks.undelivered().is_empty() {
             drained = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let drain_time = drain_started.elapsed();
+    let undelivered_files = walks.undelivered();
+    let walk_pages = walks.api.calls("2/files/list_folder/continue");
     d.stop().await;
 
     // The history check: every (acked marker, instance) delivered or dead-lettered.
@@ -510,10 +619,16 @@ async fn fault_loop(fault: Fault, cycles: usize) {
     let mean_restart = restart_times.iter().sum::<Duration>() / restart_times.len().max(1) as u32;
     let pairs = acked.len() * instances.len();
     let cuts = disk.as_ref().map_or(String::new(), |disk| {
-        format!("power_cuts={} torn={} ", disk.cuts, disk.torn)
+        format!(
+            "power_cuts={} torn={} cut_image_and_remount mean={:?} ",
+            disk.cuts,
+            disk.torn,
+            cut_times.iter().sum::<Duration>() / cut_times.len().max(1) as u32
+        )
     });
     println!(
-        "{fault:?} loop figures: cycles={cycles} {cuts}dead_letter_requests={dead_letter_requests} sent={} acked={} acked_pairs={pairs} \
+        "{fault:?} loop figures: cycles={cycles} {cuts}dead_letter_requests={dead_letter_requests} \
+         files_added={} files_undelivered={} walk_pages={walk_pages} sent={} acked={} acked_pairs={pairs} \
          delivered={delivered} dead_lettered={dead_lettered} still_pending={still_pending} \
          lost={} duplicates={duplicates} ({:.2}% of acked pairs; {reingested} under another event id) \
          deliveries_200={deliveries_ok} answered_500={refused} in_doubt_delivered={in_doubt} \
@@ -523,6 +638,8 @@ async fn fault_loop(fault: Fault, cycles: usize) {
          restart_to_ready mean={mean_restart:?} max={max_restart:?} \
          starts_applying_the_journal={journal_recoveries} loop={loop_time:.1?} \
          drain={drain_time:.1?} drained={drained} total={:.1?} seed={seed}",
+        walks.written.len(),
+        undelivered_files.len(),
         ledger.sent.load(Ordering::SeqCst),
         acked.len(),
         lost.len(),
@@ -546,6 +663,13 @@ async fn fault_loop(fault: Fault, cycles: usize) {
          pending after {cycles} {fault:?} cycles (seed {seed}), e.g. {:?}",
         lost.len(),
         &lost[..lost.len().min(10)]
+    );
+    assert!(
+        undelivered_files.is_empty(),
+        "{} files added to the fake Dropbox were never delivered as change events after \
+         {cycles} {fault:?} cycles (seed {seed}), e.g. {:?}",
+        undelivered_files.len(),
+        &undelivered_files[..undelivered_files.len().min(10)]
     );
     assert_eq!(
         still_pending, 0,
