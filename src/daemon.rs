@@ -151,12 +151,16 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     notifier.status("stopping: finishing in-flight deliveries");
     admin.ready.store(false, Ordering::Release);
     info!("stopping: no new notifications, finishing in-flight deliveries");
-    let _ = stop_ingest.send(true);
     let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    let _ = tokio::time::timeout_at(deadline, ingest_task).await;
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let _ = stop_ingest.send(true);
     walker.stop();
-    dispatcher.drain(remaining).await;
+    // Ingest connections close and in-flight deliveries finish side by side, each within the
+    // whole budget: a client sending its body slowly takes no time from the deliveries, and
+    // the stop does not wait for it past the deadline.
+    tokio::join!(
+        close_by(ingest_task, deadline),
+        dispatcher.drain(shutdown_timeout)
+    );
     background.abort();
     if let Err(err) = store.close().await {
         warn!(error = %err, "store did not close cleanly");
@@ -165,6 +169,17 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_task).await;
     info!("stopped");
     outcome
+}
+
+/// Waits until `deadline` for the ingest listener to close its connections gracefully, then
+/// ends those still open (a body still arriving, say): their requests get no answer, so
+/// Dropbox retries them, and nothing they brought was acknowledged.
+async fn close_by(mut ingest: tokio::task::JoinHandle<()>, deadline: tokio::time::Instant) {
+    if tokio::time::timeout_at(deadline, &mut ingest).await.is_err() {
+        warn!("ingest requests still open at shutdown_timeout were ended without an answer");
+        ingest.abort();
+        let _ = ingest.await;
+    }
 }
 
 async fn open_store(config: &Config) -> Result<(Store, PreviousRun), DaemonError> {

@@ -7,7 +7,8 @@
 //! its outcome is committed, so a later scan of the due index never picks up an event that is
 //! still being delivered, or one that was delivered. The concurrency cap counts attempts
 //! waiting for the consumer's answer: an attempt frees its slot when the answer is in, and the
-//! lane stops (at shutdown) only when every outcome is committed.
+//! lane stops (at shutdown) only when every outcome is committed. Its attempts are tasks it
+//! owns: when the shutdown deadline ends the lane, it ends them with it.
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error};
 use ulid::Ulid;
@@ -45,6 +47,8 @@ pub struct Lane {
     held: HashSet<Ulid>,
     ready: VecDeque<Event>,
     flights: Flights,
+    /// The attempt tasks, so that a lane ended at the shutdown deadline ends them too.
+    attempts: JoinSet<()>,
     /// The earliest known due time of an event in the store that this lane does not hold.
     next_due_ms: Option<u64>,
     limiter: Option<(Rate, NonZeroU32, Arc<DefaultDirectRateLimiter>)>,
@@ -71,6 +75,7 @@ impl Lane {
             held: HashSet::new(),
             ready: VecDeque::new(),
             flights: Flights::default(),
+            attempts: JoinSet::new(),
             next_due_ms: None,
             limiter: None,
             shutdown,
@@ -105,6 +110,11 @@ impl Lane {
                     self.accept(event);
                 }
                 Some(progress) = self.done_rx.recv() => self.progress(progress),
+                Some(ended) = self.attempts.join_next(), if !self.attempts.is_empty() => {
+                    if let Err(err) = ended {
+                        error!(instance = %self.name, error = %err, "a delivery attempt ended abnormally");
+                    }
+                }
                 _ = self.handle.wake.notified() => {}
                 _ = self.shutdown.changed(), if !stopping => {}
                 _ = tokio::time::sleep_until(wake_at) => {
@@ -114,6 +124,8 @@ impl Lane {
                 }
             }
         }
+        // Every outcome is committed; the tasks are at their end.
+        while self.attempts.join_next().await.is_some() {}
         debug!(instance = %self.name, "lane stopped");
     }
 
@@ -199,7 +211,7 @@ impl Lane {
             let handle = self.handle.clone();
             let mut slot = Slot::new(self.done_tx.clone());
             let live = self.ctx.live.load_full();
-            tokio::spawn(async move {
+            self.attempts.spawn(async move {
                 let next_due_ms = match live.config.instance(&event.instance) {
                     Some(instance) => {
                         attempt::run(&ctx, &handle.stats, instance, &event, &mut slot).await

@@ -196,7 +196,9 @@ impl Dispatcher {
             warn!(
                 "in-flight deliveries did not finish within shutdown_timeout; they will be retried after restart"
             );
+            // A lane ends its attempt tasks with it (their events stay due).
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         drained
     }

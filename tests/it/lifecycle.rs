@@ -1,12 +1,17 @@
 //! The running daemon's lifecycle (SPEC §3 reload rules, §7): health endpoints, SIGHUP reloads
 //! (valid, invalid, a forbidden `server.listen` change), SIGTERM/SIGINT.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
 
 use crate::support::config::free_addr;
 use crate::support::daemon::ConfigArg;
+use crate::support::dropbox::{account_id, notification_body, post_notification};
 use crate::support::http::{get, is_listening};
-use crate::support::{App, Daemon, FakeCallback, InstanceConfig, TestConfig, wait_until};
+use crate::support::store::pending;
+use crate::support::{Action, App, Daemon, FakeCallback, InstanceConfig, TestConfig, wait_until};
 
 const OK_RELOADS: &str = r#"hookrelay_config_reloads_total{result="ok"}"#;
 const FAILED_RELOADS: &str = r#"hookrelay_config_reloads_total{result="error"}"#;
@@ -165,6 +170,99 @@ async fn sigterm_exits_0_within_the_shutdown_timeout() {
     assert!(status.success(), "SIGTERM exit: {status}\n{}", d.logs());
     assert!(!is_listening(cfg.server_listen).await);
     assert!(!is_listening(cfg.admin_listen).await);
+}
+
+/// SIGTERM while a client sends a notification body slowly and a delivery waits for a slow
+/// consumer: the stop ends within `shutdown_timeout` (plus the store's close) with exit 0, the
+/// slow request is ended at the deadline, and the delivery in flight completes: no attempt the
+/// consumer saw is cut short or sent again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_slow_client_completes_the_delivery_in_flight() {
+    const SHUTDOWN: Duration = Duration::from_secs(3);
+    // Each attempt takes 1.2 s, so attempts started while stopping would straddle the deadline.
+    let cb = FakeCallback::start([], Action::Delayed(Duration::from_millis(1200), 200)).await;
+    let app = App::new("app-key");
+    let cfg = TestConfig::new().shutdown_timeout("3s").instance(
+        InstanceConfig::new("acme", 1, &app)
+            .callback(&cb.url())
+            .coalesce(false)
+            .delivery("concurrency", 1_u32),
+    );
+    let mut d = Daemon::start(&cfg).await;
+
+    // A client that sends its headers and part of its body, then a byte every 200 ms.
+    let mut slow = tokio::net::TcpStream::connect(cfg.server_listen)
+        .await
+        .expect("connect to the ingest listener");
+    let head = format!(
+        "POST /events/dropbox HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\nx-dropbox-signature: {}\r\n\r\n{{\"list_folder\": ",
+        cfg.server_listen,
+        "0".repeat(64)
+    );
+    slow.write_all(head.as_bytes())
+        .await
+        .expect("send the head");
+    let trickle = tokio::spawn(async move {
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let accounts: Vec<String> = (0..5).map(|_| account_id()).collect();
+    let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    let body = notification_body(&names);
+    assert_eq!(
+        post_notification(&d.ingest_url(), &app.secret, &body).await,
+        200
+    );
+    cb.wait_for(1, Duration::from_secs(15)).await;
+    let stopping = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit(SHUTDOWN + Duration::from_secs(10)).await;
+    let took = stopping.elapsed();
+    trickle.abort();
+    assert!(status.success(), "SIGTERM exit: {status}\n{}", d.logs());
+    assert!(
+        took <= SHUTDOWN + Duration::from_secs(1),
+        "the stop took {took:?} with shutdown_timeout = {SHUTDOWN:?}\n{}",
+        d.logs()
+    );
+
+    // Every attempt the consumer saw before the stop was answered and committed.
+    let seen: BTreeSet<String> = cb.requests().iter().map(|r| r.event_id()).collect();
+    let left: Vec<String> = pending(&d.store_path())
+        .into_iter()
+        .map(|e| e.id)
+        .filter(|id| seen.contains(id))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "deliveries cut short by the stop: {left:?}"
+    );
+
+    // The rest are delivered after the restart, and none of those seen before again.
+    let before = cb.count();
+    d.restart().await;
+    let got = cb
+        .wait_until(Duration::from_secs(30), "every account delivered", |r| {
+            let delivered: BTreeSet<String> = r.iter().map(|r| r.account()).collect();
+            accounts.iter().all(|a| delivered.contains(a))
+        })
+        .await;
+    let again: Vec<String> = got[before..]
+        .iter()
+        .map(|r| r.event_id())
+        .filter(|id| seen.contains(id))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "delivered again after the restart: {again:?}"
+    );
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

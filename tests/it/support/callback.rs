@@ -31,14 +31,17 @@ pub enum Action {
     Hang,
     /// This (3xx) status with `Location`.
     Redirect(u16, String),
+    /// This status, empty body, after waiting this long (a slow but answering consumer).
+    Delayed(Duration, u16),
 }
 
 impl Action {
     fn status(&self) -> Option<u16> {
         match self {
-            Action::Status(s) | Action::StatusWithHeaders(s, _) | Action::Redirect(s, _) => {
-                Some(*s)
-            }
+            Action::Status(s)
+            | Action::StatusWithHeaders(s, _)
+            | Action::Redirect(s, _)
+            | Action::Delayed(_, s) => Some(*s),
             Action::Hang => None,
         }
     }
@@ -233,6 +236,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> TestResponse {
     match action {
         Action::Hang => std::future::pending::<()>().await,
         Action::Status(s) => *resp.status_mut() = status(s),
+        Action::Delayed(wait, s) => {
+            tokio::time::sleep(wait).await;
+            *resp.status_mut() = status(s);
+        }
         Action::StatusWithHeaders(s, headers) => {
             *resp.status_mut() = status(s);
             for (k, v) in headers {
