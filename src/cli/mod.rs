@@ -228,6 +228,7 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    private_files();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -243,6 +244,7 @@ where
 }
 
 fn run(path: &Path, log_format: LogFormat) -> ExitCode {
+    private_files();
     logging::init(log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -267,6 +269,13 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Makes every file and folder this process creates from now on private to its user (umask
+/// 0077): the store holds refresh tokens and notification bodies, and sled creates files in it
+/// while it runs (blob files, snapshots). An open also sets the modes of what is already there.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -18,4 +18,5 @@ mod powerfs;
 mod reload_load;
 mod secrets;
 mod storage_faults;
+mod store_modes;
 mod tls;
