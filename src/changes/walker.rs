@@ -66,7 +66,12 @@ struct Inner {
     api: Api,
     /// Pairs walking now.
     walking: Mutex<HashMap<(String, String), PairState>>,
+    /// Held only to read or store an entry, never across a store read or a Dropbox call, so
+    /// that one instance's slow token endpoint holds up no other instance.
     credentials: tokio::sync::Mutex<HashMap<String, Credentials>>,
+    /// One token refresh at a time per instance: a walk that needs a token while another
+    /// refreshes it waits for that refresh (its instance only) and takes its token.
+    refreshes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     poll_override: Option<Duration>,
     shutdown: watch::Receiver<bool>,
 }
@@ -97,6 +102,7 @@ impl Walker {
                 api: Api::new()?,
                 walking: Mutex::new(HashMap::new()),
                 credentials: tokio::sync::Mutex::new(HashMap::new()),
+                refreshes: Mutex::new(HashMap::new()),
                 poll_override,
                 shutdown,
             }),
@@ -542,11 +548,14 @@ fn set_needs_authorize(inner: &Inner, instance: &str, needs: bool) {
 /// A valid access token, refreshed ahead of expiry with the refresh token `authorize` stored,
 /// else the configured one.
 async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiError> {
-    let mut credentials = inner.credentials.lock().await;
-    if let Some(c) = credentials.get(&instance.name)
-        && Instant::now() < c.refresh_at
-    {
-        return Ok(c.access.clone());
+    if let Some(token) = current_token(inner, &instance.name).await {
+        return Ok(token);
+    }
+    let gate = refresh_gate(inner, &instance.name);
+    let _refreshing = gate.lock().await;
+    // Another walk of this instance may have refreshed it meanwhile.
+    if let Some(token) = current_token(inner, &instance.name).await {
+        return Ok(token);
     }
     let stored = inner
         .store
@@ -573,6 +582,7 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
     inner.metrics.changes_token_refresh(&instance.name);
     set_needs_authorize(inner, &instance.name, false);
     let lifetime = Duration::from_secs(token.expires_in.unwrap_or(4 * 3600));
+    let mut credentials = inner.credentials.lock().await;
     let known_account = credentials
         .get(&instance.name)
         .and_then(|c| c.account.clone());
@@ -586,6 +596,24 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
     );
     debug!(instance = %instance.name, expires_in = lifetime.as_secs(), "access token refreshed");
     Ok(token.access_token)
+}
+
+/// The instance's access token, unless it is missing or due for a refresh.
+async fn current_token(inner: &Inner, instance: &str) -> Option<String> {
+    let credentials = inner.credentials.lock().await;
+    credentials
+        .get(instance)
+        .filter(|c| Instant::now() < c.refresh_at)
+        .map(|c| c.access.clone())
+}
+
+/// The lock that makes an instance's token refreshes one at a time.
+fn refresh_gate(inner: &Inner, instance: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut refreshes = inner
+        .refreshes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    refreshes.entry(instance.to_owned()).or_default().clone()
 }
 
 /// When to refresh an access token that lives `lifetime`: [`REFRESH_AHEAD`] before it expires

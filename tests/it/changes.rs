@@ -405,6 +405,40 @@ async fn dropbox_5xx_answers_are_retried_with_backoff() {
     );
 }
 
+/// One instance's token endpoint hangs (its refresh token's calls are never answered): the
+/// other instance still gets its token, walks and delivers its change event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_token_refresh_does_not_delay_another_instance() {
+    const SLOW_TOKEN: &str = "rt-hangs";
+    let f = Fixture::start(true).await;
+    f.api.hang_refresh(SLOW_TOKEN);
+    let slow_cb = FakeCallback::ok().await;
+    let slow = InstanceConfig::new("slow", 32, &f.app)
+        .raw("events = \"changes\"")
+        .accounts(&[&f.account])
+        .callback(&slow_cb.url())
+        .configuration("oauth.refresh_token", SLOW_TOKEN);
+    let cfg = f.config(f.instance()).instance(slow);
+    let (app, account, api, cb) = f.parts();
+    let d = Daemon::start(&cfg).await;
+    wait_until(WAIT, "the slow instance's token call to hang", || async {
+        api.hung_refreshes() >= 1
+    })
+    .await;
+    wait_until(WAIT, "the other instance's first cursor", || async {
+        api.calls("2/files/list_folder/get_latest_cursor") >= 1
+    })
+    .await;
+
+    let id = api.write_file("/while-another-hangs.txt");
+    notify(&d, &app, &account).await;
+    let reqs = cb
+        .wait_until(WAIT, "the change", |r| count_delivered(r) >= 1)
+        .await;
+    assert_eq!(field(&delivered_events(&reqs)[0], "objectId"), id);
+    assert_eq!(slow_cb.count(), 0, "the slow instance had no token");
+}
+
 /// The redirect URI the authorize tests' instance names (`oauth.callback.url`).
 const REDIRECT_URI: &str = "https://example.com/dropbox/auth";
 

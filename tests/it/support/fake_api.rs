@@ -2,7 +2,7 @@
 //! `127.0.0.1:0`, over a scripted entry feed. A cursor is `c<N>`: the position in the feed.
 //! Scripts: the next `list_folder/continue` answers a 409 reset, a 429 or a 500; the access
 //! token can be expired (every call then answers 401 until a refresh); the refresh token can
-//! be revoked (`invalid_grant`). `issue_code` hands out a one-time OAuth code that
+//! be revoked (`invalid_grant`), or a refresh token's token calls made to hang. `issue_code` hands out a one-time OAuth code that
 //! `grant_type=authorization_code` exchanges (with the matching `redirect_uri`) for a new
 //! refresh token, which the fake then accepts besides [`REFRESH_TOKEN`].
 
@@ -44,6 +44,10 @@ struct Inner {
     granted: Vec<String>,
     /// The refresh token of the last `grant_type=refresh_token` call.
     last_refresh_token: Option<String>,
+    /// Refresh tokens whose `oauth2/token` calls are never answered (a hanging endpoint).
+    hanging: Vec<String>,
+    /// How many such calls arrived.
+    hung: u64,
 }
 
 pub struct FakeDropboxApi {
@@ -120,6 +124,17 @@ impl FakeDropboxApi {
         let code = format!("ac-{}", ulid::Ulid::generate());
         self.with(|i| i.code = Some((code.clone(), redirect_uri.to_owned())));
         code
+    }
+
+    /// Every later `oauth2/token` call presenting `refresh_token` hangs: it is read and never
+    /// answered (the connection stays open).
+    pub fn hang_refresh(&self, refresh_token: &str) {
+        self.with(|i| i.hanging.push(refresh_token.to_owned()));
+    }
+
+    /// How many token calls hang now (see [`FakeDropboxApi::hang_refresh`]).
+    pub fn hung_refreshes(&self) -> u64 {
+        self.with(|i| i.hung)
     }
 
     /// The refresh token the last refresh used.
@@ -277,6 +292,18 @@ async fn handle(state: Arc<Mutex<Inner>>, req: Request<Incoming>) -> TestRespons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    if route == "oauth2/token" {
+        let presented = form(&body).get("refresh_token").cloned();
+        let hang = {
+            let mut i = state.lock().unwrap();
+            let hang = presented.is_some_and(|t| i.hanging.contains(&t));
+            i.hung += u64::from(hang);
+            hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+    }
     let mut i = state.lock().unwrap();
     *i.calls.entry(route.clone()).or_insert(0) += 1;
     if route == "oauth2/token" {
