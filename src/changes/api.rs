@@ -14,6 +14,14 @@ use crate::deliver::schedule;
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Wait on a 429 that names no delay (the SDK's choice).
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
+/// The longest wait a 429 can ask for: a larger `retry_after` (or `Retry-After`) waits this
+/// long, then the call is tried again (and waits again if Dropbox still refuses).
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(15 * 60);
+/// An access token's lifetime when the token endpoint names none (Dropbox's is 4 hours).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(4 * 3600);
+/// The longest lifetime an access token is taken to have, whatever `expires_in` says: it is
+/// refreshed at the latest a day after it was issued.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// What went wrong with a Dropbox call, as far as the walk is concerned.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +69,8 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> ApiError
                 .map(Duration::from_secs);
             let from_header =
                 retry_after.and_then(|value| schedule::parse_retry_after(value, SystemTime::now()));
-            ApiError::RateLimited(from_body.or(from_header).unwrap_or(DEFAULT_RATE_LIMIT_WAIT))
+            let wait = from_body.or(from_header).unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
+            ApiError::RateLimited(wait.min(MAX_RATE_LIMIT_WAIT))
         }
         400 if json["error"] == "invalid_grant" => ApiError::InvalidGrant,
         500..=599 => ApiError::Transient(summary()),
@@ -87,6 +96,16 @@ pub struct Token {
     pub refresh_token: Option<String>,
     #[serde(default)]
     pub account_id: Option<String>,
+}
+
+impl Token {
+    /// How long the access token lives: `expires_in`, at most [`MAX_TOKEN_LIFETIME`] (a value
+    /// from the network never reaches clock arithmetic unbounded).
+    pub fn lifetime(&self) -> Duration {
+        self.expires_in
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs)
+            .min(MAX_TOKEN_LIFETIME)
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -323,6 +342,33 @@ mod tests {
             classify(400, None, b"bad input"),
             ApiError::Other(_)
         ));
+    }
+
+    #[test]
+    fn waits_and_lifetimes_from_the_network_are_bounded() {
+        let huge = u64::MAX.to_string();
+        let body = format!(r#"{{"error": {{"retry_after": {huge}}}}}"#);
+        for (header, body) in [
+            (Some(huge.as_str()), ""),
+            (Some("Fri, 31 Dec 9999 23:59:59 GMT"), ""),
+            (None, body.as_str()),
+        ] {
+            assert_eq!(
+                classify(429, header, body.as_bytes()),
+                ApiError::RateLimited(MAX_RATE_LIMIT_WAIT),
+                "{header:?} {body}"
+            );
+        }
+        let token = |expires_in| Token {
+            access_token: "sl.token".into(),
+            expires_in,
+            refresh_token: None,
+            account_id: None,
+        };
+        assert_eq!(token(Some(u64::MAX)).lifetime(), MAX_TOKEN_LIFETIME);
+        assert_eq!(token(Some(14_400)).lifetime(), Duration::from_secs(14_400));
+        assert_eq!(token(None).lifetime(), Duration::from_secs(14_400));
+        assert_eq!(token(Some(0)).lifetime(), Duration::ZERO);
     }
 
     #[test]

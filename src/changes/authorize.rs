@@ -134,6 +134,6 @@ pub async fn authorize(
         account,
         cursor_taken,
         access_token,
-        expires_in: Duration::from_secs(token.expires_in.unwrap_or(4 * 3600)),
+        expires_in: token.lifetime(),
     })
 }

@@ -581,7 +581,7 @@ async fn access_token(inner: &Inner, instance: &Instance) -> Result<String, ApiE
         .await?;
     inner.metrics.changes_token_refresh(&instance.name);
     set_needs_authorize(inner, &instance.name, false);
-    let lifetime = Duration::from_secs(token.expires_in.unwrap_or(4 * 3600));
+    let lifetime = token.lifetime();
     let mut credentials = inner.credentials.lock().await;
     let known_account = credentials
         .get(&instance.name)
@@ -619,7 +619,10 @@ fn refresh_gate(inner: &Inner, instance: &str) -> Arc<tokio::sync::Mutex<()>> {
 /// When to refresh an access token that lives `lifetime`: [`REFRESH_AHEAD`] before it expires
 /// (at half its life if it is short).
 fn refresh_at(lifetime: Duration) -> Instant {
-    Instant::now() + lifetime.saturating_sub(REFRESH_AHEAD.min(lifetime / 2))
+    schedule::instant_after(
+        Instant::now(),
+        lifetime.saturating_sub(REFRESH_AHEAD.min(lifetime / 2)),
+    )
 }
 
 /// Drops the access token after a 401, unless another walk already replaced it.
@@ -676,11 +679,13 @@ async fn poll_loop(inner: &Arc<Inner>) {
             };
             seen.insert(instance.name.clone());
             let interval = inner.poll_override.unwrap_or(interval);
-            let due = next.entry(instance.name.clone()).or_insert(now + interval);
+            let due = next
+                .entry(instance.name.clone())
+                .or_insert_with(|| schedule::instant_after(now, interval));
             if now < *due {
                 continue;
             }
-            *due = now + interval;
+            *due = schedule::instant_after(now, interval);
             let mut accounts = inner
                 .store
                 .cursor_accounts(&instance.name)

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::defaults::{MAX_DURATION, MAX_DURATION_TEXT, MAX_SIZE, MAX_SIZE_TEXT};
 use super::problem::{Problem, quoted};
 use super::raw::{RawIntOrText, RawText};
 use super::{LoadContext, Secret, Url, file_value, grammar};
@@ -109,7 +110,7 @@ impl<'a> Checker<'a> {
             .map_err(|rule| self.report(key, rule, Some(quoted(&text))))
     }
 
-    /// A duration greater than zero; `default` when absent.
+    /// A duration greater than zero and at most [`MAX_DURATION`]; `default` when absent.
     pub fn duration(
         &mut self,
         raw: Option<&RawText>,
@@ -118,12 +119,13 @@ impl<'a> Checker<'a> {
     ) -> Result<Duration, Reported> {
         let parsed = self.parsed(raw, key, |text| match grammar::parse_duration(text)? {
             Duration::ZERO => Err("must be greater than 0".to_owned()),
+            duration if duration > MAX_DURATION => Err(too_long()),
             duration => Ok(duration),
         })?;
         Ok(parsed.unwrap_or(default))
     }
 
-    /// A size in bytes, greater than zero; `default` when absent.
+    /// A size in bytes, greater than zero and at most [`MAX_SIZE`]; `default` when absent.
     pub fn size(
         &mut self,
         raw: Option<&RawIntOrText>,
@@ -131,16 +133,21 @@ impl<'a> Checker<'a> {
         default: u64,
     ) -> Result<u64, Reported> {
         const POSITIVE: &str = "must be greater than 0";
+        let too_large = || format!("must be at most {MAX_SIZE_TEXT}");
         match raw {
             None => Ok(default),
-            Some(RawIntOrText::Int(bytes)) => u64::try_from(*bytes)
-                .ok()
-                .filter(|bytes| *bytes > 0)
-                .ok_or_else(|| self.report(key, POSITIVE, Some(bytes.to_string()))),
+            Some(RawIntOrText::Int(bytes)) => match u64::try_from(*bytes) {
+                Ok(0) | Err(_) => Err(self.report(key, POSITIVE, Some(bytes.to_string()))),
+                Ok(size) if size > MAX_SIZE => {
+                    Err(self.report(key, too_large(), Some(bytes.to_string())))
+                }
+                Ok(size) => Ok(size),
+            },
             Some(RawIntOrText::Text(text)) => {
                 let parsed =
                     self.parsed(Some(text), key, |text| match grammar::parse_size(text)? {
                         0 => Err(POSITIVE.to_owned()),
+                        bytes if bytes > MAX_SIZE => Err(too_large()),
                         bytes => Ok(bytes),
                     })?;
                 Ok(parsed.unwrap_or(default))
@@ -206,4 +213,9 @@ impl<'a> Checker<'a> {
         };
         Err(self.report(key, rule, Some(quoted(&text))))
     }
+}
+
+/// The rule a duration above [`MAX_DURATION`] breaks.
+fn too_long() -> String {
+    format!("must be at most {MAX_DURATION_TEXT}")
 }

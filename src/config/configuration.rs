@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::check::{Checker, Reported};
+use super::defaults::MAX_DURATION;
 use super::document::decode;
 use super::problem::{Problem, quoted};
 use super::raw::{RawConfiguration, RawIntOrText, RawText};
@@ -254,13 +255,14 @@ pub(crate) fn vendor(
     }
 }
 
-/// Minutes: an integer of at least 1, or a string of digits (Cloud Elements writes `"5"`).
+/// Minutes: an integer from 1 to 525600 (a year, as every duration), or a string of digits
+/// (Cloud Elements writes `"5"`).
 fn refresh_interval(
     c: &mut Checker,
     raw: Option<&RawIntOrText>,
     key: &str,
 ) -> Result<Option<Duration>, Reported> {
-    const RULE: &str = "must be a whole number of minutes, at least 1";
+    const RULE: &str = "must be a whole number of minutes, from 1 to 525600 (365d)";
     let minutes = match raw {
         None => return Ok(None),
         Some(RawIntOrText::Int(minutes)) => u64::try_from(*minutes)
@@ -282,6 +284,8 @@ fn refresh_interval(
     };
     minutes
         .checked_mul(60)
-        .map(|seconds| Some(Duration::from_secs(seconds)))
+        .map(Duration::from_secs)
+        .filter(|interval| *interval <= MAX_DURATION)
+        .map(Some)
         .ok_or_else(|| c.report(key, RULE, Some(minutes.to_string())))
 }

@@ -15,6 +15,16 @@ pub(crate) const STORAGE_CACHE_BYTES: u64 = 32 * MIB;
 pub(crate) const DROPBOX_API_URL: &str = "https://api.dropboxapi.com";
 pub(crate) const DROPBOX_CONTENT_URL: &str = "https://content.dropboxapi.com";
 pub(crate) const DROPBOX_NOTIFY_URL: &str = "https://notify.dropboxapi.com";
+/// The largest value of any duration key (`event.poller.refresh_interval` included): a year.
+/// Bigger values are refused by name, so that nothing computed from one (a due time, an
+/// `Instant`) can overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * DAY);
+/// How [`MAX_DURATION`] is written in problem messages.
+pub(crate) const MAX_DURATION_TEXT: &str = "365d";
+/// The largest value of any size key: 1 TiB.
+pub(crate) const MAX_SIZE: u64 = 1024 * GIB;
+/// How [`MAX_SIZE`] is written in problem messages.
+pub(crate) const MAX_SIZE_TEXT: &str = "1024GiB";
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;

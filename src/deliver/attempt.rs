@@ -136,7 +136,7 @@ pub async fn run(
                 return give_up(ctx, instance, event, dead).await;
             }
             let delay = retry_delay(delivery, attempts, retry_after);
-            let due_ms = store::now_ms().saturating_add(delay.as_millis() as u64);
+            let due_ms = store::now_ms().saturating_add(schedule::millis(delay));
             let retry = Retry {
                 attempts,
                 due_ms,

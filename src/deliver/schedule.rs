@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 /// The smallest and largest jitter factor (SPEC §5: × U(0.8, 1.2)).
 pub const JITTER_RANGE: std::ops::RangeInclusive<f64> = 0.8..=1.2;
 
@@ -75,6 +77,21 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `now + wait`, never a panic: a sum past what an `Instant` can hold gives a year from `now`
+/// (configured durations are at most a year, and waits from the network are capped before
+/// they get here, so only a stored or computed value gone wrong can reach that).
+pub fn instant_after(now: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(YEAR))
+        .unwrap_or(now)
+}
+
+/// A duration in whole milliseconds for a due time, saturating at `u64::MAX` (never truncated).
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether an event goes to the dead letters instead of being retried: it has had
@@ -281,6 +298,26 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(value, now), None, "{value:?}");
         }
+    }
+
+    #[test]
+    fn clock_arithmetic_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(instant_after(now, HOUR), now + HOUR);
+        let far = instant_after(now, Duration::MAX);
+        assert!(far > now + HOUR, "{far:?}");
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        // `as u64` would have kept the low 64 bits of 2^64 ms: 0.
+        assert_eq!(millis(Duration::from_millis(u64::MAX) * 2), u64::MAX);
+    }
+
+    #[test]
+    fn a_retry_after_is_capped_at_max_interval() {
+        let policy = spec_defaults();
+        let forever = parse_retry_after(&u64::MAX.to_string(), SystemTime::now());
+        let delay = retry_delay(&policy, 1, 1.0, forever);
+        assert_eq!(delay, policy.max_interval);
     }
 
     #[test]

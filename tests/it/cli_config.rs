@@ -137,6 +137,66 @@ fn check_reports_every_problem_by_key_and_exits_78() {
     assert!(out.stderr.contains("dbid:short"), "{}", out.stderr);
 }
 
+/// Durations are capped at 365 days and sizes at 1 TiB: anything bigger is refused by name,
+/// with 78, rather than left to overflow later (a polling interval of 3×10¹⁷ minutes used to pass
+/// `check` and panic the poll loop). The caps themselves pass.
+#[test]
+fn check_rejects_huge_durations_and_sizes_naming_each_key() {
+    let app = App::new("app-key");
+    let poller = |minutes: i64| {
+        InstanceConfig::new("poller", 1, &app)
+            .raw("events = \"changes\"")
+            .accounts(&[&account_id()])
+            .callback("http://127.0.0.1:9/hooks")
+            .configuration("oauth.refresh_token", "a-refresh-token")
+            .configuration("event.vendor.type", "polling")
+            .configuration("event.poller.refresh_interval", minutes)
+    };
+    let huge = TestConfig::new()
+        .shutdown_timeout("366d")
+        .storage("max_bytes", "1025GiB")
+        .delivery("max_age", "8761h")
+        .delivery("retry_max_interval", "18446744073709551615ms")
+        .instance(poller(300_000_000_000_000_000))
+        .instance(
+            InstanceConfig::new("slow", 2, &app)
+                .callback("http://127.0.0.1:9/hooks")
+                .delivery("timeout", "9000000h")
+                .delivery("dead_letter_ttl", "365d1ms"),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &huge.to_toml());
+    let out = check(dir.path(), &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(EX_CONFIG), "{out:?}");
+    for key in [
+        "server.shutdown_timeout",
+        "storage.max_bytes",
+        "delivery.max_age",
+        "delivery.retry_max_interval",
+        "instance[0].configuration.\"event.poller.refresh_interval\"",
+        "instance[1].delivery.timeout",
+        "instance[1].delivery.dead_letter_ttl",
+    ] {
+        let line = out.stderr.lines().find(|line| line.contains(key));
+        assert!(
+            line.is_some_and(|line| line.contains("config.toml")),
+            "no line naming the file and {key}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("300000000000000000"), "{}", out.stderr);
+
+    let at_the_caps = TestConfig::new()
+        .shutdown_timeout("365d")
+        .storage("max_bytes", "1024GiB")
+        .delivery("max_age", "8760h")
+        .delivery("retry_max_interval", "31536000000ms")
+        .instance(poller(525_600));
+    let path = write_config(dir.path(), &at_the_caps.to_toml());
+    let out = check(dir.path(), &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+}
+
 #[test]
 fn check_rejects_unparsable_toml_with_78() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,7 +143,17 @@ fn change_events_need_credentials_and_polling_needs_change_events() {
 
 #[test]
 fn refresh_intervals_are_whole_minutes() {
-    for bad in ["0", "\"0\"", "\"5m\"", "-1", "\"\""] {
+    for bad in [
+        "0",
+        "\"0\"",
+        "\"5m\"",
+        "-1",
+        "\"\"",
+        "525601",
+        "\"525601\"",
+        "300000000000000000",
+        "\"99999999999999999999\"",
+    ] {
         let text = format!(
             "{MINIMAL}{}",
             instance_with(
@@ -155,10 +165,25 @@ fn refresh_intervals_are_whole_minutes() {
         );
         let problem = only_problem(&text);
         assert_eq!(
-            problem.rule, "must be a whole number of minutes, at least 1",
+            problem.rule, "must be a whole number of minutes, from 1 to 525600 (365d)",
             "{bad}"
         );
     }
+    let a_year = format!(
+        "{MINIMAL}{}",
+        instance_with(
+            "a",
+            1,
+            "events = \"changes\"",
+            "\"oauth.refresh_token\" = \"t\"\n\"event.vendor.type\" = \"polling\"\n\"event.poller.refresh_interval\" = 525600"
+        )
+    );
+    assert_eq!(
+        valid(&a_year).instances[0].vendor,
+        VendorType::Polling {
+            interval: Duration::from_secs(365 * 86_400)
+        }
+    );
 }
 
 #[test]

@@ -20,6 +20,32 @@ fn a_non_loopback_admin_listener_needs_a_token() {
 }
 
 #[test]
+fn durations_over_a_year_and_sizes_over_a_tebibyte_are_rejected() {
+    let text = with_delivery(
+        "timeout = \"366d\"\nmax_age = \"365d1ms\"\nretry_max_interval = \"18446744073709551615ms\"\nmax_queued_bytes = 1099511627777\ndead_letter_ttl = \"1025GiB\"",
+    )
+    .replace("[storage]", "[storage]\nmax_bytes = \"1025GiB\"");
+    let found = problems(&text);
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "storage.max_bytes: must be at most 1024GiB (got \"1025GiB\")",
+            "delivery.timeout: must be at most 365d (got \"366d\")",
+            "delivery.retry_max_interval: must be at most 365d (got \"18446744073709551615ms\")",
+            "delivery.max_age: must be at most 365d (got \"365d1ms\")",
+            "delivery.dead_letter_ttl: expected a duration: digits followed by a unit (ms, s, m, h or d), repeatable, such as \"250ms\", \"10s\" or \"1h30m\" (got \"1025GiB\")",
+            "delivery.max_queued_bytes: must be at most 1024GiB (got 1099511627777)",
+        ]
+    );
+    let at_the_caps = with_delivery(
+        "timeout = \"365d\"\nretry_max_interval = \"8760h\"\nmax_queued_bytes = 1099511627776",
+    )
+    .replace("[storage]", "[storage]\nmax_bytes = \"1024GiB\"");
+    assert_eq!(valid(&at_the_caps).storage.max_bytes, 1 << 40);
+}
+
+#[test]
 fn zero_rates_counts_and_sizes_are_rejected() {
     let text = with_delivery(
         "rate_limit = \"0/s\"\nrate_limit_burst = 0\nconcurrency = -1\nmax_attempts = 0\nmax_queued_bytes = \"0KiB\"",
