@@ -175,7 +175,10 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
 /// ends those still open (a body still arriving, say): their requests get no answer, so
 /// Dropbox retries them, and nothing they brought was acknowledged.
 async fn close_by(mut ingest: tokio::task::JoinHandle<()>, deadline: tokio::time::Instant) {
-    if tokio::time::timeout_at(deadline, &mut ingest).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut ingest)
+        .await
+        .is_err()
+    {
         warn!("ingest requests still open at shutdown_timeout were ended without an answer");
         ingest.abort();
         let _ = ingest.await;
