@@ -74,6 +74,7 @@ fn offline_figures(config: &Config, offline: &Offline) -> Vec<InstanceStatus> {
                 oldest_pending_age_seconds: None,
                 last_success_ms: None,
                 last_error: None,
+                quarantined: 0,
             })
             .collect(),
     }
@@ -99,7 +100,10 @@ pub fn table(instances: &[InstanceStatus], now_ms: u64) -> String {
                 i.state.clone(),
                 i.queued.to_string(),
                 i.in_retry.to_string(),
-                i.dead_lettered.to_string(),
+                match i.quarantined {
+                    0 => i.dead_lettered.to_string(),
+                    n => format!("{} ({n} corrupt)", i.dead_lettered),
+                },
                 i.oldest_pending_age_seconds
                     .map_or_else(|| "-".into(), |s| age((s * 1000.0) as u64)),
                 i.last_success_ms.map_or_else(
@@ -197,6 +201,7 @@ mod tests {
                 oldest_pending_age_seconds: Some(95.0),
                 last_success_ms: Some(now - 120_000),
                 last_error: Some("HTTP 503\nService Unavailable".into()),
+                quarantined: 0,
             },
             InstanceStatus {
                 instance: "old".into(),
@@ -208,6 +213,7 @@ mod tests {
                 oldest_pending_age_seconds: None,
                 last_success_ms: None,
                 last_error: None,
+                quarantined: 0,
             },
         ];
         let text = table(&instances, now);

@@ -95,8 +95,7 @@ impl Lane {
             let mut wake_at = None;
             if let (Some(instance), false) = (instance, stopping) {
                 if let Err(err) = self.refill().await {
-                    error!(instance = %self.name, error = %err, "cannot read the queue; this lane stops delivering");
-                    return;
+                    self.refill_failed(&err);
                 }
                 wake_at = self.dispatch(instance);
                 // A due retry matters only when there is room to take it (no busy wake-ups).
@@ -182,8 +181,12 @@ impl Lane {
             self.handle.backlog.store(true, Ordering::Release);
         }
         if !ids.is_empty() {
-            for event in self.ctx.store.claim(&self.name, ids).await? {
+            let claimed = self.ctx.store.claim_readable(&self.name, ids).await?;
+            for event in claimed.events {
                 self.accept(event);
+            }
+            for (id, problem) in claimed.unreadable {
+                self.quarantine(id, &problem).await?;
             }
         }
         let held = &self.held;
@@ -192,6 +195,40 @@ impl Lane {
             .store
             .next_due_after(&self.name, now, |id| held.contains(id))?;
         Ok(())
+    }
+
+    /// A record the store cannot read goes to the dead letters (reason `corrupt`, its bytes
+    /// kept), so that the rest of the queue is delivered.
+    async fn quarantine(&mut self, id: Ulid, problem: &str) -> Result<(), store::Error> {
+        if self.ctx.store.quarantine(&self.name, id, problem).await? {
+            error!(instance = %self.name, event = %id, problem, "an unreadable event was quarantined: dead-lettered as corrupt, its bytes kept");
+            self.ctx.metrics.quarantined(&self.name);
+            self.handle
+                .stats
+                .quarantined
+                .fetch_add(1, Ordering::Relaxed);
+            self.handle
+                .stats
+                .record_error(&format!("event {id} quarantined: {problem}"));
+        }
+        Ok(())
+    }
+
+    /// A refill failed. A failed store stops the daemon (its failure is sticky); anything else
+    /// (a record the claim could not even list) is logged and tried again after
+    /// [`IDLE_SCAN`] or the next wake-up, while the lane goes on with what it holds.
+    fn refill_failed(&mut self, err: &store::Error) {
+        match err {
+            store::Error::Failed(_) | store::Error::Closed => {
+                debug!(instance = %self.name, error = %err, "the store failed; not reading the queue");
+            }
+            _ => {
+                error!(instance = %self.name, error = %err, "cannot read the queue; trying again");
+                self.handle.stats.record_error(&err.to_string());
+            }
+        }
+        // No busy loop on a due time the failed scan could not move on.
+        self.next_due_ms = None;
     }
 
     /// Starts attempts while the concurrency cap and the rate limiter allow. Returns when the

@@ -48,6 +48,8 @@ pub struct LaneStats {
     pub last_error: ArcSwapOption<(u64, String)>,
     /// Change events: Dropbox refused the instance's refresh token; it needs `authorize`.
     pub needs_authorize: AtomicBool,
+    /// Events whose stored record could not be read, dead-lettered as `corrupt` since start.
+    pub quarantined: AtomicU64,
 }
 
 impl LaneStats {

@@ -28,6 +28,12 @@ pub struct InstanceLabel {
     pub instance: String,
 }
 
+/// The per-instance label of the newer series (`instance` is Prometheus's own target label).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceNameLabel {
+    pub instance_name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub instance: String,
@@ -60,6 +66,7 @@ pub struct Metrics {
     changes_walks: Family<ResultInstanceLabel, Counter>,
     changes_token_refreshes: Family<InstanceLabel, Counter>,
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
+    quarantined: Family<InstanceNameLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +106,7 @@ impl Metrics {
             changes_walks: Family::default(),
             changes_token_refreshes: Family::default(),
             changes_needs_authorize: Family::default(),
+            quarantined: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +184,11 @@ impl Metrics {
             "1 while a change-events instance needs `authorize` (its refresh token was refused)",
             metrics.changes_needs_authorize.clone(),
         );
+        registry.register(
+            "hookrelay_quarantined",
+            "Events whose stored record could not be read, dead-lettered as `corrupt`, by instance",
+            metrics.quarantined.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -250,6 +263,15 @@ impl Metrics {
             .set(i64::from(needs));
     }
 
+    /// An event whose stored record could not be read was dead-lettered as `corrupt`.
+    pub fn quarantined(&self, instance: &str) {
+        self.quarantined
+            .get_or_create(&InstanceNameLabel {
+                instance_name: instance.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn set_config_generation(&self, generation: u64) {
         self.config_generation.set(generation as i64);
     }
@@ -271,6 +293,10 @@ impl Metrics {
             self.oldest_pending_age
                 .get_or_create(&label)
                 .set(figures.oldest_pending_age_seconds);
+            // Present at 0 from the first scrape.
+            drop(self.quarantined.get_or_create(&InstanceNameLabel {
+                instance_name: figures.instance.clone(),
+            }));
         }
         let mut out = String::new();
         let _ = prometheus_text::encode(&mut out, &self.registry);

@@ -30,6 +30,10 @@ pub struct InstanceStatus {
     pub last_success_ms: Option<u64>,
     /// The last failed attempt's error since the daemon started.
     pub last_error: Option<String>,
+    /// Events whose stored record could not be read, dead-lettered as `corrupt` (counted in
+    /// `dead_lettered` too) since the daemon started.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// Every configured instance in file order, then held ones (pending events or dead letters
@@ -77,6 +81,9 @@ pub fn queue_figures(
                     .as_ref()
                     .and_then(|l| l.stats.last_error.load_full())
                     .map(|e| e.1.clone()),
+                quarantined: lane
+                    .as_ref()
+                    .map_or(0, |l| l.stats.quarantined.load(Ordering::Relaxed)),
                 instance: name,
             }
         })

@@ -16,11 +16,11 @@ use super::journal::{self, Appended, Journal, Writes};
 use super::keys;
 use super::record::{
     AuthorizationRecord, AuthorizationV1, ChangesV1, Counters, DeadRecord, DeadV1, EventKind,
-    EventRecord, EventV1, NotificationRecord, ObjectV1,
+    EventRecord, EventV1, NotificationRecord, ObjectV1, QUARANTINED,
 };
 use super::run;
 use super::{
-    Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry,
+    Claimed, Cutoffs, DeadLetter, Error, Event, IngestTarget, MAX_BATCH, MapWrite, Placed, Retry,
     SCHEMA_RUNS, SCHEMA_WITHOUT_RUNS, Shared, SyncFn, WalkPage, schema_value, sled_error,
 };
 
@@ -110,6 +110,14 @@ pub(super) enum Op {
         authorization: AuthorizationV1,
         cursor: String,
     },
+    /// A pending event the store cannot read (its record, or its notification's body) becomes
+    /// a dead letter with reason `corrupt`, keeping the unreadable bytes.
+    Quarantine {
+        instance: String,
+        id: Ulid,
+        problem: String,
+        now_ms: u64,
+    },
     Close {
         mark_clean: bool,
         now_ms: u64,
@@ -133,6 +141,8 @@ pub(super) enum Reply {
     Count(u64),
     /// The due time of a change envelope that became its queue's head, if one did.
     Promoted(Option<u64>),
+    /// A claim: the events, and the ids whose stored bytes could not be read, with why.
+    Claimed(Claimed),
 }
 
 /// A key and its value.
@@ -599,7 +609,15 @@ impl Committer {
                 self.dead_letter(view, &instance, id, dead, now_ms)?;
                 Ok(Reply::Promoted(self.promoted.drain(..).min()))
             }
-            Op::Claim { instance, ids } => self.claim(view, &instance, ids).map(Reply::Events),
+            Op::Claim { instance, ids } => self.claim(view, &instance, ids).map(Reply::Claimed),
+            Op::Quarantine {
+                instance,
+                id,
+                problem,
+                now_ms,
+            } => self
+                .quarantine(view, &instance, id, problem, now_ms)
+                .map(|done| Reply::Count(u64::from(done))),
             Op::ReplayDead { letters, now_ms } => {
                 let mut count = 0;
                 for (instance, id) in letters {
@@ -887,32 +905,175 @@ impl Committer {
             event,
             dead_at_ms: now_ms,
             reason: dead.reason,
+            quarantined: None,
         };
         view.insert(keys::dead(instance, id), DeadRecord::encode(&record));
         view.insert(keys::dead_by_time(now_ms, instance, id), Vec::new());
         Ok(())
     }
 
+    /// The events of `ids` that are still pending, and those whose record or notification body
+    /// cannot be read (for [`Committer::quarantine`]): one unreadable record does not fail the
+    /// claim. A read error of sled's is still an error (the store fails).
     fn claim(
         &mut self,
         view: &mut BatchView<'_>,
         instance: &str,
         ids: Vec<Ulid>,
-    ) -> Result<Vec<Event>, Error> {
+    ) -> Result<Claimed, Error> {
         let mut events = Vec::with_capacity(ids.len());
+        let mut unreadable = Vec::new();
         for id in ids {
-            let Some((_, event)) = find_pending(view, instance, id)? else {
-                continue;
+            let event = match find_pending(view, instance, id) {
+                Ok(Some((_, event))) => event,
+                Ok(None) => continue,
+                Err(Error::Corrupt(problem)) => {
+                    unreadable.push((id, problem));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let raw = match &event.changes {
+                Some(changes) => Some(Bytes::from(changes.raw.clone())),
+                None => match self.notification_body(view, &event) {
+                    Ok(raw) => raw,
+                    Err(Error::Corrupt(problem)) => {
+                        unreadable.push((id, problem));
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
             };
             // In flight from now on: no longer a merge target.
             self.unlink_pair(view, &pair_key(instance, &event.account), id)?;
-            let raw = match &event.changes {
-                Some(changes) => Some(Bytes::from(changes.raw.clone())),
-                None => self.notification_body(view, &event)?,
-            };
             events.push(to_event(id, instance, &event, raw));
         }
-        Ok(events)
+        Ok(Claimed { events, unreadable })
+    }
+
+    /// Moves a pending event that cannot be read to the dead letters, reason
+    /// [`QUARANTINED`], with the bytes that could not be read: its record's when the record
+    /// itself does not decode (the letter then knows only its id), else its notification's, if
+    /// that is still there. False if the event is not pending.
+    fn quarantine(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        problem: String,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        let (mut event, bytes) = match find_pending(view, instance, id) {
+            Ok(None) => return Ok(false),
+            Ok(Some(_)) => {
+                // The record reads: its notification's body is what is missing or unreadable.
+                let Some(mut event) = self.take_pending(view, instance, id)? else {
+                    return Ok(false);
+                };
+                let notification = event.notification.take();
+                let key = notification
+                    .and_then(|n| n.parse::<Ulid>().ok())
+                    .map(keys::notification);
+                let mut bytes = None;
+                if let Some(key) = key
+                    && let Some(value) = view.get(&key)?
+                    && NotificationRecord::decode(&value).is_err()
+                {
+                    // Not read by anyone again: a purge would trip over it.
+                    bytes = Some(value.to_vec());
+                    view.remove(key);
+                }
+                (event, bytes)
+            }
+            Err(Error::Corrupt(_)) => {
+                let Some(bytes) = self.take_unreadable(view, instance, id)? else {
+                    return Ok(false);
+                };
+                let event = EventV1 {
+                    account: String::new(),
+                    kind: EventKind::Notify,
+                    notification: None,
+                    date_ms: id.timestamp_ms(),
+                    age_base_ms: id.timestamp_ms(),
+                    attempts: 0,
+                    due_ms: now_ms,
+                    refused_only: false,
+                    last_status: None,
+                    last_error: None,
+                    bytes: bytes.len() as u64 + EVENT_OVERHEAD_BYTES,
+                    changes: None,
+                    raw: None,
+                };
+                (event, Some(bytes))
+            }
+            Err(err) => return Err(err),
+        };
+        event.last_error = Some(problem);
+        let counter = self.counter_mut(instance);
+        counter.dead_events += 1;
+        counter.dead_bytes += event.bytes;
+        let record = DeadV1 {
+            event,
+            dead_at_ms: now_ms,
+            reason: QUARANTINED.to_owned(),
+            quarantined: bytes
+                .map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)),
+        };
+        view.insert(keys::dead(instance, id), DeadRecord::encode(&record));
+        view.insert(keys::dead_by_time(now_ms, instance, id), Vec::new());
+        Ok(true)
+    }
+
+    /// Removes the stored bytes of a pending event whose record does not decode (a run member,
+    /// an `r/` or an `e/` record, with its due-index entry), and its share of the counters (as
+    /// far as known: the record's size); returns the bytes.
+    fn take_unreadable(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let mut taken = None;
+        let prefix = keys::instance_prefix(keys::RUN, instance);
+        if let Some((key, run)) = view.last_at_or_before(&prefix, &keys::run(instance, id))?
+            && let Ok(Some(record)) = run::find(&run, id)
+        {
+            let bytes = record.to_vec();
+            rewrite_run(view, key, id, None)?;
+            taken = Some(bytes);
+        }
+        if taken.is_none() {
+            for key in [keys::ready(instance, id), keys::event(instance, id)] {
+                let Some(value) = view.get(&key)?.map(|v| v.to_vec()) else {
+                    continue;
+                };
+                if key.starts_with(keys::EVENT) {
+                    // Its due time is in the record: look for the id in the instance's index.
+                    let due = keys::instance_prefix(keys::DUE, instance);
+                    let entry = self.db.scan_prefix(&due).keys().find_map(|k| match k {
+                        Ok(k) if keys::parse_due(due.len(), &k).map(|(_, i)| i) == Some(id) => {
+                            Some(Ok(k))
+                        }
+                        Ok(_) => None,
+                        Err(err) => Some(Err(sled_error(err))),
+                    });
+                    if let Some(entry) = entry {
+                        view.remove(entry?.to_vec());
+                    }
+                }
+                view.remove(key);
+                taken = Some(value);
+                break;
+            }
+        }
+        if let Some(bytes) = &taken {
+            let counter = self.counter_mut(instance);
+            counter.pending_events = counter.pending_events.saturating_sub(1);
+            counter.pending_bytes = counter
+                .pending_bytes
+                .saturating_sub(bytes.len() as u64 + EVENT_OVERHEAD_BYTES);
+        }
+        Ok(taken)
     }
 
     // === dead letters and held events ===
@@ -927,6 +1088,18 @@ impl Committer {
         let Some(dead) = self.take_dead(view, instance, id)? else {
             return Ok(false);
         };
+        if dead.reason == QUARANTINED {
+            // Nothing deliverable: the letter stays, for inspection, until purged or expired.
+            let counter = self.counter_mut(instance);
+            counter.dead_events += 1;
+            counter.dead_bytes += dead.event.bytes;
+            view.insert(keys::dead(instance, id), DeadRecord::encode(&dead));
+            view.insert(
+                keys::dead_by_time(dead.dead_at_ms, instance, id),
+                Vec::new(),
+            );
+            return Ok(false);
+        }
         let mut event = dead.event;
         if let Some(changes) = event.changes.as_mut() {
             // A replayed change envelope is delivered on its own, outside its pair's queue.

@@ -195,6 +195,13 @@ pub struct IngestTarget {
     pub changes: bool,
 }
 
+/// What a claim took: the events to deliver, and those that cannot be read, with why.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub events: Vec<Event>,
+    pub unreadable: Vec<(Ulid, String)>,
+}
+
 /// Where a notification went for one target.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Placed {
@@ -539,8 +546,19 @@ impl Store {
     }
 
     /// Takes events out of the store for delivery: they stop being merge targets, and their
-    /// current records (with raw bodies) are returned. Missing ids are skipped.
+    /// current records (with raw bodies) are returned. Missing ids are skipped; an event that
+    /// cannot be read fails the claim (delivery uses [`Store::claim_readable`]).
     pub async fn claim(&self, instance: &str, ids: Vec<Ulid>) -> Result<Vec<Event>, Error> {
+        let claimed = self.claim_readable(instance, ids).await?;
+        match claimed.unreadable.into_iter().next() {
+            Some((id, problem)) => Err(Error::Corrupt(format!("event {id}: {problem}"))),
+            None => Ok(claimed.events),
+        }
+    }
+
+    /// [`Store::claim`], except that the events whose record or notification body cannot be
+    /// read are listed apart (for [`Store::quarantine`]) instead of failing the claim.
+    pub async fn claim_readable(&self, instance: &str, ids: Vec<Ulid>) -> Result<Claimed, Error> {
         match self
             .request(Op::Claim {
                 instance: instance.to_owned(),
@@ -548,7 +566,23 @@ impl Store {
             })
             .await?
         {
-            Reply::Events(events) => Ok(events),
+            Reply::Claimed(claimed) => Ok(claimed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Dead-letters a pending event that cannot be read, with reason `corrupt` and its
+    /// unreadable bytes kept in the letter ([`record::DeadV1::quarantined`]); `problem` says
+    /// what could not be read. False if the event is no longer pending.
+    pub async fn quarantine(&self, instance: &str, id: Ulid, problem: &str) -> Result<bool, Error> {
+        let op = Op::Quarantine {
+            instance: instance.to_owned(),
+            id,
+            problem: problem.to_owned(),
+            now_ms: now_ms(),
+        };
+        match self.request(op).await? {
+            Reply::Count(count) => Ok(count == 1),
             other => Err(unexpected(other)),
         }
     }
@@ -1070,6 +1104,24 @@ pub mod testing {
     use std::path::Path;
 
     use super::JOURNAL_FILE;
+
+    /// Writes `value` under `key` in the store at `path` (the daemon must not run), bypassing
+    /// the committer and every record format: for tests of damaged records. The key is made
+    /// of `family` (such as `b"r/"`), the instance, a NUL and `id`'s 16 bytes.
+    pub fn write_raw_event_key(
+        path: &Path,
+        family: &[u8],
+        instance: &str,
+        id: ulid::Ulid,
+        value: &[u8],
+    ) -> Result<(), String> {
+        let db = super::open_sled(path, 16 * 1024 * 1024)?;
+        let mut key = super::keys::instance_prefix(family, instance);
+        key.extend_from_slice(&id.to_bytes());
+        db.insert(key, value).map_err(|e| e.to_string())?;
+        db.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
 
     /// Copies the store's files at `from` to `to` as they are now, sled's first and the journal
     /// last, so that the copy's journal is at least as new as its sled files: what a crash at

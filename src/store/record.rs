@@ -148,7 +148,16 @@ pub struct DeadV1 {
     pub event: EventV1,
     pub dead_at_ms: u64,
     pub reason: String,
+    /// Reason [`QUARANTINED`]: the bytes the store held that could not be read (the event's
+    /// record, or its notification's), base64, kept for inspection until the letter is purged
+    /// or expires. Such a letter is never replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
+
+/// The reason of a dead letter whose stored record could not be read (see
+/// [`DeadV1::quarantined`]).
+pub const QUARANTINED: &str = "corrupt";
 
 /// The version byte of a binary event record (a JSON record starts with `{`).
 const EVENT_V3: u8 = 3;

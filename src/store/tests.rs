@@ -596,6 +596,109 @@ async fn an_event_written_by_schema_1_is_delivered_with_its_shared_body() {
     assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
 }
 
+/// A claim lists the events it cannot read instead of failing; quarantining one makes it a
+/// dead letter with reason `corrupt` that keeps the unreadable bytes, is never replayed, and
+/// can be purged; the readable event is claimed as usual.
+#[tokio::test]
+async fn unreadable_events_are_listed_by_a_claim_and_quarantined() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    // Two events sharing one notification record, which gets damaged.
+    let shared = store
+        .ingest(
+            body(1),
+            now_ms(),
+            vec![target("dbid:a", false), target("dbid:b", false)],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ingest: {e}"));
+    let shared: Vec<Ulid> = shared.into_iter().map(|p| created(p).id).collect();
+    // One waiting for a retry, whose own record gets damaged.
+    let waiting = created(ingest_one(&store, 2, false).await).id;
+    let mut retry = refused(1);
+    retry.due_ms = 5;
+    assert!(store.reschedule("acme", waiting, retry).await.is_ok());
+    let readable = created(ingest_one(&store, 3, false).await).id;
+    let notification = store
+        .db
+        .scan_prefix(keys::NOTIFICATION)
+        .keys()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("no shared notification"));
+    let damaged = [
+        store.db.insert(notification.clone(), b"\x09".to_vec()),
+        store
+            .db
+            .insert(keys::event("acme", waiting), b"\x03bad".to_vec()),
+    ];
+    assert!(damaged.iter().all(Result::is_ok));
+
+    let ids = vec![shared[0], shared[1], waiting, readable];
+    assert!(
+        store.claim("acme", ids.clone()).await.is_err(),
+        "claim fails whole"
+    );
+    let claimed = store
+        .claim_readable("acme", ids)
+        .await
+        .unwrap_or_else(|e| panic!("claim: {e}"));
+    assert_eq!(
+        claimed.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![readable]
+    );
+    let unreadable: Vec<Ulid> = claimed.unreadable.iter().map(|(id, _)| *id).collect();
+    assert_eq!(unreadable, vec![shared[0], shared[1], waiting]);
+    for (id, problem) in &claimed.unreadable {
+        assert_eq!(
+            store.quarantine("acme", *id, problem).await.ok(),
+            Some(true)
+        );
+    }
+    assert_eq!(
+        store.quarantine("acme", waiting, "again").await.ok(),
+        Some(false)
+    );
+
+    let counters = store.counters().get("acme").copied().unwrap_or_default();
+    assert_eq!((counters.pending_events, counters.dead_events), (1, 3));
+    assert_eq!(store.db.scan_prefix(keys::NOTIFICATION).count(), 0);
+    assert_eq!(
+        store.db.scan_prefix(keys::DUE).count(),
+        0,
+        "the due entry stays"
+    );
+    let letter = |id: Ulid| {
+        store
+            .db
+            .get(keys::dead("acme", id))
+            .ok()
+            .flatten()
+            .and_then(|v| record::DeadRecord::decode(&v).ok())
+            .unwrap_or_else(|| panic!("no dead letter {id}"))
+    };
+    let b64 =
+        |bytes: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+    for id in [shared[0], shared[1], waiting] {
+        assert_eq!(letter(id).reason, record::QUARANTINED);
+    }
+    assert_eq!(letter(shared[0]).quarantined, Some(b64(b"\x09")));
+    assert_eq!(letter(shared[0]).event.account, "dbid:a");
+    assert_eq!(
+        letter(shared[1]).quarantined,
+        None,
+        "the bytes went with the first"
+    );
+    assert_eq!(letter(waiting).quarantined, Some(b64(b"\x03bad")));
+
+    let letters = vec![("acme".to_owned(), waiting), ("acme".to_owned(), shared[1])];
+    assert_eq!(store.replay_dead(letters.clone()).await.ok(), Some(0));
+    assert_eq!(letter(waiting).reason, record::QUARANTINED, "still there");
+    assert_eq!(store.purge_dead(letters).await.ok(), Some(2));
+    let counters = store.counters().get("acme").copied().unwrap_or_default();
+    assert_eq!((counters.pending_events, counters.dead_events), (1, 1));
+}
+
 #[tokio::test]
 async fn a_store_of_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -585,3 +585,95 @@ async fn a_reload_moves_an_instance_to_a_new_callback() {
         "the old callback got a delivery after the reload"
     );
 }
+
+/// A pending event whose stored record does not decode is quarantined: dead-lettered with
+/// reason `corrupt` (its bytes kept), while the instance's other events are delivered and the
+/// lane carries on; `status` and `/metrics` count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_quarantined_and_the_rest_delivered() {
+    let app = App::new("app-key");
+    let cb = FakeCallback::ok().await;
+    // Paused and past its quota after the first event, so that the next ones wait in records
+    // of their own (parked), one of which the test damages while the daemon is stopped.
+    let cfg = TestConfig::new().instance(
+        instance("acme", 1, &app, &cb)
+            .delivery("max_queued_bytes", "1B")
+            .paused(true),
+    );
+    let mut d = Daemon::start(&cfg).await;
+    let accts = accounts(3);
+    notify_each(&d.ingest_url(), &app, &accts).await;
+    d.stop().await;
+    let stored = pending(&d.store_path());
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    let victim = stored
+        .iter()
+        .find(|e| e.account == accts[1])
+        .expect("the second account's event");
+    let id: ulid::Ulid = victim.id.parse().expect("an event id");
+    hookrelay::store::testing::write_raw_event_key(
+        &d.store_path(),
+        b"r/",
+        "acme",
+        id,
+        b"\x03damaged",
+    )
+    .expect("damage the parked event's record");
+
+    let mut resumed = cfg.clone();
+    let acme = resumed.instance_mut("acme");
+    *acme = acme.clone().paused(false);
+    d.rewrite_config(&resumed);
+    d.restart().await;
+    let reqs = cb
+        .wait_until(Duration::from_secs(20), "the two readable events", |r| {
+            let got: BTreeSet<String> = r.iter().map(Recorded::account).collect();
+            got.contains(&accts[0]) && got.contains(&accts[2])
+        })
+        .await;
+    assert!(
+        reqs.iter().all(|r| r.account() != accts[1]),
+        "the damaged event was delivered"
+    );
+    wait_until(Duration::from_secs(10), "status to count it", || async {
+        let out = d.cli(&["status", "--json"]).await;
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        report["instances"].as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["instance"] == "acme" && s["quarantined"] == 1 && s["dead_lettered"] == 1
+            })
+        })
+    })
+    .await;
+    let out = d.cli(&["status"]).await;
+    assert!(out.stdout.contains("1 (1 corrupt)"), "{}", out.stdout);
+    assert_eq!(
+        d.metric(r#"hookrelay_quarantined_total{instance_name="acme"}"#)
+            .await,
+        Some(1.0),
+        "{}",
+        d.metrics().await
+    );
+    // The lane carries on: a new event is delivered too.
+    let later = account_id();
+    let body = notification_body(&[&later]);
+    assert_eq!(
+        post_notification(&d.ingest_url(), &app.secret, &body).await,
+        200
+    );
+    cb.wait_until(Duration::from_secs(20), "a later event", |r| {
+        r.iter().any(|r| r.account() == later)
+    })
+    .await;
+    d.stop().await;
+
+    assert!(
+        pending(&d.store_path()).is_empty(),
+        "{:?}",
+        pending(&d.store_path())
+    );
+    let letters = hookrelay::store::inspect::dead_letters(&d.store_path()).expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].id, victim.id);
+    assert_eq!(letters[0].reason.as_deref(), Some("corrupt"));
+}

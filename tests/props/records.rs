@@ -86,7 +86,12 @@ proptest! {
     ) {
         let encoded = EventRecord::encode(&event);
         prop_assert_eq!(EventRecord::decode(&encoded).ok(), Some(event.clone()));
-        let dead = DeadV1 { event, dead_at_ms, reason };
+        let dead = DeadV1 {
+            event,
+            dead_at_ms,
+            reason,
+            quarantined: None,
+        };
         prop_assert_eq!(DeadRecord::decode(&DeadRecord::encode(&dead)).ok(), Some(dead));
         let n = NotificationRecord { accepted_ms, refs, body };
         prop_assert_eq!(NotificationRecord::decode(&n.encode()).ok(), Some(n));
