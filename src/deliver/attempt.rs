@@ -196,10 +196,18 @@ async fn send(ctx: &Context, instance: &Instance, event: &Event) -> Outcome {
     let Some(url) = instance.callback_url.as_ref() else {
         return refused("no callback URL configured".into());
     };
-    if !instance.delivery.allow_private_destinations
-        && let Err(err) = ssrf::check_literal(url)
-    {
-        return refused(err.to_string());
+    if !instance.delivery.allow_private_destinations {
+        // Through a proxy the name is resolved and checked here (the proxy connects); without
+        // one the client's resolver checks names at connect time.
+        let checked = match &instance.delivery.proxy {
+            Some(_) => ssrf::check_before_proxy(url, instance.delivery.timeout)
+                .await
+                .map_err(|e| e.to_string()),
+            None => ssrf::check_literal(url).map_err(|e| e.to_string()),
+        };
+        if let Err(err) = checked {
+            return refused(err);
+        }
     }
     let Some(client) = ctx.clients.load().get(&instance.delivery).cloned() else {
         return refused("no HTTP client for this instance's settings".into());

@@ -68,9 +68,10 @@ fn build(key: &ClientKey) -> Result<reqwest::Client, reqwest::Error> {
         .tcp_nodelay(true);
     match &key.proxy {
         Some(proxy) => {
-            // The proxy resolves the destination, so the connect-time check cannot run here;
-            // IP-literal callbacks are still checked before sending. The proxy host itself may
-            // well be private, so it is not filtered.
+            // The proxy resolves the destination and connects, so no connect-time check can run
+            // here: unless private destinations are allowed, each attempt resolves and checks
+            // the callback's host before sending (`ssrf::check_before_proxy`). The proxy host
+            // itself may well be private, so it is not filtered.
             builder = builder.proxy(reqwest::Proxy::all(proxy.clone())?);
         }
         None if !key.allow_private => {

@@ -1,13 +1,26 @@
 //! The destination guard: unless `allow_private_destinations` is set, a callback may not reach
-//! loopback, private, link-local, CGNAT, unspecified, documentation, benchmarking, multicast or
-//! reserved addresses, in any of their IPv4, IPv4-mapped or IPv4-embedding IPv6 spellings.
+//! loopback, private, link-local, CGNAT, unspecified, documentation, benchmarking, discard-only,
+//! multicast or reserved addresses, in any of their IPv4, IPv4-mapped or IPv4-embedding IPv6
+//! spellings, nor IPv6 transition addresses that would tunnel to an IPv4 address unchecked
+//! (IPv4-translated, Teredo).
 //!
 //! Two checks, both needed: [`check_literal`] for URLs whose host is an IP literal (no DNS lookup
 //! happens for those), and [`GuardedResolver`] for host names, which filters the resolved
 //! addresses at connect time so that a name cannot be re-pointed after a check (DNS rebinding).
+//!
+//! Through an egress proxy neither can run at connect time: the proxy resolves the name and
+//! connects. [`check_before_proxy`] therefore resolves the name itself before the request is
+//! handed over and refuses it when any address it resolves to is forbidden (the proxy may pick
+//! any of them). What a proxy can still do: resolve the name again, with its own resolver and at
+//! a later moment, and connect wherever that answer says (a name re-pointed between the two
+//! lookups, or one only the proxy's network knows), and reach whatever its own network reaches.
+//! The proxy's own rules must refuse internal destinations; this check keeps a callback URL
+//! from naming one outright.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
+use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// A callback address refused by the guard.
@@ -37,16 +50,22 @@ const FORBIDDEN_V4: [(Ipv4Addr, u8); 14] = [
     (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, broadcast
 ];
 
-/// Forbidden IPv6 networks, as (network, prefix length). IPv4-carrying ranges are handled by
-/// [`embedded_v4`] instead.
-const FORBIDDEN_V6: [(Ipv6Addr, u8); 8] = [
+/// Forbidden IPv6 networks, as (network, prefix length). Well-known NAT64 and 6to4 are judged
+/// by the IPv4 address they carry ([`embedded_v4`]) instead.
+const FORBIDDEN_V6: [(Ipv6Addr, u8); 12] = [
     (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96), // ::, ::1 and IPv4-compatible ::a.b.c.d
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7), // unique local
-    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link-local
-    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // deprecated site-local
-    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8), // multicast
+    // IPv4-translated ::ffff:0:a.b.c.d (SIIT): a translator turns it into any IPv4 address.
+    (Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96),
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64), // discard-only
+    // Teredo: a relay tunnels to the client's IPv4 address, whatever it is.
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32),
+    (Ipv6Addr::new(0x2001, 0x2, 0, 0, 0, 0, 0, 0), 48), // benchmarking
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),    // unique local
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),   // link-local
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),   // deprecated site-local
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),    // multicast
     (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation (RFC 9637)
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),   // documentation (RFC 9637)
     // Local-use NAT64 (RFC 8215): private by definition, and its translators may embed the
     // IPv4 address at several offsets, so the whole /48 is refused.
     (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
@@ -119,6 +138,62 @@ pub fn check_literal(url: &reqwest::Url) -> Result<(), ForbiddenDestination> {
     match unbracketed.parse::<IpAddr>() {
         Ok(addr) if is_forbidden(addr) => Err(ForbiddenDestination { addr }),
         _ => Ok(()),
+    }
+}
+
+/// Why a callback reached through a proxy is refused before anything is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyCheckError {
+    #[error(transparent)]
+    Forbidden(#[from] ForbiddenDestination),
+    #[error(
+        "cannot resolve {host} to check it before sending through the proxy: {reason} (set allow_private_destinations = true if only the proxy can resolve it)"
+    )]
+    Unresolved { host: String, reason: String },
+}
+
+/// Checks a callback URL that is about to go through an egress proxy: an IP literal as
+/// [`check_literal`] does, a host name by resolving it here (within `timeout`) and refusing it
+/// when any of its addresses is forbidden. A name that does not resolve here is refused too: it
+/// cannot be checked (see the module doc for what the proxy can still do).
+///
+/// # Errors
+///
+/// [`ProxyCheckError::Forbidden`] naming a forbidden address; [`ProxyCheckError::Unresolved`]
+/// when the lookup fails, times out or finds nothing.
+pub async fn check_before_proxy(url: &Url, timeout: Duration) -> Result<(), ProxyCheckError> {
+    check_literal(url)?;
+    // `domain()` is `None` for an IP literal, checked above.
+    let Some(host) = url.domain() else {
+        return Ok(());
+    };
+    let port = url.port_or_known_default().unwrap_or(0);
+    let unresolved = |reason: String| ProxyCheckError::Unresolved {
+        host: host.to_owned(),
+        reason,
+    };
+    let resolved: Vec<SocketAddr> =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(err)) => return Err(unresolved(err.to_string())),
+            Err(_) => return Err(unresolved(format!("no answer within {timeout:?}"))),
+        };
+    if resolved.is_empty() {
+        return Err(unresolved("no addresses".to_owned()));
+    }
+    every_address_allowed(&resolved)?;
+    Ok(())
+}
+
+/// `Ok` when none of `resolved` is forbidden, else the first forbidden one.
+fn every_address_allowed(resolved: &[SocketAddr]) -> Result<(), ForbiddenDestination> {
+    match resolved
+        .iter()
+        .map(SocketAddr::ip)
+        .find(|ip| is_forbidden(*ip))
+    {
+        Some(addr) => Err(ForbiddenDestination { addr }),
+        None => Ok(()),
     }
 }
 
@@ -211,6 +286,20 @@ mod tests {
             "64:ff9b:1::a00:1",
             "2002:7f00:1::1",
             "2002:c0a8:101::",
+            // IPv4-translated (SIIT), whatever IPv4 it carries.
+            "::ffff:0:7f00:1",
+            "::ffff:0:808:808",
+            "0:0:0:0:ffff:0:ffff:ffff",
+            // Teredo, whatever server and client it names.
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:0:ffff:ffff:ffff:ffff:ffff:ffff",
+            // Benchmarking.
+            "2001:2::1",
+            "2001:2:0:ffff:ffff:ffff:ffff:ffff",
+            // Discard-only.
+            "100::",
+            "100::ffff:ffff:ffff:ffff",
         ] {
             assert!(is_forbidden(ip(text)), "{text} should be forbidden");
         }
@@ -237,6 +326,14 @@ mod tests {
             "2002:808:808::1",
             "fe7f::1",
             "2001:db9::1",
+            // Just outside the ranges above.
+            "::fffe:0:7f00:1",
+            "::1:0:0:0",
+            "2001:1::1",
+            "2001:2:1::1",
+            "2001:3::1",
+            "100:0:0:1::",
+            "ff::ffff:ffff:ffff:ffff",
         ] {
             assert!(!is_forbidden(ip(text)), "{text} should be allowed");
         }
@@ -298,6 +395,37 @@ mod tests {
             })
         );
         assert_eq!(allowed_addresses(Vec::new()), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn through_a_proxy_one_forbidden_address_is_enough_to_refuse() {
+        let public = SocketAddr::new(ip("8.8.8.8"), 443);
+        let loopback = SocketAddr::new(ip("::1"), 443);
+        assert_eq!(every_address_allowed(&[public]), Ok(()));
+        assert_eq!(
+            every_address_allowed(&[public, loopback]),
+            Err(ForbiddenDestination {
+                addr: loopback.ip()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn check_before_proxy_resolves_names_and_checks_literals() {
+        let timeout = std::time::Duration::from_secs(10);
+        for text in [
+            "http://localhost:9/hooks",
+            "https://LOCALHOST/",
+            "http://[::1]/",
+        ] {
+            let refused = check_before_proxy(&url(text), timeout).await;
+            match refused {
+                Err(ProxyCheckError::Forbidden(err)) => assert!(err.addr.is_loopback(), "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let public = check_before_proxy(&url("https://8.8.8.8/hook"), timeout).await;
+        assert!(public.is_ok(), "{public:?}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ mod ingest;
 mod lifecycle;
 mod policy;
 mod powerfs;
+mod proxy;
 mod reload_load;
 mod secrets;
 mod storage_faults;

@@ -30,14 +30,18 @@ const V4: &[&str] = &[
 
 /// Refused IPv6 networks (the IPv4-carrying ones are judged by what they carry, below).
 const V6: &[&str] = &[
-    "::/96",          // unspecified, loopback, deprecated IPv4-compatible
-    "fc00::/7",       // unique local
-    "fe80::/10",      // link-local
-    "fec0::/10",      // deprecated site-local
-    "ff00::/8",       // multicast
-    "2001:db8::/32",  // documentation
-    "3fff::/20",      // documentation (RFC 9637)
-    "64:ff9b:1::/48", // local-use NAT64 (RFC 8215)
+    "::/96",           // unspecified, loopback, deprecated IPv4-compatible
+    "::ffff:0:0:0/96", // IPv4-translated (SIIT, RFC 6145), whatever it carries
+    "100::/64",        // discard-only (RFC 6666)
+    "2001::/32",       // Teredo (RFC 4380), whatever server and client it names
+    "2001:2::/48",     // benchmarking (RFC 5180)
+    "fc00::/7",        // unique local
+    "fe80::/10",       // link-local
+    "fec0::/10",       // deprecated site-local
+    "ff00::/8",        // multicast
+    "2001:db8::/32",   // documentation
+    "3fff::/20",       // documentation (RFC 9637)
+    "64:ff9b:1::/48",  // local-use NAT64 (RFC 8215)
 ];
 
 /// Ranges the reference refuses and the daemon does not: none since the guard refuses
@@ -45,8 +49,8 @@ const V6: &[&str] = &[
 /// recorded here while it is open.
 const KNOWN_GAPS: &[&str] = &[];
 
-/// Not in the reference (noted, not asserted): `100::/64` (discard-only, RFC 6666) and
-/// `5f00::/16` (SRv6 SIDs, RFC 9602) reach nothing on the public Internet either.
+/// Not in the reference (noted, not asserted): `5f00::/16` (SRv6 SIDs, RFC 9602) reaches
+/// nothing on the public Internet either.
 fn parse_v4(cidr: &str) -> (u32, u32) {
     let (net, len) = cidr.split_once('/').expect("a CIDR");
     let net: Ipv4Addr = net.parse().expect("an IPv4 network");
@@ -133,6 +137,7 @@ fn v6() -> impl Strategy<Value = u128> {
         .chain(
             [
                 "2001::/23",
+                "2001:1::/32",
                 "2002::/16",
                 "64:ff9b::/96",
                 "::ffff:0:0/96",
@@ -161,12 +166,15 @@ fn v6() -> impl Strategy<Value = u128> {
             }
         },
     );
-    let embedded = (v4(), 0u8..4, any::<u64>()).prop_map(|(v4, form, noise)| {
+    let embedded = (v4(), 0u8..6, any::<u64>()).prop_map(|(v4, form, noise)| {
         let v4 = u128::from(v4);
         match form {
             0 => (0xffffu128 << 32) | v4, // ::ffff:a.b.c.d
             1 => v4,                      // ::a.b.c.d
             2 => Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0).to_bits() | v4, // NAT64
+            3 => (0xffffu128 << 48) | v4, // ::ffff:0:a.b.c.d (IPv4-translated)
+            // Teredo: server IPv4 in bits 64..96, client IPv4 (inverted) in the low 32 bits.
+            4 => (0x2001u128 << 112) | (v4 << 64) | u128::from(noise as u32 ^ u32::MAX),
             _ => (0x2002u128 << 112) | (v4 << 80) | u128::from(noise), // 6to4
         }
     });
@@ -260,6 +268,8 @@ fn the_reference_table_holds_the_documented_examples() {
         "2606:4700::1111",
         "64:ff9b::808:808",
         "2002:808:808::1",
+        "2001:1::1",
+        "2001:3::1",
     ] {
         let ip: IpAddr = text.parse().unwrap();
         assert!(!reference(ip), "{text}");
@@ -271,6 +281,13 @@ fn the_reference_table_holds_the_documented_examples() {
 fn known_gaps_are_refused() {
     let mut passing = Vec::new();
     for text in [
+        // IPv4-translated loopback and metadata, Teredo naming loopback, benchmarking,
+        // discard-only.
+        "::ffff:0:7f00:1",
+        "::ffff:0:a9fe:a9fe",
+        "2001:0:7f00:1::80ff:fffe",
+        "2001:2::1",
+        "100::1",
         "3fff::1",
         "3fff:fff:ffff::1",
         // 127.0.0.1 under the local-use NAT64 prefix with a /64 (RFC 6052 §2.2) layout.
