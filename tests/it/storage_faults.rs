@@ -1043,7 +1043,12 @@ async fn a_store_that_does_not_open_is_named_and_the_daemon_exits_1() {
         .lines()
         .find(|l| l.contains("cannot open the store"))
         .unwrap_or_else(|| panic!("no error naming the store\n{logs}"));
-    for needle in ["data", "conf", "docs/durability.md", "move the store directory aside"] {
+    for needle in [
+        "data",
+        "conf",
+        "docs/durability.md",
+        "move the store directory aside",
+    ] {
         assert!(line.contains(needle), "{needle:?} missing from {line}");
     }
     assert!(!logs.contains("panicked"), "{logs}");
