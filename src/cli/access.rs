@@ -24,6 +24,8 @@ use crate::store::{self, Store};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one admin request may take (a replay of many letters is a few batches).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The bound of [`AdminClient::post_long`].
+const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The way in.
 pub enum Access {
@@ -141,6 +143,22 @@ impl AdminClient {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// `POST path` with a JSON body → JSON, for work whose length grows with the store (a
+    /// replay or purge of many dead letters, done a page at a time): waits up to
+    /// [`LONG_REQUEST_TIMEOUT`].
+    pub async fn post_long<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(LONG_REQUEST_TIMEOUT)
+            .json(body);
+        self.send(request).await
     }
 
     /// `POST path` with a JSON body → JSON.

@@ -4,9 +4,9 @@
 use super::access::{Access, Offline};
 use super::status::{age, render};
 use super::{EXIT_FAILURE, Failure, SelectArgs, WindowArgs};
-use crate::config::{Config, Url};
+use crate::config::Config;
 use crate::deliver::envelope::rfc3339;
-use crate::ops::dead::{self, Outcome, Selection, SelectionBody, Target, Window};
+use crate::ops::dead::{self, ListQuery, Outcome, Selection, SelectionBody, Target, Window};
 use crate::store::{self, inspect::EventSummary};
 
 impl From<WindowArgs> for Window {
@@ -38,57 +38,50 @@ fn store_failure(err: store::Error) -> Failure {
     Failure::new(EXIT_FAILURE, err.to_string())
 }
 
+/// Lists dead letters a page at a time (through the daemon or from the stopped store), printing
+/// each page as it comes, so that neither the daemon nor this command holds the whole set. The
+/// text table's columns are sized per page; `--json` prints one JSON array.
 pub async fn list(
     config: &Config,
     instance: Option<String>,
     window: WindowArgs,
     json: bool,
 ) -> Result<(), Failure> {
-    let window = Window::from(window);
     let access = Access::open(config).await?;
-    let letters: Vec<EventSummary> = match &access {
-        Access::Daemon(client) => client.get(&list_path(instance.as_deref(), &window)).await?,
-        Access::Offline(offline) => match &offline.store {
-            Some(store) => {
-                dead::list(store, instance.as_deref(), &window).map_err(store_failure)?
+    let mut query = Some(ListQuery::first(instance, Window::from(window)));
+    let mut printed = 0usize;
+    if json {
+        print!("[");
+    }
+    while let Some(page_query) = query.take() {
+        let page: Vec<EventSummary> = match &access {
+            Access::Daemon(client) => client.get(&page_query.path()).await?,
+            Access::Offline(offline) => match &offline.store {
+                Some(store) => page_query.read(store).map_err(store_failure)?,
+                None => Vec::new(),
+            },
+        };
+        if json {
+            for letter in &page {
+                let text = serde_json::to_string_pretty(letter)
+                    .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+                let separator = if printed == 0 { "\n" } else { ",\n" };
+                print!("{separator}{text}");
+                printed += 1;
             }
-            None => Vec::new(),
-        },
-    };
+        } else if !page.is_empty() {
+            print!("{}", table(&page, store::now_ms()));
+            printed += page.len();
+        }
+        query = page_query.next(&page);
+    }
     access.close().await?;
     if json {
-        let text = serde_json::to_string_pretty(&letters)
-            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
-        println!("{text}");
-    } else if letters.is_empty() {
+        println!("{}]", if printed == 0 { "" } else { "\n" });
+    } else if printed == 0 {
         println!("no dead letters");
-    } else {
-        print!("{}", table(&letters, store::now_ms()));
     }
     Ok(())
-}
-
-/// `/admin/dead?instance=…&since=…&until=…` with the query properly encoded.
-fn list_path(instance: Option<&str>, window: &Window) -> String {
-    let Ok(mut url) = Url::parse("http://admin/admin/dead") else {
-        return "/admin/dead".into();
-    };
-    {
-        let mut query = url.query_pairs_mut();
-        if let Some(instance) = instance {
-            query.append_pair("instance", instance);
-        }
-        if let Some(since) = window.since_ms {
-            query.append_pair("since", &since.to_string());
-        }
-        if let Some(until) = window.until_ms {
-            query.append_pair("until", &until.to_string());
-        }
-    }
-    match url.query() {
-        Some(query) if !query.is_empty() => format!("{}?{query}", url.path()),
-        _ => url.path().to_owned(),
-    }
 }
 
 fn table(letters: &[EventSummary], now_ms: u64) -> String {
@@ -151,7 +144,7 @@ async fn apply(
     let outcome = match &access {
         Access::Daemon(client) => {
             let body = SelectionBody::from_selection(selection);
-            client.post(action.endpoint(), &body).await
+            client.post_long(action.endpoint(), &body).await
         }
         Access::Offline(Offline {
             store: Some(store), ..
@@ -226,19 +219,6 @@ fn missing(outcome: &Outcome) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn list_paths_encode_their_query() {
-        assert_eq!(list_path(None, &Window::default()), "/admin/dead");
-        let window = Window {
-            since_ms: Some(5),
-            until_ms: Some(9),
-        };
-        assert_eq!(
-            list_path(Some("acme dropbox&x"), &window),
-            "/admin/dead?instance=acme+dropbox%26x&since=5&until=9"
-        );
-    }
 
     #[test]
     fn dead_at_is_shown_in_utc() {

@@ -32,11 +32,11 @@ use tracing::{info, warn};
 
 use crate::changes::Walker;
 use crate::changes::authorize::AuthorizeError;
-use crate::config::{LiveConfig, Url};
+use crate::config::LiveConfig;
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::ops::cross_site;
-use crate::ops::dead::{self, Selection, SelectionBody, Window};
+use crate::ops::dead::{self, Selection, SelectionBody};
 use crate::ops::metrics::{self, Metrics, QueueFigures};
 use crate::ops::status;
 use crate::store::{self, Store};
@@ -128,12 +128,12 @@ impl Admin {
                 .await
             }
             (&Method::GET, "/admin/dead") => {
-                let (instance, window) = match dead_query(request.uri().query()) {
+                let query = match dead::ListQuery::parse(request.uri().query(), store::now_ms()) {
                     Ok(query) => query,
                     Err(message) => return error(StatusCode::BAD_REQUEST, &message),
                 };
                 let store = self.store.clone();
-                blocking(move || dead::list(&store, instance.as_deref(), &window)).await
+                blocking(move || query.read(&store)).await
             }
             (&Method::POST, "/admin/dead/replay") => {
                 let selection = match read_selection(request).await {
@@ -273,28 +273,6 @@ where
         Ok(Err(err)) => store_error(&err),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
     }
-}
-
-/// `?instance=&since=&until=` of `GET /admin/dead`; times as [`dead::parse_time`] reads them.
-fn dead_query(query: Option<&str>) -> Result<(Option<String>, Window), String> {
-    let mut instance = None;
-    let mut window = Window::default();
-    let now = store::now_ms();
-    let mut url = Url::parse("http://admin/").map_err(|e| e.to_string())?;
-    url.set_query(query);
-    for (key, value) in url.query_pairs() {
-        match key.as_ref() {
-            "instance" => instance = Some(value.into_owned()),
-            "since" => window.since_ms = Some(dead::parse_time(&value, now)?),
-            "until" => window.until_ms = Some(dead::parse_time(&value, now)?),
-            other => {
-                return Err(format!(
-                    "unknown parameter {other:?}; expected instance, since or until"
-                ));
-            }
-        }
-    }
-    Ok((instance, window))
 }
 
 /// Reads and checks the JSON body of a replay or purge.

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-use crate::config::parse_duration;
-use crate::store::inspect::EventSummary;
+use crate::config::{Url, parse_duration};
+use crate::store::inspect::{DeadRef, EventSummary};
 use crate::store::{self, Store};
 
 /// What a TIME may be, for messages.
@@ -186,7 +186,13 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Dead letters of one instance or all, within `window`, oldest death first.
+/// Dead letters one page of a listing shows by default, and at most.
+pub const LIST_PAGE: usize = 1_000;
+pub const LIST_PAGE_MAX: usize = 10_000;
+
+/// A page of dead letters of one instance or all, within `window`, oldest death first, after
+/// the letter `after` names (the last of the previous page; see [`after_token`]). Reads the
+/// index and `limit` records, never the whole set, and no bodies.
 ///
 /// # Errors
 /// A store read error.
@@ -194,49 +200,278 @@ pub fn list(
     store: &Store,
     instance: Option<&str>,
     window: &Window,
+    after: Option<&DeadRef>,
+    limit: usize,
 ) -> Result<Vec<EventSummary>, store::Error> {
-    let mut letters: Vec<EventSummary> = store
-        .dead_letters(instance)?
-        .into_iter()
-        .filter(|letter| window.contains(letter.dead_at_ms.unwrap_or(0)))
-        .collect();
-    letters.sort_by(|a, b| (a.dead_at_ms, &a.id).cmp(&(b.dead_at_ms, &b.id)));
-    Ok(letters)
+    let refs = store.dead_page(
+        instance,
+        (window.since_ms, window.until_ms),
+        after,
+        limit.clamp(1, LIST_PAGE_MAX),
+    )?;
+    store.dead_summaries(&refs)
+}
+
+/// A listing request, `GET /admin/dead?instance=&since=&until=&after=&limit=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub instance: Option<String>,
+    pub window: Window,
+    /// The last letter of the previous page ([`after_token`]).
+    pub after: Option<DeadRef>,
+    /// Letters in this page: [`LIST_PAGE`] unless asked, at most [`LIST_PAGE_MAX`].
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// The first page of `instance`'s (or all) letters within `window`.
+    pub fn first(instance: Option<String>, window: Window) -> ListQuery {
+        ListQuery {
+            instance,
+            window,
+            after: None,
+            limit: LIST_PAGE,
+        }
+    }
+
+    /// Reads a query string; times as [`parse_time`] reads them.
+    ///
+    /// # Errors
+    /// A message naming the parameter that is wrong.
+    pub fn parse(query: Option<&str>, now_ms: u64) -> Result<ListQuery, String> {
+        let mut list = ListQuery::first(None, Window::default());
+        let mut url = Url::parse("http://admin/").map_err(|e| e.to_string())?;
+        url.set_query(query);
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "instance" => list.instance = Some(value.into_owned()),
+                "since" => list.window.since_ms = Some(parse_time(&value, now_ms)?),
+                "until" => list.window.until_ms = Some(parse_time(&value, now_ms)?),
+                "after" => list.after = Some(parse_after(&value)?),
+                "limit" => {
+                    list.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=LIST_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            format!("limit {value:?}: expected a number from 1 to {LIST_PAGE_MAX}")
+                        })?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; expected instance, since, until, after or \
+                         limit"
+                    ));
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    /// `/admin/dead?…` asking for this page, the query properly encoded.
+    pub fn path(&self) -> String {
+        let Ok(mut url) = Url::parse("http://admin/admin/dead") else {
+            return "/admin/dead".into();
+        };
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(instance) = &self.instance {
+                query.append_pair("instance", instance);
+            }
+            if let Some(since) = self.window.since_ms {
+                query.append_pair("since", &since.to_string());
+            }
+            if let Some(until) = self.window.until_ms {
+                query.append_pair("until", &until.to_string());
+            }
+            if let Some(after) = &self.after {
+                query.append_pair("after", &token(after));
+            }
+            if self.limit != LIST_PAGE {
+                query.append_pair("limit", &self.limit.to_string());
+            }
+        }
+        match url.query() {
+            Some(query) if !query.is_empty() => format!("{}?{query}", url.path()),
+            _ => url.path().to_owned(),
+        }
+    }
+
+    /// The query of the page after `page` (the page this query got), if it was full.
+    pub fn next(&self, page: &[EventSummary]) -> Option<ListQuery> {
+        let last = page.last().filter(|_| page.len() >= self.limit)?;
+        Some(ListQuery {
+            after: parse_after(&after_token(last)).ok(),
+            ..self.clone()
+        })
+    }
+
+    /// This page, read from the store directly.
+    ///
+    /// # Errors
+    /// A store read error.
+    pub fn read(&self, store: &Store) -> Result<Vec<EventSummary>, store::Error> {
+        list(
+            store,
+            self.instance.as_deref(),
+            &self.window,
+            self.after.as_ref(),
+            self.limit,
+        )
+    }
+}
+
+fn token(letter: &DeadRef) -> String {
+    format!("{}.{}.{}", letter.dead_at_ms, letter.id, letter.instance)
+}
+
+/// The position after `letter`, for the next page: `<dead at ms>.<id>.<instance>`.
+pub fn after_token(letter: &EventSummary) -> String {
+    format!(
+        "{}.{}.{}",
+        letter.dead_at_ms.unwrap_or(0),
+        letter.id,
+        letter.instance
+    )
+}
+
+/// Reads [`after_token`]'s text back.
+///
+/// # Errors
+/// A message naming what does not parse.
+pub fn parse_after(token: &str) -> Result<DeadRef, String> {
+    let bad = || format!("{token:?} is not a position in the dead letters (<ms>.<id>.<instance>)");
+    let mut parts = token.splitn(3, '.');
+    let (Some(at), Some(id), Some(instance)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    Ok(DeadRef {
+        dead_at_ms: at.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+        instance: instance.to_owned(),
+    })
 }
 
 /// Dead letters as the store names them: (instance, event id).
 type Letters = Vec<(String, Ulid)>;
 
-/// The letters `selection` names, and the requested ids that are not dead letters.
-fn resolve(store: &Store, selection: &Selection) -> Result<(Letters, Vec<String>), store::Error> {
-    let instance = match &selection.target {
-        Target::Instance(name) => Some(name.as_str()),
-        Target::Ids(_) | Target::All => None,
-    };
-    let letters = list(store, instance, &selection.window)?;
-    let pair = |letter: &EventSummary| {
-        letter
-            .id
-            .parse::<Ulid>()
-            .ok()
-            .map(|id| (letter.instance.clone(), id))
-    };
-    match &selection.target {
-        Target::Ids(ids) => {
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            for id in ids {
-                match letters.iter().filter_map(pair).find(|(_, l)| l == id) {
-                    Some(hit) => found.push(hit),
-                    None => missing.push(id.to_string()),
-                }
-            }
-            Ok((found, missing))
+/// What a replay or purge does with each page of letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Replay,
+    Purge,
+}
+
+/// Runs `action` on the letters `selection` names, a page of [`store::MAINTENANCE_PAGE`] at
+/// a time: each page is read on a blocking thread and is one request to the committer, so
+/// neither memory nor the committer's time grows with the number of letters. Letters that die
+/// while it runs (a replayed one failing again) are left for the next request: the window
+/// ends when the request began.
+async fn act(
+    store: &Store,
+    selection: &Selection,
+    action: Action,
+) -> Result<Outcome, store::Error> {
+    let mut outcome = Outcome::default();
+    let apply = async |outcome: &mut Outcome, letters: Letters| {
+        if letters.is_empty() {
+            return Ok(());
         }
-        Target::Instance(_) | Target::All => {
-            Ok((letters.iter().filter_map(pair).collect(), Vec::new()))
+        outcome
+            .instances
+            .extend(letters.iter().map(|(name, _)| name.clone()));
+        outcome.count += match action {
+            Action::Replay => store.replay_dead(letters).await?,
+            Action::Purge => store.purge_dead(letters).await?,
+        };
+        Ok::<_, store::Error>(())
+    };
+    let instance = match &selection.target {
+        Target::Ids(ids) => {
+            let (found, not_found) = find(store, ids, selection.window).await?;
+            outcome.not_found = not_found;
+            for page in found.chunks(store::MAINTENANCE_PAGE) {
+                apply(&mut outcome, page.to_vec()).await?;
+            }
+            return Ok(outcome);
+        }
+        Target::Instance(name) => Some(name.clone()),
+        Target::All => None,
+    };
+    let began = store::now_ms().saturating_add(1);
+    let window = (
+        selection.window.since_ms,
+        Some(
+            selection
+                .window
+                .until_ms
+                .map_or(began, |until| until.min(began)),
+        ),
+    );
+    let mut after: Option<DeadRef> = None;
+    loop {
+        let (page_store, page_instance, page_after) = (store.clone(), instance.clone(), after);
+        let page = read(move || {
+            page_store.dead_page(
+                page_instance.as_deref(),
+                window,
+                page_after.as_ref(),
+                store::MAINTENANCE_PAGE,
+            )
+        })
+        .await?;
+        let Some(last) = page.last().cloned() else {
+            return Ok(outcome);
+        };
+        let letters = page.into_iter().map(|r| (r.instance, r.id)).collect();
+        apply(&mut outcome, letters).await?;
+        after = Some(last);
+    }
+}
+
+/// Which of `ids` are dead letters within `window`, and the ones that are not.
+async fn find(
+    store: &Store,
+    ids: &[Ulid],
+    window: Window,
+) -> Result<(Letters, Vec<String>), store::Error> {
+    let (found_store, wanted) = (store.clone(), ids.to_vec());
+    let found = read(move || {
+        let found = found_store.find_dead(&wanted)?;
+        let refs: Vec<DeadRef> = found
+            .into_iter()
+            .map(|(instance, id)| DeadRef {
+                dead_at_ms: 0,
+                instance,
+                id,
+            })
+            .collect();
+        found_store.dead_summaries(&refs)
+    })
+    .await?;
+    let mut letters = Vec::new();
+    for letter in found {
+        if window.contains(letter.dead_at_ms.unwrap_or(0))
+            && let Ok(id) = letter.id.parse::<Ulid>()
+        {
+            letters.push((letter.instance, id));
         }
     }
+    let not_found = ids
+        .iter()
+        .filter(|id| !letters.iter().any(|(_, found)| found == *id))
+        .map(Ulid::to_string)
+        .collect();
+    Ok((letters, not_found))
+}
+
+/// A store read on a blocking thread, so that a long scan never holds an async worker.
+async fn read<T: Send + 'static>(
+    scan: impl FnOnce() -> Result<T, store::Error> + Send + 'static,
+) -> Result<T, store::Error> {
+    tokio::task::spawn_blocking(scan)
+        .await
+        .map_err(|e| store::Error::Failed(format!("a store read did not finish: {e}")))?
 }
 
 /// Puts the selected dead letters back on the queue with a fresh attempt count and age.
@@ -245,23 +480,11 @@ fn resolve(store: &Store, selection: &Selection) -> Result<(Letters, Vec<String>
 /// # Errors
 /// A store error.
 pub async fn replay(store: &Store, selection: &Selection) -> Result<Outcome, store::Error> {
-    let (letters, not_found) = resolve(store, selection)?;
-    let instances = letters.iter().map(|(name, _)| name.clone()).collect();
-    let count = if letters.is_empty() {
-        0
-    } else {
-        store.replay_dead(letters).await?
-    };
-    Ok(Outcome {
-        count,
-        held: 0,
-        not_found,
-        instances,
-    })
+    act(store, selection, Action::Replay).await
 }
 
 /// Deletes the selected dead letters. With `--instance NAME` and no window, when NAME is not
-/// configured (`is_configured` says no), NAME's held pending events are deleted too (SPEC §7).
+/// configured (`is_configured` says no), NAME's held pending events are deleted too.
 ///
 /// # Errors
 /// A store error.
@@ -270,24 +493,15 @@ pub async fn purge(
     selection: &Selection,
     is_configured: impl Fn(&str) -> bool,
 ) -> Result<Outcome, store::Error> {
-    let (letters, not_found) = resolve(store, selection)?;
-    let count = if letters.is_empty() {
-        0
-    } else {
-        store.purge_dead(letters).await?
-    };
-    let held = match &selection.target {
+    let mut outcome = act(store, selection, Action::Purge).await?;
+    outcome.instances.clear();
+    outcome.held = match &selection.target {
         Target::Instance(name) if selection.window.is_unbounded() && !is_configured(name) => {
             store.purge_pending(name).await?
         }
         _ => 0,
     };
-    Ok(Outcome {
-        count,
-        held,
-        not_found,
-        instances: BTreeSet::new(),
-    })
+    Ok(outcome)
 }
 
 #[cfg(test)]
@@ -376,6 +590,58 @@ mod tests {
             r#"{"all": true, "colour": "red"}"#,
         ] {
             assert!(body(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn list_queries_encode_parse_and_page() {
+        let first = ListQuery::first(None, Window::default());
+        assert_eq!(first.path(), "/admin/dead");
+        let mut query = ListQuery::first(
+            Some("acme dropbox&x".into()),
+            Window {
+                since_ms: Some(5),
+                until_ms: Some(9),
+            },
+        );
+        query.limit = 2;
+        assert_eq!(
+            query.path(),
+            "/admin/dead?instance=acme+dropbox%26x&since=5&until=9&limit=2"
+        );
+        let letter = |id: u64| EventSummary {
+            id: Ulid::from_parts(id, 1).to_string(),
+            instance: "a.b".into(),
+            account: String::new(),
+            attempts: 1,
+            raw: Vec::new(),
+            accepted_ms: 0,
+            due_ms: 0,
+            last_status: None,
+            last_error: None,
+            dead_at_ms: Some(7),
+            reason: None,
+        };
+        // A short page is the last; a full one names the position after its last letter.
+        assert_eq!(query.next(&[letter(1)]), None);
+        let next = query.next(&[letter(1), letter(2)]).expect("a next page");
+        let after = next.after.clone().expect("after");
+        assert_eq!(
+            (after.dead_at_ms, after.id, after.instance.as_str()),
+            (7, Ulid::from_parts(2, 1), "a.b")
+        );
+        let query_string = next.path();
+        let parsed = ListQuery::parse(query_string.split_once('?').map(|(_, q)| q), NOW);
+        assert_eq!(parsed, Ok(next));
+        for bad in [
+            "limit=0",
+            "limit=10001",
+            "limit=x",
+            "after=7",
+            "after=7.nope.a",
+            "page=2",
+        ] {
+            assert!(ListQuery::parse(Some(bad), NOW).is_err(), "{bad} accepted");
         }
     }
 

@@ -80,11 +80,15 @@ pub(super) enum Op {
     PurgeDead {
         letters: Vec<(String, Ulid)>,
     },
+    /// At most `limit` of the instance's pending events.
     PurgePending {
         instance: String,
+        limit: usize,
     },
+    /// At most `limit` of the dead letters past their cutoff.
     ExpireDead {
         cutoffs: Cutoffs,
+        limit: usize,
     },
     CatchUp {
         instances: Vec<String>,
@@ -632,8 +636,12 @@ impl Committer {
                 }
                 Ok(Reply::Count(count))
             }
-            Op::PurgePending { instance } => self.purge_pending(view, &instance).map(Reply::Count),
-            Op::ExpireDead { cutoffs } => self.expire_dead(view, &cutoffs).map(Reply::Count),
+            Op::PurgePending { instance, limit } => {
+                self.purge_pending(view, &instance, limit).map(Reply::Count)
+            }
+            Op::ExpireDead { cutoffs, limit } => {
+                self.expire_dead(view, &cutoffs, limit).map(Reply::Count)
+            }
             Op::CatchUp { instances, now_ms } => {
                 self.catch_up(view, &instances, now_ms).map(Reply::Events)
             }
@@ -1125,17 +1133,31 @@ impl Committer {
         Ok(true)
     }
 
-    fn purge_pending(&mut self, view: &mut BatchView<'_>, instance: &str) -> Result<u64, Error> {
-        let mut ids: Vec<Ulid> = [keys::READY, keys::EVENT]
-            .into_iter()
-            .flat_map(|family| {
-                self.db
-                    .scan_prefix(keys::instance_prefix(family, instance))
-                    .keys()
-            })
-            .filter_map(|k| k.ok().and_then(|k| keys::trailing_id(&k)))
-            .collect();
+    /// Removes up to `limit` of `instance`'s pending events, so that one request holds the
+    /// writer for a bounded time; the caller asks again until fewer come back.
+    fn purge_pending(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        limit: usize,
+    ) -> Result<u64, Error> {
+        let mut ids = Vec::new();
+        for family in [keys::READY, keys::EVENT] {
+            let prefix = keys::instance_prefix(family, instance);
+            for key in self.db.scan_prefix(&prefix).keys() {
+                if ids.len() >= limit {
+                    break;
+                }
+                let key = key.map_err(sled_error)?;
+                if let Some(id) = keys::trailing_id(&key) {
+                    ids.push(id);
+                }
+            }
+        }
         for id in super::run_member_ids(&self.db, instance) {
+            if ids.len() >= limit {
+                break;
+            }
             ids.push(id?);
         }
         let mut count = 0;
@@ -1145,17 +1167,28 @@ impl Committer {
         Ok(count)
     }
 
-    fn expire_dead(&mut self, view: &mut BatchView<'_>, cutoffs: &Cutoffs) -> Result<u64, Error> {
+    /// Removes up to `limit` of the dead letters that died before their instance's cutoff,
+    /// oldest first; the caller asks again until fewer come back.
+    fn expire_dead(
+        &mut self,
+        view: &mut BatchView<'_>,
+        cutoffs: &Cutoffs,
+        limit: usize,
+    ) -> Result<u64, Error> {
         let latest = cutoffs.latest();
         let end = [keys::DEAD_BY_TIME, &latest.to_be_bytes()[..]].concat();
-        let expired: Vec<(String, Ulid)> = self
-            .db
-            .range(keys::DEAD_BY_TIME.to_vec()..end)
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| keys::parse_dead_by_time(&k)))
-            .filter(|(dead_at, instance, _)| *dead_at < cutoffs.for_instance(instance))
-            .map(|(_, instance, id)| (instance, id))
-            .collect();
+        let mut expired = Vec::new();
+        for key in self.db.range(keys::DEAD_BY_TIME.to_vec()..end).keys() {
+            if expired.len() >= limit {
+                break;
+            }
+            let key = key.map_err(sled_error)?;
+            if let Some((dead_at, instance, id)) = keys::parse_dead_by_time(&key)
+                && dead_at < cutoffs.for_instance(&instance)
+            {
+                expired.push((instance, id));
+            }
+        }
         let mut count = 0;
         for (instance, id) in expired {
             count += u64::from(self.purge_dead(view, &instance, id)?);

@@ -103,6 +103,9 @@ pub use journal::{JOURNAL_BYTES as DEFAULT_JOURNAL_BYTES, JOURNAL_FILE};
 
 /// Requests one batch takes at most.
 pub const MAX_BATCH: usize = 512;
+/// Records one maintenance request (a purge, an expiry, a page of a replay) changes at most:
+/// a few milliseconds of the committer.
+pub const MAINTENANCE_PAGE: usize = 256;
 
 /// How the committer makes a file durable (the journal after a batch, sled's log at a
 /// checkpoint); replaceable so tests can fail it.
@@ -601,17 +604,38 @@ impl Store {
         self.count_request(Op::PurgeDead { letters }).await
     }
 
-    /// Deletes pending events of an instance (held events of a removed instance). Returns how many.
+    /// Deletes pending events of an instance (held events of a removed instance), a page of
+    /// [`MAINTENANCE_PAGE`] per batch. Returns how many.
     pub async fn purge_pending(&self, instance: &str) -> Result<u64, Error> {
-        self.count_request(Op::PurgePending {
+        self.paged(|limit| Op::PurgePending {
             instance: instance.to_owned(),
+            limit,
         })
         .await
     }
 
-    /// Deletes dead letters that died before their instance's cutoff. Returns how many.
+    /// Deletes dead letters that died before their instance's cutoff, a page of
+    /// [`MAINTENANCE_PAGE`] per batch. Returns how many.
     pub async fn expire_dead(&self, cutoffs: Cutoffs) -> Result<u64, Error> {
-        self.count_request(Op::ExpireDead { cutoffs }).await
+        self.paged(|limit| Op::ExpireDead {
+            cutoffs: cutoffs.clone(),
+            limit,
+        })
+        .await
+    }
+
+    /// Sends `op` for pages of [`MAINTENANCE_PAGE`] until a page comes back short: each page is
+    /// one request, so the writer is held a few milliseconds at a time and ingests in between
+    /// are not kept waiting.
+    async fn paged(&self, op: impl Fn(usize) -> Op) -> Result<u64, Error> {
+        let mut total = 0;
+        loop {
+            let count = self.count_request(op(MAINTENANCE_PAGE)).await?;
+            total += count;
+            if count < MAINTENANCE_PAGE as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Gives every (instance, account) seen before one `UNKNOWN` event. Returns the new events.
@@ -872,6 +896,52 @@ impl Store {
         instance: Option<&str>,
     ) -> Result<Vec<inspect::EventSummary>, Error> {
         inspect::dead_in(&self.db, instance)
+    }
+
+    /// A page of dead letters in the order they died: up to `limit`, of `instance` (or all),
+    /// that died in `[since_ms, until_ms)`, after `after` (the last of the previous page).
+    /// Reads only the index; memory is bounded by `limit`, whatever the number of letters.
+    pub fn dead_page(
+        &self,
+        instance: Option<&str>,
+        window: (Option<u64>, Option<u64>),
+        after: Option<&inspect::DeadRef>,
+        limit: usize,
+    ) -> Result<Vec<inspect::DeadRef>, Error> {
+        inspect::dead_refs(&self.db, instance, window, after, limit)
+    }
+
+    /// The dead letters `letters` names, as summaries without bodies (those gone meanwhile
+    /// are left out).
+    pub fn dead_summaries(
+        &self,
+        letters: &[inspect::DeadRef],
+    ) -> Result<Vec<inspect::EventSummary>, Error> {
+        let mut out = Vec::with_capacity(letters.len());
+        for letter in letters {
+            out.extend(inspect::dead_summary(&self.db, letter)?);
+        }
+        Ok(out)
+    }
+
+    /// Which of `ids` are dead letters, and of which instance: each looked up directly under
+    /// every instance the store counts events for, never by reading the whole set.
+    pub fn find_dead(&self, ids: &[Ulid]) -> Result<Vec<(String, Ulid)>, Error> {
+        let counters = self.counters();
+        let mut found = Vec::new();
+        for &id in ids {
+            for instance in counters.keys() {
+                if self
+                    .db
+                    .contains_key(keys::dead(instance, id))
+                    .map_err(sled_error)?
+                {
+                    found.push((instance.clone(), id));
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Pending events of one instance or all (for status and tests; scans, so not on a hot path).

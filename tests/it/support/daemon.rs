@@ -108,6 +108,11 @@ impl Daemon {
     /// Runs `hookrelay --config <this config> ARGS…` in the daemon's dir (30 s bound), off the
     /// async workers so the test's fake servers keep answering.
     pub async fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_within(args, Duration::from_secs(30)).await
+    }
+
+    /// [`Daemon::cli`] with another bound, for commands whose work grows with the store.
+    pub async fn cli_within(&self, args: &[&str], bound: Duration) -> CliOutput {
         let dir = self.dir.path().to_path_buf();
         let config = self.config_path().display().to_string();
         let args: Vec<String> = ["--config", config.as_str()]
@@ -117,7 +122,7 @@ impl Daemon {
             .collect();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_in(&dir, &args, &[], Duration::from_secs(30))
+            run_in(&dir, &args, &[], bound)
         })
         .await
         .expect("the CLI thread")
