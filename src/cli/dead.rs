@@ -187,6 +187,15 @@ pub async fn purge(config: &Config, select: SelectArgs) -> Result<(), Failure> {
             outcome.held
         );
     }
+    if outcome.forgotten > 0
+        && let Target::Instance(name) = &selection.target
+    {
+        println!(
+            "removed {} other record(s) of {name} (seen accounts, cursors, object maps, \
+             change queues, credentials)",
+            outcome.forgotten
+        );
+    }
     missing(&outcome)
 }
 

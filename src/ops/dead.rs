@@ -174,6 +174,10 @@ pub struct Outcome {
     /// Purge only: pending events of a no-longer-configured instance that were dropped too.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held: u64,
+    /// Purge only: the other records of a no-longer-configured instance that went with them
+    /// (seen pairs, cursors, object maps, change queues, credentials).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forgotten: u64,
     /// Requested ids that are not (or no longer) dead letters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_found: Vec<String>,
@@ -484,7 +488,8 @@ pub async fn replay(store: &Store, selection: &Selection) -> Result<Outcome, sto
 }
 
 /// Deletes the selected dead letters. With `--instance NAME` and no window, when NAME is not
-/// configured (`is_configured` says no), NAME's held pending events are deleted too.
+/// configured (`is_configured` says no), everything else of NAME goes too: its held pending
+/// events, then its other records, so that a removed instance leaves nothing behind.
 ///
 /// # Errors
 /// A store error.
@@ -495,12 +500,13 @@ pub async fn purge(
 ) -> Result<Outcome, store::Error> {
     let mut outcome = act(store, selection, Action::Purge).await?;
     outcome.instances.clear();
-    outcome.held = match &selection.target {
-        Target::Instance(name) if selection.window.is_unbounded() && !is_configured(name) => {
-            store.purge_pending(name).await?
-        }
-        _ => 0,
-    };
+    if let Target::Instance(name) = &selection.target
+        && selection.window.is_unbounded()
+        && !is_configured(name)
+    {
+        outcome.held = store.purge_pending(name).await?;
+        outcome.forgotten = store.forget_instance(name).await?;
+    }
     Ok(outcome)
 }
 

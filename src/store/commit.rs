@@ -90,6 +90,12 @@ pub(super) enum Op {
         cutoffs: Cutoffs,
         limit: usize,
     },
+    /// At most `limit` of a removed instance's other records: seen pairs, walk markers,
+    /// cursors, object maps, change queues, merge targets and credentials.
+    ForgetInstance {
+        instance: String,
+        limit: usize,
+    },
     CatchUp {
         instances: Vec<String>,
         now_ms: u64,
@@ -642,6 +648,9 @@ impl Committer {
             Op::ExpireDead { cutoffs, limit } => {
                 self.expire_dead(view, &cutoffs, limit).map(Reply::Count)
             }
+            Op::ForgetInstance { instance, limit } => self
+                .forget_instance(view, &instance, limit)
+                .map(Reply::Count),
             Op::CatchUp { instances, now_ms } => {
                 self.catch_up(view, &instances, now_ms).map(Reply::Events)
             }
@@ -1192,6 +1201,46 @@ impl Committer {
         let mut count = 0;
         for (instance, id) in expired {
             count += u64::from(self.purge_dead(view, &instance, id)?);
+        }
+        Ok(count)
+    }
+
+    /// Removes up to `limit` of `instance`'s records that are neither events nor dead letters
+    /// (called once those are gone: a removed instance's purge), so that nothing of it is
+    /// left to take space.
+    fn forget_instance(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        limit: usize,
+    ) -> Result<u64, Error> {
+        let mut doomed = Vec::new();
+        for family in [
+            keys::SEEN,
+            keys::WALK,
+            keys::CURSOR,
+            keys::OBJECT,
+            keys::QUEUE,
+            keys::PAIR,
+        ] {
+            for key in self
+                .db
+                .scan_prefix(keys::instance_prefix(family, instance))
+                .keys()
+            {
+                if doomed.len() >= limit {
+                    break;
+                }
+                doomed.push(key.map_err(sled_error)?.to_vec());
+            }
+        }
+        let credentials = keys::authorization(instance);
+        if doomed.len() < limit && self.db.contains_key(&credentials).map_err(sled_error)? {
+            doomed.push(credentials);
+        }
+        let count = doomed.len() as u64;
+        for key in doomed {
+            view.remove(key);
         }
         Ok(count)
     }

@@ -614,6 +614,18 @@ impl Store {
         .await
     }
 
+    /// Deletes the records of `instance` that are neither events nor dead letters (seen pairs,
+    /// walk markers, cursors, object maps, change queues, merge targets, credentials), a page
+    /// of [`MAINTENANCE_PAGE`] per batch: for an instance no longer configured whose events and
+    /// dead letters are gone. Returns how many.
+    pub async fn forget_instance(&self, instance: &str) -> Result<u64, Error> {
+        self.paged(|limit| Op::ForgetInstance {
+            instance: instance.to_owned(),
+            limit,
+        })
+        .await
+    }
+
     /// Deletes dead letters that died before their instance's cutoff, a page of
     /// [`MAINTENANCE_PAGE`] per batch. Returns how many.
     pub async fn expire_dead(&self, cutoffs: Cutoffs) -> Result<u64, Error> {

@@ -1347,3 +1347,65 @@ fn the_journal_applies_only_what_sled_does_not_hold() {
         "{missing:?}"
     );
 }
+
+#[tokio::test]
+async fn a_removed_instance_is_forgotten_whole() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    // Seen pairs, a cursor, object maps, a change queue and a walk marker of "acme"; one seen
+    // pair of "other", which must stay.
+    store
+        .commit_walk_page(page(2, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .mark_walk(vec![("acme".into(), "dbid:b".into())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for instance in ["acme", "other"] {
+        let seen = IngestTarget {
+            instance: instance.into(),
+            ..target("dbid:s", false)
+        };
+        store
+            .ingest(body(1), now_ms(), vec![seen])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let acme_keys = |store: &Store| {
+        let mut n = 0;
+        for family in [
+            keys::SEEN,
+            keys::WALK,
+            keys::CURSOR,
+            keys::OBJECT,
+            keys::QUEUE,
+            keys::PAIR,
+        ] {
+            n += store
+                .db
+                .scan_prefix(keys::instance_prefix(family, "acme"))
+                .count();
+        }
+        n
+    };
+    assert!(acme_keys(&store) >= 5, "{}", acme_keys(&store));
+    store
+        .purge_pending("acme")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let forgotten = store
+        .forget_instance("acme")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(forgotten >= 5, "{forgotten}");
+    assert_eq!(acme_keys(&store), 0);
+    assert_eq!(
+        store
+            .db
+            .scan_prefix(keys::instance_prefix(keys::SEEN, "other"))
+            .count(),
+        1
+    );
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
