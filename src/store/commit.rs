@@ -479,10 +479,14 @@ impl Committer {
             let result = self.apply(&mut view, request.op);
             answers.push((request.reply, result));
         }
+        let counted = self.count_other_records(&view).err();
         self.write_counters(&mut view);
         // A read failing in sled (its background flusher may have hit the error first) fails
         // the store as a failed write would: nothing of this batch is applied or acknowledged.
-        let durable = match read_failure(&answers) {
+        let failed = counted
+            .map(|err| err.to_string())
+            .or_else(|| read_failure(&answers));
+        let durable = match failed {
             Some(message) => Err(format!("read: {message}")),
             None => self.apply_batch(view, sync),
         };
@@ -1610,6 +1614,29 @@ impl Committer {
         self.counters.entry(instance.to_owned()).or_default()
     }
 
+    /// Adds what the batch changes in the instances' other records (see [`OTHER_FAMILIES`]) to
+    /// their counters: each key of those families it writes or removes, against that key's
+    /// size in sled before the batch.
+    fn count_other_records(&mut self, view: &BatchView<'_>) -> Result<(), Error> {
+        for (key, value) in &view.writes {
+            let Some(family) = OTHER_FAMILIES.iter().find(|f| key.starts_with(f)) else {
+                continue;
+            };
+            let Some(instance) = keys::instance_of(family, key) else {
+                continue;
+            };
+            let size = |value: Option<usize>| value.map_or(0, |v| (key.len() + v) as u64);
+            let before = size(self.db.get(key).map_err(sled_error)?.map(|v| v.len()));
+            let after = size(value.as_ref().map(Vec::len));
+            let counter = self.counter_mut(&instance);
+            counter.other_bytes = counter
+                .other_bytes
+                .saturating_add(after)
+                .saturating_sub(before);
+        }
+        Ok(())
+    }
+
     fn write_counters(&mut self, view: &mut BatchView<'_>) {
         for instance in &self.touched {
             let counter = self.counter(instance);
@@ -1749,6 +1776,17 @@ pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<By
 fn pair_key(instance: &str, account: &str) -> Vec<u8> {
     keys::pair(keys::PAIR, instance, account)
 }
+
+/// The families of an instance's records that are neither events nor dead letters, counted as
+/// its `other_bytes` against `storage.max_bytes`: seen accounts, walk markers, cursors, object
+/// maps, change queues.
+pub(super) const OTHER_FAMILIES: [&[u8]; 5] = [
+    keys::SEEN,
+    keys::WALK,
+    keys::CURSOR,
+    keys::OBJECT,
+    keys::QUEUE,
+];
 
 /// The first sled error among a batch's results (an I/O failure, not a logical refusal).
 fn read_failure<T>(answers: &[(T, Result<Reply, Error>)]) -> Option<String> {

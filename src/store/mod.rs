@@ -353,6 +353,7 @@ impl Store {
         let last_seq = apply_journal(&db, &journal).map_err(open_error)?;
         let previous =
             read_previous_run(&db, options.mode).map_err(|e| open_error(e.to_string()))?;
+        count_other_records(&db).map_err(|e| open_error(e.to_string()))?;
         // What the journal held, and the markers, durable in sled before the journal starts
         // again (and before a record may rely on `m/schema` saying 4).
         db.flush().map_err(|e| open_error(format!("flush: {e}")))?;
@@ -1143,6 +1144,42 @@ fn last_run_id(db: &sled::Db) -> Result<Ulid, Error> {
         end = keys::instance_prefix(keys::RUN, &instance);
     }
     Ok(last)
+}
+
+/// `m/<OTHER_COUNTED>`: present once the counters count every instance's other records.
+const OTHER_COUNTED: &str = "other_counted";
+
+/// Counts, once, each instance's records that are neither events nor dead letters
+/// (`commit::OTHER_FAMILIES`) into its counters' `other_bytes`: a store written before they
+/// were counted. Reads those families once, holding one sum per instance.
+fn count_other_records(db: &sled::Db) -> Result<(), Error> {
+    if db
+        .contains_key(keys::meta(OTHER_COUNTED))
+        .map_err(sled_error)?
+    {
+        return Ok(());
+    }
+    let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    for family in commit::OTHER_FAMILIES {
+        for entry in db.scan_prefix(family) {
+            let (key, value) = entry.map_err(sled_error)?;
+            if let Some(instance) = keys::instance_of(family, &key) {
+                *bytes.entry(instance).or_default() += (key.len() + value.len()) as u64;
+            }
+        }
+    }
+    for (instance, other) in bytes {
+        let key = keys::counters(&instance);
+        let mut counters = match db.get(&key).map_err(sled_error)? {
+            Some(value) => Counters::decode(&value)?,
+            None => Counters::default(),
+        };
+        counters.other_bytes = other;
+        db.insert(key, counters.encode()).map_err(sled_error)?;
+    }
+    db.insert(keys::meta(OTHER_COUNTED), vec![1])
+        .map_err(sled_error)?;
+    Ok(())
 }
 
 fn read_counters(db: &sled::Db) -> Result<BTreeMap<String, Counters>, String> {

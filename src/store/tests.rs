@@ -540,7 +540,8 @@ async fn delivered_events_and_their_notifications_are_removed() {
     assert_eq!(claimed[0].raw, Some(body(1)));
     deliver(&store, events[1].id).await;
     assert!(store.pending_events(None).unwrap_or_default().is_empty());
-    assert_eq!(store.total_bytes(), 0);
+    // What is left is the two seen accounts.
+    assert_eq!(store.total_bytes(), other_bytes_in(&store, "acme"));
     let leftovers = store.db.scan_prefix(keys::NOTIFICATION).count();
     assert_eq!(
         leftovers, 0,
@@ -1407,5 +1408,69 @@ async fn a_removed_instance_is_forgotten_whole() {
             .count(),
         1
     );
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The bytes (keys and values) of `instance`'s records in the families counted as its
+/// `other_bytes`, read from sled.
+fn other_bytes_in(store: &Store, instance: &str) -> u64 {
+    commit::OTHER_FAMILIES
+        .iter()
+        .flat_map(|family| {
+            store
+                .db
+                .scan_prefix(keys::instance_prefix(family, instance))
+        })
+        .map(|entry| {
+            let (key, value) = entry.unwrap_or_else(|e| panic!("{e}"));
+            (key.len() + value.len()) as u64
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn records_other_than_events_count_against_the_store_limit() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (store, _) = open(dir.path());
+    store
+        .commit_walk_page(page(3, None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .mark_walk(vec![("acme".into(), "dbid:b".into())])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ingest_one(&store, 1, false).await;
+    let counted = store.counters()["acme"].other_bytes;
+    assert!(counted > 0);
+    assert_eq!(counted, other_bytes_in(&store, "acme"));
+    let events = store.counters()["acme"].pending_bytes;
+    assert_eq!(store.total_bytes(), events + counted);
+    // A store written before they were counted: its open counts them once.
+    let mut old = store.counters()["acme"];
+    old.other_bytes = 0;
+    store
+        .db
+        .insert(keys::counters("acme"), old.encode())
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .db
+        .remove(keys::meta("other_counted"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    store.close().await.unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+    let (store, _) = open(dir.path());
+    assert_eq!(store.counters()["acme"].other_bytes, counted);
+    // Forgetting a removed instance gives its bytes back.
+    store
+        .purge_pending("acme")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .forget_instance("acme")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.counters()["acme"].other_bytes, 0);
+    assert_eq!(store.total_bytes(), 0);
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -100,6 +100,7 @@ proptest! {
             pending_bytes: counters.1,
             dead_events: counters.2,
             dead_bytes: counters.3,
+            other_bytes: counters.0 ^ counters.3,
         };
         prop_assert_eq!(Counters::decode(&c.encode()).ok(), Some(c));
     }
