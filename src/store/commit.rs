@@ -1246,6 +1246,8 @@ impl Committer {
         for key in doomed {
             view.remove(key);
         }
+        // Its seen accounts are gone from the store: an account ingested again is new again.
+        self.seen.remove(instance);
         Ok(count)
     }
 

@@ -323,10 +323,6 @@ struct Model {
     pairs: BTreeMap<(String, String), Ulid>,
     /// Pairs an ingest has named (catch-up gives each one `UNKNOWN` event).
     seen: BTreeSet<(String, String)>,
-    /// Pairs an ingest named since the store was opened (the committer remembers them).
-    remembered: BTreeSet<(String, String)>,
-    /// Remembered pairs whose `s/` record `forget_instance` deleted (see `Model::see`).
-    stale_seen: BTreeSet<(String, String)>,
     /// Change envelopes of each pair in queue order: the first is the head, the only one due.
     queues: BTreeMap<(String, String), Vec<Ulid>>,
     cursors: BTreeMap<(String, String), String>,
@@ -349,17 +345,9 @@ impl Model {
         self.counters.entry(instance.to_owned()).or_default()
     }
 
-    /// An ingest named `pair`: it is seen.
+    /// An ingest named `pair`: it is seen (after a `forget_instance` too: the committer
+    /// forgets its memory of the instance's pairs with their records).
     fn see(&mut self, pair: (String, String)) {
-        // KNOWN BUG: `forget_instance` deletes the `s/` records but not the committer's memory
-        // of seen pairs (`Committer::seen`), so an ingest of a forgotten pair before the store
-        // is opened again writes no `s/` record, and catch-up gives that pair no `UNKNOWN`
-        // event. The model follows the store here so that the rest stays checked; without
-        // this, CatchUp fails after Ingest(p), PurgePending { forget }, Ingest(p).
-        if self.stale_seen.contains(&pair) {
-            return;
-        }
-        self.remembered.insert(pair.clone());
         self.seen.insert(pair);
     }
 
@@ -1113,13 +1101,6 @@ async fn forget_instance(
         instance
     );
     model.seen.retain(|p| !mine(p));
-    let stale: Vec<_> = model
-        .remembered
-        .iter()
-        .filter(|p| mine(p))
-        .cloned()
-        .collect();
-    model.stale_seen.extend(stale);
     model.cursors.retain(|p, _| !mine(p));
     model.objects.retain(|p, _| !mine(p));
     model.sequenced.retain(|p| !mine(p));
@@ -1617,9 +1598,6 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
                 // The open made everything it found durable.
                 model.unsynced.clear();
-                // A new committer, which remembers no pair.
-                model.remembered.clear();
-                model.stale_seen.clear();
                 count(&STATS.reopened);
             }
             count(&STATS.steps);
