@@ -1219,14 +1219,7 @@ impl Committer {
         limit: usize,
     ) -> Result<u64, Error> {
         let mut doomed = Vec::new();
-        for family in [
-            keys::SEEN,
-            keys::WALK,
-            keys::CURSOR,
-            keys::OBJECT,
-            keys::QUEUE,
-            keys::PAIR,
-        ] {
+        for family in OTHER_FAMILIES.into_iter().chain([keys::PAIR]) {
             for key in self
                 .db
                 .scan_prefix(keys::instance_prefix(family, instance))

@@ -1374,21 +1374,16 @@ async fn a_removed_instance_is_forgotten_whole() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let acme_keys = |store: &Store| {
-        let mut n = 0;
-        for family in [
-            keys::SEEN,
-            keys::WALK,
-            keys::CURSOR,
-            keys::OBJECT,
-            keys::QUEUE,
-            keys::PAIR,
-        ] {
-            n += store
-                .db
-                .scan_prefix(keys::instance_prefix(family, "acme"))
-                .count();
-        }
-        n
+        commit::OTHER_FAMILIES
+            .into_iter()
+            .chain([keys::PAIR])
+            .map(|family| {
+                store
+                    .db
+                    .scan_prefix(keys::instance_prefix(family, "acme"))
+                    .count()
+            })
+            .sum::<usize>()
     };
     assert!(acme_keys(&store) >= 5, "{}", acme_keys(&store));
     store
