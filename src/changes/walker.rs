@@ -367,6 +367,8 @@ async fn walk(inner: &Inner, instance_name: &str, account: &str) -> Result<(), W
             date_ms,
         )
         .await?;
+        // The store holds the page's object maps now: lookups go there.
+        mapper.committed();
         debug!(instance = %instance_name, account, page = pages, entries = page.entries.len(), events = count, "walk page committed");
         cursor = page.cursor;
         if !page.has_more {
