@@ -26,8 +26,8 @@ pub const REFRESH_TOKEN: &str = "rt-test-refresh";
 struct Inner {
     account: String,
     feed: Vec<Value>,
-    /// path_lower → (id, tag).
-    tree: HashMap<String, (String, String)>,
+    /// path_lower → (id, tag, path_display).
+    tree: HashMap<String, (String, String, String)>,
     next_id: u64,
     page_size: usize,
     access: Option<String>,
@@ -164,11 +164,12 @@ impl FakeDropboxApi {
         let id = self.with(|i| {
             let lower = path.to_lowercase();
             match i.tree.get(&lower) {
-                Some((id, _)) => id.clone(),
+                Some((id, _, _)) => id.clone(),
                 None => {
                     i.next_id += 1;
                     let id = format!("id:fake{}", i.next_id);
-                    i.tree.insert(lower, (id.clone(), tag.to_owned()));
+                    i.tree
+                        .insert(lower, (id.clone(), tag.to_owned(), path.to_owned()));
                     id
                 }
             }
@@ -188,15 +189,54 @@ impl FakeDropboxApi {
 
     /// A move: `deleted` at the old path, then the object at the new one (same id).
     pub fn rename(&self, from: &str, to: &str) -> String {
-        let (id, tag) = self.with(|i| {
+        let (id, tag, _) = self.with(|i| {
             i.tree
                 .remove(&from.to_lowercase())
                 .expect("renaming a path that does not exist")
         });
-        self.with(|i| i.tree.insert(to.to_lowercase(), (id.clone(), tag.clone())));
+        self.with(|i| {
+            i.tree
+                .insert(to.to_lowercase(), (id.clone(), tag.clone(), to.to_owned()))
+        });
         self.push(Self::entry("deleted", "", from));
         self.push(Self::entry(&tag, &id, to));
         id
+    }
+
+    /// A folder and everything under it moved from `from` to `to`, as a move of each object:
+    /// for the folder, then for each object under it in path order, `deleted` at its old path
+    /// followed by the object at its new path (same id). Returns (id, old path, new path) of
+    /// each object under the folder, in feed order.
+    pub fn move_folder(&self, from: &str, to: &str) -> Vec<(String, String, String)> {
+        let (from_lower, to_lower) = (from.to_lowercase(), to.to_lowercase());
+        self.with(|i| {
+            let (id, tag, _) = i
+                .tree
+                .remove(&from_lower)
+                .expect("moving a folder that does not exist");
+            i.feed.push(Self::entry("deleted", "", from));
+            i.feed.push(Self::entry(&tag, &id, to));
+            i.tree.insert(to_lower.clone(), (id, tag, to.to_owned()));
+            let below = format!("{from_lower}/");
+            let mut children: Vec<String> = i
+                .tree
+                .keys()
+                .filter(|p| p.starts_with(&below))
+                .cloned()
+                .collect();
+            children.sort();
+            let mut moved = Vec::with_capacity(children.len());
+            for old_lower in children {
+                let (id, tag, old) = i.tree.remove(&old_lower).expect("a listed child");
+                let new = format!("{to}{}", &old[from.len()..]);
+                i.feed.push(Self::entry("deleted", "", &old));
+                i.feed.push(Self::entry(&tag, &id, &new));
+                i.tree
+                    .insert(new.to_lowercase(), (id.clone(), tag, new.clone()));
+                moved.push((id, old, new));
+            }
+            moved
+        })
     }
 
     pub fn delete(&self, path: &str) {
