@@ -1154,19 +1154,11 @@ impl Committer {
         instance: &str,
         limit: usize,
     ) -> Result<u64, Error> {
-        let mut ids = Vec::new();
-        for family in [keys::READY, keys::EVENT] {
-            let prefix = keys::instance_prefix(family, instance);
-            for key in self.db.scan_prefix(&prefix).keys() {
-                if ids.len() >= limit {
-                    break;
-                }
-                let key = key.map_err(sled_error)?;
-                if let Some(id) = keys::trailing_id(&key) {
-                    ids.push(id);
-                }
-            }
-        }
+        let mut ids: Vec<Ulid> = self
+            .instance_keys([keys::READY, keys::EVENT], instance, limit)?
+            .iter()
+            .filter_map(|key| keys::trailing_id(key))
+            .collect();
         for id in super::run_member_ids(&self.db, instance) {
             if ids.len() >= limit {
                 break;
@@ -1209,6 +1201,29 @@ impl Committer {
         Ok(count)
     }
 
+    /// Up to `limit` of `instance`'s keys in `families`, in that order, as sled holds them.
+    fn instance_keys<'f>(
+        &self,
+        families: impl IntoIterator<Item = &'f [u8]>,
+        instance: &str,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let mut found = Vec::new();
+        for family in families {
+            for key in self
+                .db
+                .scan_prefix(keys::instance_prefix(family, instance))
+                .keys()
+            {
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+                found.push(key.map_err(sled_error)?.to_vec());
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes up to `limit` of `instance`'s records that are neither events nor dead letters
     /// (called once those are gone: a removed instance's purge), so that nothing of it is
     /// left to take space.
@@ -1218,19 +1233,8 @@ impl Committer {
         instance: &str,
         limit: usize,
     ) -> Result<u64, Error> {
-        let mut doomed = Vec::new();
-        for family in OTHER_FAMILIES.into_iter().chain([keys::PAIR]) {
-            for key in self
-                .db
-                .scan_prefix(keys::instance_prefix(family, instance))
-                .keys()
-            {
-                if doomed.len() >= limit {
-                    break;
-                }
-                doomed.push(key.map_err(sled_error)?.to_vec());
-            }
-        }
+        let families = OTHER_FAMILIES.into_iter().chain([keys::PAIR]);
+        let mut doomed = self.instance_keys(families, instance, limit)?;
         let credentials = keys::authorization(instance);
         if doomed.len() < limit && self.db.contains_key(&credentials).map_err(sled_error)? {
             doomed.push(credentials);
