@@ -71,7 +71,10 @@ proptest! {
         let notification = NotificationRecord::decode(&bytes);
         prop_assert_eq!(notification.is_ok(), bytes.len() >= 13 && bytes[0] == 1);
         let counters = Counters::decode(&bytes);
-        prop_assert_eq!(counters.is_ok(), bytes.len() == 33 && bytes[0] == 1);
+        prop_assert_eq!(
+            counters.is_ok(),
+            (bytes.len() == 33 && bytes[0] == 1) || (bytes.len() == 41 && bytes[0] == 2)
+        );
     }
 
     #[test]
