@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the binaries and runs the benchmark harness (src/bin/hookrelay-bench.rs; BENCHMARKS.md).
+# Builds the binaries and runs the benchmark harness (package hookrelay-bench, bench/src;
+# BENCHMARKS.md).
 #
 #   bench/run.sh                full run: release build, 20-s scenarios, 200,000 queued events,
 #                               results in ${CARGO_TARGET_DIR:-target}/bench/results.json
-#   bench/run.sh --smoke        CI: the debug binaries `cargo test` already built, 3-s scenarios,
-#                               2,000 queued events, correctness checks only; bench/smoke.json
+#   bench/run.sh --smoke        CI: debug binaries (`cargo test` already built the daemon), 3-s
+#                               scenarios, 2,000 queued events, correctness checks only;
+#                               bench/smoke.json
 #
 # Any other argument goes to hookrelay-bench (see `hookrelay-bench --help`), e.g.
 #   bench/run.sh --duration 10 --queued 1000000
@@ -29,8 +31,9 @@ build=()
 [ "$profile" = "release" ] && build=(--release)
 
 target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
-echo "== bench: cargo build ${build[*]} --bins"
-cargo build --locked "${build[@]}" --bins
+# Both packages of the workspace: the daemon and the harness.
+echo "== bench: cargo build ${build[*]} -p hookrelay -p hookrelay-bench --bins"
+cargo build --locked "${build[@]}" -p hookrelay -p hookrelay-bench --bins
 
 # Private copies: another build in a shared target dir must not swap a binary mid-run.
 bin_dir="$target/bench/bin-$profile"
