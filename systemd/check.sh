@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks systemd/hookrelay.service offline: `systemd-analyze verify` (syntax, executables) and
-# `systemd-analyze security` (exposure must stay at 2.0 or below, SPEC §7), plus the sysusers
+# `systemd-analyze security` (exposure must stay at 2.0 or below), plus the sysusers
 # and tmpfiles snippets. Installs Debian's systemd package if systemd-analyze is missing.
 # Needs no running systemd: everything happens in a scratch --root.
 set -euo pipefail

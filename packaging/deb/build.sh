@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds hookrelay_<version>_<arch>.deb with plain dpkg-deb (README.md, "Debian package").
+# Builds hookrelay_<version>_<arch>.deb with plain dpkg-deb (docs/packaging.md).
 #
 #   packaging/deb/build.sh [OUTDIR]      # default OUTDIR: $CARGO_TARGET_DIR/debian (target/debian)
 #
@@ -63,6 +63,8 @@ install -m 0644 "$here/credentials.conf" "$root/etc/systemd/system/hookrelay.ser
 
 # Docs (Debian Policy §12.3: compressed with gzip -9n when over 4 KiB; copyright never).
 install -m 0644 README.md "$doc/README.md"
+install -d -m 0755 "$doc/docs"
+for page in docs/*.md; do install -m 0644 "$page" "$doc/docs/$(basename "$page")"; done
 install -m 0644 config.example.toml "$doc/examples/config.example.toml"
 # Reverse-proxy examples (nginx, Caddy), when the tree has them.
 for example in deploy/*; do
@@ -103,7 +105,7 @@ install -m 0644 "$work/copyright" "$doc/copyright"
   done
 } >"$doc/commands.txt"
 chmod 0644 "$doc/commands.txt"
-for f in README.md commands.txt changelog.Debian examples/config.example.toml; do
+for f in README.md commands.txt changelog.Debian examples/config.example.toml docs/*.md; do
   if [ "$f" = changelog.Debian ] || [ "$(stat -c %s "$doc/$f")" -gt 4096 ]; then
     gzip -9n "$doc/$f"
   fi

@@ -110,7 +110,13 @@ echo "== dpkg-deb --contents"
 dpkg-deb --contents "$deb" | tee "$work/contents"
 # mode owner path, for regular files and symlinks
 awk '$1 !~ /^d/ { print $1, $2, $6 }' "$work/contents" | LC_ALL=C sort -k3 >"$work/files"
-LC_ALL=C sort -k3 >"$work/expected" <<'EOF'
+# The docs/ pages, gzipped when over 4 KiB as build.sh does.
+for page in docs/*.md; do
+  name="$(basename "$page")"
+  if [ "$(stat -c %s "$page")" -gt 4096 ]; then name="$name.gz"; fi
+  echo "-rw-r--r-- root/root ./usr/share/doc/hookrelay/docs/$name"
+done >"$work/expected-docs"
+LC_ALL=C sort -k3 - "$work/expected-docs" >"$work/expected" <<'EOF'
 -rw-r----- root/root ./etc/hookrelay/config.toml
 -rw-r--r-- root/root ./etc/systemd/system/hookrelay.service.d/credentials.conf
 -rwxr-xr-x root/root ./usr/bin/hookrelay
@@ -198,7 +204,7 @@ expect_eq "check as hookrelay without credentials (exit code)" "$code" 78
 grep -q 'admin.token' "$work/err" || fail "the problem does not name admin.token: $(cat "$work/err")"
 ok "it names admin.token"
 
-echo "== hookrelay check (the example [[instance]] uncommented, as README says)"
+echo "== hookrelay check (the example [[instance]] uncommented, as docs/packaging.md says)"
 # Uncomment in place (cat >, so the file keeps its owner and mode), as an operator would.
 sed '/^#\[\[instance\]\]$/,$ s/^#\([^ ]\)/\1/' "$conf" >"$work/edited.toml"
 cat "$work/edited.toml" >"$conf"
