@@ -118,6 +118,14 @@ impl TlsIdentity {
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server_config.clone()
     }
+
+    /// When the leaf certificate stops being valid, in Unix seconds; `None` when its DER does
+    /// not parse as X.509 (rustls served it all the same).
+    pub fn leaf_not_after(&self) -> Option<i64> {
+        let leaf = self.chain.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
 }
 
 /// Equal when the same files held the same certificates (the key is not kept apart from

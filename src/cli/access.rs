@@ -104,7 +104,7 @@ impl Access {
 }
 
 /// Where to connect for a listen address: a wildcard listener is reached on loopback.
-fn dialable(listen: SocketAddr) -> SocketAddr {
+pub(super) fn dialable(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())

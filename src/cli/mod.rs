@@ -5,12 +5,16 @@
 //! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or
 //!   the store directly when the daemon is stopped ([`access`]);
 //! - `authorize` ([`authorize`]) the same way, or on a store it creates;
-//! - `import-instance` ([`import`]) needs no configuration at all.
+//! - `import-instance` ([`import`]) needs no configuration at all;
+//! - `doctor` ([`doctor`]) checks an installation; `send-test` ([`send_test`]) pushes one
+//!   signed notification through the running daemon.
 
 mod access;
 mod authorize;
 mod dead;
+mod doctor;
 mod import;
+mod send_test;
 mod status;
 
 use std::future::Future;
@@ -88,6 +92,23 @@ pub enum Command {
         /// The code; `-` reads it from stdin
         #[arg(long, value_name = "CODE")]
         code: String,
+    },
+    /// Check the installation: config, store folder, disk, admin listener, daemon,
+    /// certificate, callbacks, authorizations; one line per check, exit 1 if any failed
+    Doctor {
+        /// JSON for scripts instead of the lines
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a test notification with an instance's app secret and send it through the running
+    /// daemon's own listener; prints the event id the consumer will receive
+    SendTest {
+        /// The instance to notify
+        #[arg(long, value_name = "NAME")]
+        instance: String,
+        /// The Dropbox account to notify about [default: the instance's first account]
+        #[arg(long, value_name = "ACCOUNT")]
+        account: Option<String>,
     },
 }
 
@@ -202,6 +223,25 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Authorize { instance, code } => with_config(&path, |config| async move {
             authorize::run(&config, &instance, &code).await
         }),
+        Command::Doctor { json } => doctor(&path, json),
+        Command::SendTest { instance, account } => with_config(&path, |config| async move {
+            send_test::run(&config, &instance, account.as_deref()).await
+        }),
+    }
+}
+
+/// `doctor` loads the config itself: an invalid one is a failed check, not exit 78.
+fn doctor(path: &Path, json: bool) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => ExitCode::from(runtime.block_on(doctor::run(path, json))),
+        Err(err) => {
+            eprintln!("hookrelay: cannot start the runtime: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -17,6 +17,26 @@ pub struct Report {
 }
 
 pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
+    let (report, source) = report(config).await?;
+    if json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
+        println!("{text}");
+    } else {
+        println!("daemon: {source}");
+        print!("{}", table(&report.instances, store::now_ms()));
+        if report.instances.iter().any(|i| i.state == "held") {
+            println!(
+                "held: events of an instance no longer in the config; they are delivered if it \
+                 comes back, and `hookrelay dead purge --instance NAME` drops them"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The figures, from the daemon or the stopped store, and a line saying which.
+pub async fn report(config: &Config) -> Result<(Report, String), Failure> {
     let access = Access::open(config).await?;
     let (report, source) = match &access {
         Access::Daemon(client) => {
@@ -41,21 +61,7 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
         }
     };
     access.close().await?;
-    if json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::new(EXIT_FAILURE, e.to_string()))?;
-        println!("{text}");
-    } else {
-        println!("daemon: {source}");
-        print!("{}", table(&report.instances, store::now_ms()));
-        if report.instances.iter().any(|i| i.state == "held") {
-            println!(
-                "held: events of an instance no longer in the config; they are delivered if it \
-                 comes back, and `hookrelay dead purge --instance NAME` drops them"
-            );
-        }
-    }
-    Ok(())
+    Ok((report, source))
 }
 
 fn offline_figures(config: &Config, offline: &Offline) -> Vec<InstanceStatus> {

@@ -30,6 +30,10 @@ pub const PATH: &str = "/events/dropbox";
 const MAX_CHALLENGE_BYTES: usize = 1024;
 /// Time allowed to receive a whole body once the headers are in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// On a stored notification's 200, one per target: `<instance> <account> <event id>`, or
+/// `<instance> <account> walk` for a change-events pair (docs/protocol.md). Dropbox ignores it;
+/// `send-test` prints it.
+pub const EVENT_HEADER: &str = "hookrelay-event";
 
 /// Everything the handler needs, shared by all connections.
 pub struct Ingest {
@@ -46,6 +50,16 @@ impl Ingest {
         self.metrics.ingest_request(result);
         match status {
             Reply::Empty(code) => respond(code, "text/plain", Bytes::new()),
+            Reply::Accepted(placed) => {
+                let mut response = respond(StatusCode::OK, "text/plain", Bytes::new());
+                for value in placed {
+                    // Names and accounts are validated header-safe; one that is not is left out.
+                    if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                        response.headers_mut().append(EVENT_HEADER, value);
+                    }
+                }
+                response
+            }
             Reply::Challenge(challenge) => {
                 let mut response = respond(StatusCode::OK, "text/plain", challenge);
                 response.headers_mut().insert(
@@ -131,7 +145,10 @@ impl Ingest {
             );
             return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_full");
         }
-        let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
+        let pairs: Vec<(String, String)> = targets
+            .iter()
+            .map(|t| (t.instance.clone(), t.account.clone()))
+            .collect();
         let placed = match self.store.ingest(body, store::now_ms(), targets).await {
             Ok(placed) => placed,
             Err(err) => {
@@ -143,33 +160,48 @@ impl Ingest {
             }
         };
         let (mut created, mut merged, mut walks) = (0, 0, 0);
-        for (instance, place) in instances.iter().zip(placed) {
+        let mut events = Vec::with_capacity(pairs.len());
+        for ((instance, account), place) in pairs.iter().zip(placed) {
             self.metrics.event_accepted(instance);
-            match place {
+            let event = match place {
                 Placed::Created(event) => {
                     created += 1;
+                    let id = event.id;
                     self.dispatcher.offer(event);
+                    id.to_string()
                 }
-                Placed::Parked { .. } => {
+                Placed::Parked { id } => {
                     created += 1;
                     // It waits in the store, due now: the lane is told to look there rather
                     // than find it at its next scheduled retry.
                     self.dispatcher.poke(instance);
+                    id.to_string()
                 }
-                Placed::Merged { .. } => merged += 1,
+                Placed::Merged { id } => {
+                    merged += 1;
+                    id.to_string()
+                }
                 Placed::WalkPending { instance, account } => {
                     walks += 1;
                     self.walker.request(&instance, &account);
+                    "walk".to_owned()
                 }
-            }
+            };
+            events.push(format!("{instance} {account} {event}"));
         }
+        let instances: Vec<&str> = pairs
+            .iter()
+            .map(|(instance, _)| instance.as_str())
+            .collect();
         info!(events = created, merged, walks, instances = ?instances, "notification accepted");
-        (Reply::Empty(StatusCode::OK), "accepted")
+        (Reply::Accepted(events), "accepted")
     }
 }
 
 enum Reply {
     Empty(StatusCode),
+    /// 200 for a stored notification: one [`EVENT_HEADER`] value per target.
+    Accepted(Vec<String>),
     Challenge(Bytes),
 }
 

@@ -250,6 +250,8 @@ fn help_works_for_every_command() {
         &["dead", "purge", "--help"],
         &["import-instance", "--help"],
         &["authorize", "--help"],
+        &["doctor", "--help"],
+        &["send-test", "--help"],
     ] {
         let out = run(args);
         assert_eq!(out.code(), Some(0), "hookrelay {}: {out:?}", args.join(" "));

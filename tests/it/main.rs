@@ -12,6 +12,7 @@ mod crash;
 mod dead_scale;
 mod delivery;
 mod faults;
+mod first_hour;
 mod ingest;
 mod lifecycle;
 mod policy;
