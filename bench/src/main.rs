@@ -72,7 +72,7 @@ pub(crate) struct Args {
     /// Offered rate of the sustained scenario (c) [default: 90% of what (b) delivered]
     #[arg(long)]
     pub(crate) sustained_rate: Option<f64>,
-    /// Exit with status 3 when a target of issue 8 is missed (not with --smoke)
+    /// Exit with status 3 when a target (BENCHMARKS.md) is missed (not with --smoke)
     #[arg(long)]
     pub(crate) check_targets: bool,
     /// Folder for the temporary configs and stores [default: the system temp dir]

@@ -231,7 +231,7 @@ fn print_table(results: &Map<String, Value>, env: &Env) {
     }
     if !env.smoke {
         println!();
-        println!("targets (issue 8):");
+        println!("targets (BENCHMARKS.md):");
         for t in targets(results) {
             let verdict = match t.met {
                 Some(true) => "met",
