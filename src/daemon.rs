@@ -20,11 +20,11 @@ use crate::deliver::Dispatcher;
 use crate::http::{self, Limits};
 use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
-use crate::ops::metrics::Metrics;
 use crate::ops::sd_notify::{self, Notifier};
 use crate::ops::signals::{Control, Signals};
 use crate::ops::watchdog::{self, Pulse};
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
+use crate::telemetry::metrics::Metrics;
 
 /// Down for longer than this (or stopped uncleanly), every known pair gets a catch-up event.
 pub const CATCH_UP_AFTER: Duration = Duration::from_secs(5 * 60);

@@ -21,4 +21,5 @@ pub mod ingest;
 pub mod ops;
 pub mod sign;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

@@ -18,8 +18,8 @@ use super::authorize::{self, AuthorizeError, Authorized};
 use super::mapping::{self, Mapper, Objects};
 use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
 use crate::deliver::{Dispatcher, envelope, schedule};
-use crate::ops::metrics::Metrics;
 use crate::store::{self, Store, WalkPage, record::ObjectV1};
+use crate::telemetry::metrics::Metrics;
 
 /// Test-only override of every polling interval (a duration such as `1s`), read once at start.
 /// Not for production.

@@ -22,8 +22,8 @@ use ulid::Ulid;
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError};
-use crate::ops::logging::{self, LogFormat};
 use crate::store;
+use crate::telemetry::logging::{self, LogFormat};
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;

@@ -30,8 +30,8 @@ pub use client::Clients;
 pub use lane::is_active;
 
 use crate::config::{Config, LiveConfig};
-use crate::ops::metrics::Metrics;
 use crate::store::{self, Event, Store};
+use crate::telemetry::metrics::Metrics;
 
 /// What lanes and attempts share.
 pub struct Context {

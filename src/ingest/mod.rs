@@ -18,9 +18,9 @@ use crate::changes::Walker;
 use crate::config::{Config, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
-use crate::ops::metrics::Metrics;
 use crate::sign;
 use crate::store::{self, IngestTarget, Placed, Store};
+use crate::telemetry::metrics::Metrics;
 
 pub use notification::{Accounts, parse_accounts};
 

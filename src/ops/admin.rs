@@ -37,9 +37,9 @@ use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::ops::cross_site;
 use crate::ops::dead::{self, Selection, SelectionBody};
-use crate::ops::metrics::{self, Metrics, QueueFigures};
 use crate::ops::status;
 use crate::store::{self, Store};
+use crate::telemetry::metrics::{self, Metrics, QueueFigures};
 
 /// Largest JSON body of a replay or purge (a few thousand ids).
 const MAX_BODY_BYTES: usize = 1 << 20;
