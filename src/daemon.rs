@@ -4,6 +4,13 @@
 //! bind both listeners, start lanes, queue catch-up events if the last stop was unclean or
 //! long ago, then READY. Order at stop: STOPPING, stop accepting, finish in-flight attempts
 //! within `shutdown_timeout`, close the store (marking a clean stop), exit.
+//!
+//! The process plumbing only `run` uses lives beside it: Unix [`signals`], the systemd notify
+//! protocol ([`sd_notify`]) and the [`watchdog`] check.
+
+pub mod sd_notify;
+pub mod signals;
+pub mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,11 +27,12 @@ use crate::deliver::Dispatcher;
 use crate::http::{self, Limits};
 use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
-use crate::ops::sd_notify::{self, Notifier};
-use crate::ops::signals::{Control, Signals};
-use crate::ops::watchdog::{self, Pulse};
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
 use crate::telemetry::metrics::Metrics;
+
+use sd_notify::Notifier;
+use signals::{Control, Signals};
+use watchdog::Pulse;
 
 /// Down for longer than this (or stopped uncleanly), every known pair gets a catch-up event.
 pub const CATCH_UP_AFTER: Duration = Duration::from_secs(5 * 60);
