@@ -29,6 +29,7 @@ use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
 use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 use sd_notify::Notifier;
 use signals::{Control, Signals};
@@ -246,7 +247,7 @@ async fn catch_up_if_needed(
         .unwrap_or(CATCH_UP_AFTER);
     let down_ms = previous
         .last_alive_ms
-        .map(|alive| store::now_ms().saturating_sub(alive));
+        .map(|alive| time::now_ms().saturating_sub(alive));
     let long_down = down_ms.is_some_and(|ms| ms > threshold.as_millis() as u64);
     let first_start = previous.last_alive_ms.is_none();
     if first_start || (previous.clean_stop && !long_down) {
@@ -341,7 +342,7 @@ fn status_line(state: &str, live: &LiveConfig, store: &Store) -> String {
 /// Deletes dead letters older than their instance's `dead_letter_ttl`; held instances keep
 /// theirs for the longest configured ttl.
 async fn expire_dead_letters(store: &Store, live: &LiveConfig) {
-    let now = store::now_ms();
+    let now = time::now_ms();
     let cutoff = |ttl: Duration| now.saturating_sub(ttl.as_millis() as u64);
     let live = live.load();
     let instances = &live.config.instances;

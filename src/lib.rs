@@ -22,4 +22,5 @@ pub mod ops;
 pub mod sign;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod tls;

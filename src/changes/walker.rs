@@ -17,9 +17,10 @@ use super::api::{Api, ApiError};
 use super::authorize::{self, AuthorizeError, Authorized};
 use super::mapping::{self, Mapper, Objects};
 use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
-use crate::deliver::{Dispatcher, envelope, schedule};
+use crate::deliver::{Dispatcher, schedule};
 use crate::store::{self, Store, WalkPage, record::ObjectV1};
 use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 /// Test-only override of every polling interval (a duration such as `1s`), read once at start.
 /// Not for production.
@@ -314,8 +315,8 @@ async fn walk(inner: &Inner, instance_name: &str, account: &str) -> Result<(), W
     let Some(mut cursor) = inner.store.cursor(instance_name, account)? else {
         return Ok(());
     };
-    let date_ms = store::now_ms();
-    let mut mapper = Mapper::new(&instance.element, envelope::rfc3339(date_ms));
+    let date_ms = time::now_ms();
+    let mut mapper = Mapper::new(&instance.element, time::rfc3339(date_ms));
     let objects = StoreObjects {
         store: &inner.store,
         instance: instance_name,

@@ -14,7 +14,8 @@ use super::schedule::{self, RetryPolicy};
 use super::{Context, LaneStats, envelope, ssrf};
 use crate::config::{Delivery, Instance};
 use crate::sign::{self, WebhookSecret};
-use crate::store::{self, DeadLetter, Event, Retry};
+use crate::store::{DeadLetter, Event, Retry};
+use crate::time;
 
 /// What the lane learns when an attempt is over and its outcome is committed.
 #[derive(Debug)]
@@ -72,7 +73,7 @@ pub async fn run(
     slot: &mut Slot,
 ) -> Option<u64> {
     let delivery = &instance.delivery;
-    let now_ms = store::now_ms();
+    let now_ms = time::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(event.age_base_ms));
     if age >= delivery.max_age {
         let dead = DeadLetter {
@@ -136,7 +137,7 @@ pub async fn run(
                 return give_up(ctx, instance, event, dead).await;
             }
             let delay = retry_delay(delivery, attempts, retry_after);
-            let due_ms = store::now_ms().saturating_add(schedule::millis(delay));
+            let due_ms = time::now_ms().saturating_add(schedule::millis(delay));
             let retry = Retry {
                 attempts,
                 due_ms,

@@ -19,8 +19,9 @@ use crate::config::{Config, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::sign;
-use crate::store::{self, IngestTarget, Placed, Store};
+use crate::store::{IngestTarget, Placed, Store};
 use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 pub use notification::{Accounts, parse_accounts};
 
@@ -132,7 +133,7 @@ impl Ingest {
             return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_full");
         }
         let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
-        let placed = match self.store.ingest(body, store::now_ms(), targets).await {
+        let placed = match self.store.ingest(body, time::now_ms(), targets).await {
             Ok(placed) => placed,
             Err(err) => {
                 warn!(error = %err, "could not store a notification; answered 503");
