@@ -19,6 +19,7 @@ pub mod deliver;
 mod http;
 pub mod ingest;
 pub mod ops;
+pub mod retry;
 pub mod sign;
 pub mod store;
 pub mod telemetry;

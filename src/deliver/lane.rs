@@ -25,9 +25,9 @@ use tracing::{debug, error};
 use ulid::Ulid;
 
 use super::attempt::{self, Done, Progress, Slot};
-use super::schedule;
 use super::{Context, LaneHandle};
 use crate::config::{Delivery, Instance, Rate};
+use crate::retry;
 use crate::store::{self, Event};
 use crate::time;
 
@@ -337,7 +337,7 @@ fn quota(rate: Rate, burst: NonZeroU32) -> Quota {
 fn instant_at(due_ms: u64) -> Instant {
     let now_ms = time::now_ms();
     let wait = Duration::from_millis(due_ms.saturating_sub(now_ms));
-    schedule::instant_after(Instant::now(), wait)
+    retry::instant_after(Instant::now(), wait)
 }
 
 #[cfg(test)]

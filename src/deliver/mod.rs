@@ -13,7 +13,6 @@ pub mod client;
 pub mod envelope;
 mod lane;
 pub mod outcome;
-pub mod schedule;
 pub mod ssrf;
 
 use std::collections::HashMap;
