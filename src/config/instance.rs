@@ -5,8 +5,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::check::{Checker, Reported};
-use super::configuration::{self, Credentials, key_path};
+use super::configuration::{self, Credentials};
 use super::document::InstanceSections;
+use super::keys::key_path;
 use super::problem::{child, quoted};
 use super::raw::{RawInstance, RawText};
 use super::{Delivery, EventsMode, Instance, Secret, validate};
