@@ -14,6 +14,7 @@
 mod check;
 mod configuration;
 mod defaults;
+mod delivery;
 mod document;
 mod file_value;
 mod grammar;
