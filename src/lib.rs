@@ -22,6 +22,8 @@ pub mod daemon;
 pub mod deliver;
 mod http;
 pub mod ingest;
+#[cfg(test)]
+mod layers;
 pub mod ops;
 pub mod retry;
 pub mod sign;
