@@ -4,6 +4,13 @@
 //! bind both listeners, start lanes, queue catch-up events if the last stop was unclean or
 //! long ago, then READY. Order at stop: STOPPING, stop accepting, finish in-flight attempts
 //! within `shutdown_timeout`, close the store (marking a clean stop), exit.
+//!
+//! The process plumbing only `run` uses lives beside it: Unix [`signals`], the systemd notify
+//! protocol ([`sd_notify`]) and the [`watchdog`] check.
+
+pub mod sd_notify;
+pub mod signals;
+pub mod watchdog;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,11 +27,13 @@ use crate::deliver::Dispatcher;
 use crate::http::{self, Limits};
 use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
-use crate::ops::metrics::Metrics;
-use crate::ops::sd_notify::{self, Notifier};
-use crate::ops::signals::{Control, Signals};
-use crate::ops::watchdog::{self, Pulse};
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
+use crate::telemetry::metrics::Metrics;
+use crate::time;
+
+use sd_notify::Notifier;
+use signals::{Control, Signals};
+use watchdog::Pulse;
 
 /// Down for longer than this (or stopped uncleanly), every known pair gets a catch-up event.
 pub const CATCH_UP_AFTER: Duration = Duration::from_secs(5 * 60);
@@ -238,7 +247,7 @@ async fn catch_up_if_needed(
         .unwrap_or(CATCH_UP_AFTER);
     let down_ms = previous
         .last_alive_ms
-        .map(|alive| store::now_ms().saturating_sub(alive));
+        .map(|alive| time::now_ms().saturating_sub(alive));
     let long_down = down_ms.is_some_and(|ms| ms > threshold.as_millis() as u64);
     let first_start = previous.last_alive_ms.is_none();
     if first_start || (previous.clean_stop && !long_down) {
@@ -333,7 +342,7 @@ fn status_line(state: &str, live: &LiveConfig, store: &Store) -> String {
 /// Deletes dead letters older than their instance's `dead_letter_ttl`; held instances keep
 /// theirs for the longest configured ttl.
 async fn expire_dead_letters(store: &Store, live: &LiveConfig) {
-    let now = store::now_ms();
+    let now = time::now_ms();
     let cutoff = |ttl: Duration| now.saturating_sub(ttl.as_millis() as u64);
     let live = live.load();
     let instances = &live.config.instances;

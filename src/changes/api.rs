@@ -8,7 +8,7 @@ use reqwest::header::RETRY_AFTER;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::deliver::schedule;
+use crate::retry;
 
 /// Per-request bound.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,7 +68,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> ApiError
                 .as_u64()
                 .map(Duration::from_secs);
             let from_header =
-                retry_after.and_then(|value| schedule::parse_retry_after(value, SystemTime::now()));
+                retry_after.and_then(|value| retry::parse_retry_after(value, SystemTime::now()));
             let wait = from_body.or(from_header).unwrap_or(DEFAULT_RATE_LIMIT_WAIT);
             ApiError::RateLimited(wait.min(MAX_RATE_LIMIT_WAIT))
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::api::{Api, ApiError};
 use crate::config::{Config, EventsMode, Instance};
 use crate::store::{self, AuthorizationV1, Store};
+use crate::time;
 
 /// What `authorize` did.
 #[derive(Debug)]
@@ -127,7 +128,7 @@ pub async fn authorize(
     let authorization = AuthorizationV1 {
         account: account.clone(),
         refresh_token,
-        authorized_ms: store::now_ms(),
+        authorized_ms: time::now_ms(),
     };
     let cursor_taken = store.authorize(name, authorization, &cursor).await?;
     Ok(Authorized {

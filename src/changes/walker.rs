@@ -17,9 +17,11 @@ use super::api::{Api, ApiError};
 use super::authorize::{self, AuthorizeError, Authorized};
 use super::mapping::{self, Mapper, Objects};
 use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
-use crate::deliver::{Dispatcher, envelope, schedule};
-use crate::ops::metrics::Metrics;
+use crate::deliver::Dispatcher;
+use crate::retry;
 use crate::store::{self, Store, WalkPage, record::ObjectV1};
+use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 /// Test-only override of every polling interval (a duration such as `1s`), read once at start.
 /// Not for production.
@@ -314,8 +316,8 @@ async fn walk(inner: &Inner, instance_name: &str, account: &str) -> Result<(), W
     let Some(mut cursor) = inner.store.cursor(instance_name, account)? else {
         return Ok(());
     };
-    let date_ms = store::now_ms();
-    let mut mapper = Mapper::new(&instance.element, envelope::rfc3339(date_ms));
+    let date_ms = time::now_ms();
+    let mut mapper = Mapper::new(&instance.element, time::rfc3339(date_ms));
     let objects = StoreObjects {
         store: &inner.store,
         instance: instance_name,
@@ -521,13 +523,12 @@ async fn call(inner: &Inner, instance: &Instance, what: Call<'_>) -> Result<Answ
             Err(err) => {
                 failures = failures.saturating_add(1);
                 refreshed = false;
-                let policy = schedule::RetryPolicy {
+                let policy = retry::RetryPolicy {
                     initial: instance.delivery.retry_initial,
                     multiplier: instance.delivery.retry_multiplier,
                     max_interval: instance.delivery.retry_max_interval,
                 };
-                let wait =
-                    schedule::retry_delay(&policy, failures, schedule::random_jitter(), None);
+                let wait = retry::retry_delay(&policy, failures, retry::random_jitter(), None);
                 warn!(instance = %instance.name, error = %err, retry_in = ?wait, "Dropbox call failed; retrying");
                 wait
             }
@@ -621,7 +622,7 @@ fn refresh_gate(inner: &Inner, instance: &str) -> Arc<tokio::sync::Mutex<()>> {
 /// When to refresh an access token that lives `lifetime`: [`REFRESH_AHEAD`] before it expires
 /// (at half its life if it is short).
 fn refresh_at(lifetime: Duration) -> Instant {
-    schedule::instant_after(
+    retry::instant_after(
         Instant::now(),
         lifetime.saturating_sub(REFRESH_AHEAD.min(lifetime / 2)),
     )
@@ -683,11 +684,11 @@ async fn poll_loop(inner: &Arc<Inner>) {
             let interval = inner.poll_override.unwrap_or(interval);
             let due = next
                 .entry(instance.name.clone())
-                .or_insert_with(|| schedule::instant_after(now, interval));
+                .or_insert_with(|| retry::instant_after(now, interval));
             if now < *due {
                 continue;
             }
-            *due = schedule::instant_after(now, interval);
+            *due = retry::instant_after(now, interval);
             let mut accounts = inner
                 .store
                 .cursor_accounts(&instance.name)

@@ -5,9 +5,9 @@ use super::access::{Access, Offline};
 use super::status::{age, render};
 use super::{EXIT_FAILURE, Failure, SelectArgs, WindowArgs};
 use crate::config::Config;
-use crate::deliver::envelope::rfc3339;
 use crate::ops::dead::{self, ListQuery, Outcome, Selection, SelectionBody, Target, Window};
 use crate::store::{self, inspect::EventSummary};
+use crate::time::{self, rfc3339};
 
 impl From<WindowArgs> for Window {
     fn from(args: WindowArgs) -> Window {
@@ -70,7 +70,7 @@ pub async fn list(
                 printed += 1;
             }
         } else if !page.is_empty() {
-            print!("{}", table(&page, store::now_ms()));
+            print!("{}", table(&page, time::now_ms()));
             printed += page.len();
         }
         query = page_query.next(&page);
@@ -223,14 +223,4 @@ fn missing(outcome: &Outcome) -> Result<(), Failure> {
             outcome.not_found.join(", ")
         ),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_at_is_shown_in_utc() {
-        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20Z");
-    }
 }

@@ -18,7 +18,7 @@ use super::access::dialable;
 use super::{EXIT_FAILURE, status};
 use crate::config::{Config, ConfigError, EventsMode};
 use crate::deliver::ssrf;
-use crate::store;
+use crate::time;
 
 /// A certificate closer than this to its expiry draws a warning.
 const CERT_WARN_DAYS: i64 = 14;
@@ -375,7 +375,7 @@ fn certificate_finding(config: &Config, now: i64) -> Finding {
             format!("cannot read the expiry date of {file}'s first certificate"),
         );
     };
-    let expires = crate::deliver::envelope::rfc3339(u64::try_from(not_after).unwrap_or(0) * 1000);
+    let expires = time::rfc3339(u64::try_from(not_after).unwrap_or(0) * 1000);
     let days = (not_after - now).div_euclid(86_400);
     if not_after <= now {
         Finding::new(
@@ -405,7 +405,7 @@ fn certificate_finding(config: &Config, now: i64) -> Finding {
 }
 
 fn unix_now() -> i64 {
-    i64::try_from(store::now_ms() / 1000).unwrap_or(i64::MAX)
+    i64::try_from(time::now_ms() / 1000).unwrap_or(i64::MAX)
 }
 
 /// A callback's host resolves here, to an address delivery may connect to.

@@ -26,8 +26,8 @@ use ulid::Ulid;
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError};
-use crate::ops::logging::{self, LogFormat};
-use crate::store;
+use crate::telemetry::logging::{self, LogFormat};
+use crate::time;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -160,7 +160,7 @@ pub struct WindowArgs {
 }
 
 fn time_arg(text: &str) -> Result<u64, String> {
-    crate::ops::dead::parse_time(text, store::now_ms())
+    crate::ops::dead::parse_time(text, time::now_ms())
 }
 
 fn event_id(text: &str) -> Result<Ulid, String> {
@@ -391,7 +391,7 @@ mod tests {
         };
         assert!(json);
         let since = window.since.unwrap_or_default();
-        let two_hours_ago = store::now_ms() - 7_200_000;
+        let two_hours_ago = time::now_ms() - 7_200_000;
         assert!(since.abs_diff(two_hours_ago) < 60_000, "{since}");
     }
 

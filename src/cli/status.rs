@@ -6,7 +6,7 @@ use super::access::{Access, Offline};
 use super::{EXIT_FAILURE, Failure};
 use crate::config::Config;
 use crate::ops::status::{self, InstanceStatus};
-use crate::store;
+use crate::time;
 
 /// `status --json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,7 +24,7 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
         println!("{text}");
     } else {
         println!("daemon: {source}");
-        print!("{}", table(&report.instances, store::now_ms()));
+        print!("{}", table(&report.instances, time::now_ms()));
         if report.instances.iter().any(|i| i.state == "held") {
             println!(
                 "held: events of an instance no longer in the config; they are delivered if it \

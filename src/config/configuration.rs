@@ -1,110 +1,17 @@
-//! `[instance.configuration]`: the Cloud Elements keys, quoted or dotted.
-//!
-//! `"event.notification.enabled" = true` is one key with dots in its name, while
-//! `event.notification.enabled = true` is TOML for nested tables. Both are flattened into
-//! dotted names, which are then checked against [`KNOWN_KEYS`]: an unknown name, or a name
-//! given both ways, is a problem. The known ones are decoded as a [`RawConfiguration`], then
-//! checked into the parts of an [`Instance`](super::Instance) they describe.
+//! `[instance.configuration]`: the Cloud Elements keys, read into a [`RawConfiguration`] (by
+//! `document.rs`, against the names of `keys.rs`), checked into the parts of an
+//! [`Instance`](super::Instance) they describe.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine as _;
 
 use super::check::{Checker, Reported};
 use super::defaults::MAX_DURATION;
-use super::document::decode;
-use super::problem::{Problem, quoted};
+use super::keys::key_path;
+use super::problem::quoted;
 use super::raw::{RawConfiguration, RawIntOrText, RawText};
 use super::{EventsMode, Secret, Url, VendorType};
-
-/// The configuration keys hookrelay understands (the serde names of [`RawConfiguration`]).
-pub(crate) const KNOWN_KEYS: [&str; 10] = [
-    "oauth.api.key",
-    "oauth.api.secret",
-    "oauth.callback.url",
-    "oauth.refresh_token",
-    "event.notification.enabled",
-    "event.notification.callback.url",
-    "event.notification.signature.key",
-    "event.notification.signature.previous_key",
-    "event.vendor.type",
-    "event.poller.refresh_interval",
-];
-
-/// Configuration keys whose values are secrets: never shown in problems, warnings or `Debug`.
-const SECRET_KEYS: [&str; 4] = [
-    "oauth.api.secret",
-    "oauth.refresh_token",
-    "event.notification.signature.key",
-    "event.notification.signature.previous_key",
-];
-
-/// Whether key path `key` is a secret's (`admin.token`, a secret configuration key) or inside
-/// one (`admin.token.file`).
-pub(crate) fn is_secret_path(key: &str) -> bool {
-    let within = |secret: &str| key == secret || key.starts_with(&format!("{secret}."));
-    within("admin.token")
-        || SECRET_KEYS.iter().any(|name| {
-            let quoted_name = quoted(name);
-            key.split_once(".configuration.").is_some_and(|(_, rest)| {
-                rest == quoted_name || rest.starts_with(&format!("{quoted_name}."))
-            })
-        })
-}
-
-/// The key path of configuration key `name` under `path` (`….configuration."oauth.api.key"`).
-pub(crate) fn key_path(path: &str, name: &str) -> String {
-    format!("{path}.{}", quoted(name))
-}
-
-/// Flattens `table` (at key path `path`) and decodes the known keys.
-pub(crate) fn read(
-    table: toml::Table,
-    path: &str,
-    problems: &mut Vec<Problem>,
-) -> RawConfiguration {
-    let mut entries = Vec::new();
-    flatten("", table, &mut entries);
-    let mut known = toml::Table::new();
-    let mut seen = BTreeSet::new();
-    for (name, value) in entries {
-        if !seen.insert(name.clone()) {
-            problems.push(Problem::new(
-                key_path(path, &name),
-                "given twice (quoted and as dotted keys)",
-            ));
-        } else if !KNOWN_KEYS.contains(&name.as_str()) {
-            problems.push(Problem::new(
-                key_path(path, &name),
-                "unknown configuration key",
-            ));
-        } else {
-            known.insert(name, value);
-        }
-    }
-    decode(known, path, problems)
-}
-
-/// Appends `table`'s leaves as (dotted name, value); a known key's table value (a file
-/// reference) is a leaf, not nested keys.
-fn flatten(prefix: &str, table: toml::Table, entries: &mut Vec<(String, toml::Value)>) {
-    for (key, value) in table {
-        let name = if prefix.is_empty() {
-            key
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(inner) if !KNOWN_KEYS.contains(&name.as_str()) => {
-                flatten(&name, inner, entries);
-            }
-            value => entries.push((name, value)),
-        }
-    }
-}
-
-// === checks ===
 
 /// `oauth.*`: the Dropbox app and, for change events, how to get tokens.
 pub(crate) struct Credentials {

@@ -4,10 +4,18 @@
 //! each instance's `delivery` and `configuration` table is decoded on its own, so a problem in
 //! one never hides a problem in another. Within a table, serde stops at the first error: the
 //! offending key is reported, removed, and the table decoded again, until it decodes.
+//!
+//! In `[instance.configuration]`, `"event.notification.enabled" = true` is one key with dots
+//! in its name, while `event.notification.enabled = true` is TOML for nested tables. Both are
+//! flattened into dotted names, which are then checked against [`KNOWN_KEYS`]: an unknown
+//! name, or a name given both ways, is a problem. The known ones are decoded as a
+//! [`RawConfiguration`].
+
+use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 
-use super::configuration;
+use super::keys::{KNOWN_KEYS, is_secret_path, key_path};
 use super::problem::{Problem, child, segment};
 use super::raw::{
     RawAdmin, RawConfiguration, RawDelivery, RawDocument, RawDropbox, RawInstance, RawServer,
@@ -65,13 +73,59 @@ fn read_instance(table: toml::Table, path: &str, problems: &mut Vec<Problem>) ->
     let mut main: RawInstance = decode(table, path, problems);
     let delivery = decode_section(main.delivery.take(), &child(path, "delivery"), problems);
     let configuration = match main.configuration.take() {
-        Some(table) => configuration::read(table, &child(path, "configuration"), problems),
+        Some(table) => read_configuration(table, &child(path, "configuration"), problems),
         None => RawConfiguration::default(),
     };
     InstanceSections {
         main,
         configuration,
         delivery,
+    }
+}
+
+/// Flattens `table` (at key path `path`) and decodes the known keys.
+pub(crate) fn read_configuration(
+    table: toml::Table,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> RawConfiguration {
+    let mut entries = Vec::new();
+    flatten("", table, &mut entries);
+    let mut known = toml::Table::new();
+    let mut seen = BTreeSet::new();
+    for (name, value) in entries {
+        if !seen.insert(name.clone()) {
+            problems.push(Problem::new(
+                key_path(path, &name),
+                "given twice (quoted and as dotted keys)",
+            ));
+        } else if !KNOWN_KEYS.contains(&name.as_str()) {
+            problems.push(Problem::new(
+                key_path(path, &name),
+                "unknown configuration key",
+            ));
+        } else {
+            known.insert(name, value);
+        }
+    }
+    decode(known, path, problems)
+}
+
+/// Appends `table`'s leaves as (dotted name, value); a known key's table value (a file
+/// reference) is a leaf, not nested keys.
+fn flatten(prefix: &str, table: toml::Table, entries: &mut Vec<(String, toml::Value)>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) if !KNOWN_KEYS.contains(&name.as_str()) => {
+                flatten(&name, inner, entries);
+            }
+            value => entries.push((name, value)),
+        }
     }
 }
 
@@ -104,7 +158,7 @@ pub(crate) fn decode<T: DeserializeOwned + Default>(
             format!("{path}.{}", location.rendered)
         };
         // serde quotes the value it rejected; a secret's value is never shown.
-        let rule = if configuration::is_secret_path(&key) {
+        let rule = if is_secret_path(&key) {
             SECRET_TYPE_RULE.to_owned()
         } else {
             in_toml_words(err.message())

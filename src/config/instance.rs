@@ -5,11 +5,12 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::check::{Checker, Reported};
-use super::configuration::{self, Credentials, key_path};
+use super::configuration::{self, Credentials};
 use super::document::InstanceSections;
+use super::keys::key_path;
 use super::problem::{child, quoted};
 use super::raw::{RawInstance, RawText};
-use super::{Delivery, EventsMode, Instance, Secret, validate};
+use super::{Delivery, EventsMode, Instance, Secret, delivery};
 
 /// The element every instance must be: hookrelay speaks Dropbox only.
 const ELEMENT: &str = "dropbox";
@@ -62,7 +63,7 @@ fn one(
     let vendor = events.and_then(|events| {
         configuration::vendor(c, &raw.configuration, &configuration, events, path)
     });
-    let delivery = validate::delivery(c, &raw.delivery, &child(path, "delivery"), base);
+    let delivery = delivery::check(c, &raw.delivery, &child(path, "delivery"), base);
     let changes_checked = match (events, &credentials) {
         (Ok(EventsMode::Changes), Ok(credentials)) => changes_credentials(c, credentials, path),
         _ => Ok(()),

@@ -14,10 +14,12 @@
 mod check;
 mod configuration;
 mod defaults;
+mod delivery;
 mod document;
 mod file_value;
 mod grammar;
 mod instance;
+mod keys;
 mod live;
 mod problem;
 mod raw;
@@ -34,7 +36,7 @@ use std::time::Duration;
 pub use reqwest::Url;
 
 use crate::tls::TlsIdentity;
-pub(crate) use configuration::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
+pub(crate) use keys::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
 
 pub use grammar::{parse_duration, parse_rate, parse_size};
 pub use live::{Live, LiveConfig, new_live};

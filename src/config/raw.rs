@@ -95,7 +95,7 @@ pub(crate) struct RawInstance {
     pub delivery: Option<toml::Table>,
 }
 
-/// `[instance.configuration]`, after dotted keys are flattened (see `configuration.rs`).
+/// `[instance.configuration]`, after dotted keys are flattened (see `document.rs`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfiguration {

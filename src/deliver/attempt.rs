@@ -10,11 +10,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::outcome::{self, Outcome};
-use super::schedule::{self, RetryPolicy};
 use super::{Context, LaneStats, envelope, ssrf};
 use crate::config::{Delivery, Instance};
+use crate::retry::{self, RetryPolicy};
 use crate::sign::{self, WebhookSecret};
-use crate::store::{self, DeadLetter, Event, Retry};
+use crate::store::{DeadLetter, Event, Retry};
+use crate::time;
 
 /// What the lane learns when an attempt is over and its outcome is committed.
 #[derive(Debug)]
@@ -72,7 +73,7 @@ pub async fn run(
     slot: &mut Slot,
 ) -> Option<u64> {
     let delivery = &instance.delivery;
-    let now_ms = store::now_ms();
+    let now_ms = time::now_ms();
     let age = Duration::from_millis(now_ms.saturating_sub(event.age_base_ms));
     if age >= delivery.max_age {
         let dead = DeadLetter {
@@ -121,7 +122,7 @@ pub async fn run(
         } => {
             stats.record_error(&error);
             debug!(instance = %instance.name, event = %event.id, ?status, %error, attempts, "attempt failed");
-            if schedule::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
+            if retry::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
                 let reason = if attempts >= delivery.max_attempts {
                     "max_attempts reached"
                 } else {
@@ -136,7 +137,7 @@ pub async fn run(
                 return give_up(ctx, instance, event, dead).await;
             }
             let delay = retry_delay(delivery, attempts, retry_after);
-            let due_ms = store::now_ms().saturating_add(schedule::millis(delay));
+            let due_ms = time::now_ms().saturating_add(retry::millis(delay));
             let retry = Retry {
                 attempts,
                 due_ms,
@@ -161,7 +162,7 @@ fn retry_delay(delivery: &Delivery, attempts: u32, retry_after: Option<Duration>
         multiplier: delivery.retry_multiplier,
         max_interval: delivery.retry_max_interval,
     };
-    schedule::retry_delay(&policy, attempts, schedule::random_jitter(), retry_after)
+    retry::retry_delay(&policy, attempts, retry::random_jitter(), retry_after)
 }
 
 /// Dead-letters `event`; returns when the next change envelope of its pair is due, if one was

@@ -1,13 +1,12 @@
 //! The consumer-facing body (SPEC §5): a Cloud Elements event notification, one instance and
 //! one stored event per body. Built once per attempt; the exact bytes built are the bytes signed.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::Instance;
 use crate::store::{Event, EventKind};
+use crate::time::rfc3339;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -87,12 +86,6 @@ pub fn build(event: &Event, instance: &Instance) -> Vec<u8> {
         },
     };
     serde_json::to_vec(&envelope).unwrap_or_default()
-}
-
-/// `ms` since the epoch as RFC 3339 in whole seconds (`2026-11-28T17:00:00Z`).
-pub fn rfc3339(ms: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_secs(ms / 1000);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]

@@ -25,10 +25,11 @@ use tracing::{debug, error};
 use ulid::Ulid;
 
 use super::attempt::{self, Done, Progress, Slot};
-use super::schedule;
 use super::{Context, LaneHandle};
 use crate::config::{Delivery, Instance, Rate};
+use crate::retry;
 use crate::store::{self, Event};
+use crate::time;
 
 /// Events a lane keeps in memory, queued and not yet sent.
 pub const READY_CAPACITY: usize = 256;
@@ -153,7 +154,7 @@ impl Lane {
         if self.ready.len() >= REFILL_BELOW {
             return Ok(());
         }
-        let now = store::now_ms();
+        let now = time::now_ms();
         let due = self.next_due_ms.is_some_and(|d| d <= now);
         let hinted = self.handle.backlog.swap(false, Ordering::AcqRel);
         if !due && !hinted {
@@ -334,9 +335,9 @@ fn quota(rate: Rate, burst: NonZeroU32) -> Quota {
 }
 
 fn instant_at(due_ms: u64) -> Instant {
-    let now_ms = store::now_ms();
+    let now_ms = time::now_ms();
     let wait = Duration::from_millis(due_ms.saturating_sub(now_ms));
-    schedule::instant_after(Instant::now(), wait)
+    retry::instant_after(Instant::now(), wait)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ pub mod client;
 pub mod envelope;
 mod lane;
 pub mod outcome;
-pub mod schedule;
 pub mod ssrf;
 
 use std::collections::HashMap;
@@ -30,8 +29,9 @@ pub use client::Clients;
 pub use lane::is_active;
 
 use crate::config::{Config, LiveConfig};
-use crate::ops::metrics::Metrics;
-use crate::store::{self, Event, Store};
+use crate::store::{Event, Store};
+use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 /// What lanes and attempts share.
 pub struct Context {
@@ -55,12 +55,12 @@ pub struct LaneStats {
 impl LaneStats {
     fn record_success(&self) {
         self.last_success_ms
-            .store(store::now_ms(), Ordering::Relaxed);
+            .store(time::now_ms(), Ordering::Relaxed);
     }
 
     pub fn record_error(&self, error: &str) {
         self.last_error
-            .store(Some(Arc::new((store::now_ms(), error.to_owned()))));
+            .store(Some(Arc::new((time::now_ms(), error.to_owned()))));
     }
 }
 

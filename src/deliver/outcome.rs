@@ -5,8 +5,8 @@
 use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
 
-use super::schedule::parse_retry_after;
 use super::ssrf::ForbiddenDestination;
+use crate::retry::parse_retry_after;
 
 /// The longest error text kept for an attempt (logs, `status`, dead letters).
 const MAX_ERROR_CHARS: usize = 200;

@@ -18,9 +18,10 @@ use crate::changes::Walker;
 use crate::config::{Config, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
-use crate::ops::metrics::Metrics;
 use crate::sign;
-use crate::store::{self, IngestTarget, Placed, Store};
+use crate::store::{IngestTarget, Placed, Store};
+use crate::telemetry::metrics::Metrics;
+use crate::time;
 
 pub use notification::{Accounts, parse_accounts};
 
@@ -149,7 +150,7 @@ impl Ingest {
             .iter()
             .map(|t| (t.instance.clone(), t.account.clone()))
             .collect();
-        let placed = match self.store.ingest(body, store::now_ms(), targets).await {
+        let placed = match self.store.ingest(body, time::now_ms(), targets).await {
             Ok(placed) => placed,
             Err(err) => {
                 warn!(error = %err, "could not store a notification; answered 503");

@@ -37,9 +37,10 @@ use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::ops::cross_site;
 use crate::ops::dead::{self, Selection, SelectionBody};
-use crate::ops::metrics::{self, Metrics, QueueFigures};
 use crate::ops::status;
 use crate::store::{self, Store};
+use crate::telemetry::metrics::{self, Metrics, QueueFigures};
+use crate::time;
 
 /// Largest JSON body of a replay or purge (a few thousand ids).
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -128,7 +129,7 @@ impl Admin {
                 .await
             }
             (&Method::GET, "/admin/dead") => {
-                let query = match dead::ListQuery::parse(request.uri().query(), store::now_ms()) {
+                let query = match dead::ListQuery::parse(request.uri().query(), time::now_ms()) {
                     Ok(query) => query,
                     Err(message) => return error(StatusCode::BAD_REQUEST, &message),
                 };
@@ -278,7 +279,7 @@ where
 /// Reads and checks the JSON body of a replay or purge.
 async fn read_selection(request: Request<Incoming>) -> Result<Selection, HttpResponse> {
     let body: SelectionBody = read_json(request).await?;
-    body.into_selection(store::now_ms())
+    body.into_selection(time::now_ms())
         .map_err(|message| error(StatusCode::BAD_REQUEST, &message))
 }
 

@@ -12,6 +12,7 @@ use ulid::Ulid;
 use crate::config::{Url, parse_duration};
 use crate::store::inspect::{DeadRef, EventSummary};
 use crate::store::{self, Store};
+use crate::time;
 
 /// What a TIME may be, for messages.
 pub const TIME_EXPECTED: &str = "expected an RFC 3339 time in UTC (2026-01-31T10:00:00Z), \
@@ -402,7 +403,7 @@ async fn act(
         Target::Instance(name) => Some(name.clone()),
         Target::All => None,
     };
-    let began = store::now_ms().saturating_add(1);
+    let began = time::now_ms().saturating_add(1);
     let window = (
         selection.window.since_ms,
         Some(

@@ -1,12 +1,8 @@
-//! Operating the daemon (SPEC §7): the admin listener and what it serves (status figures,
-//! dead-letter administration, metrics), logs, signals, sd_notify and the watchdog check.
+//! Operating the daemon (SPEC §7), its admin side: the admin listener and what it serves
+//! (status figures, dead-letter administration, the metrics that [`crate::telemetry`]
+//! collects).
 
 pub mod admin;
 pub mod cross_site;
 pub mod dead;
-pub mod logging;
-pub mod metrics;
-pub mod sd_notify;
-pub mod signals;
 pub mod status;
-pub mod watchdog;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, EventsMode, Instance};
 use crate::deliver::Dispatcher;
-use crate::store::{self, Store};
+use crate::store::Store;
+use crate::time;
 
 /// One instance's line of `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +45,7 @@ pub fn queue_figures(
     lanes: Option<&Dispatcher>,
 ) -> Vec<InstanceStatus> {
     let counters = store.counters();
-    let now = store::now_ms();
+    let now = time::now_ms();
     let mut names: Vec<String> = config.instances.iter().map(|i| i.name.clone()).collect();
     for (name, counter) in counters.iter() {
         if counter.pending_events + counter.dead_events > 0 && !names.contains(name) {
@@ -113,7 +114,7 @@ pub fn instances(
     store: &Store,
     lanes: Option<&Dispatcher>,
 ) -> Vec<InstanceStatus> {
-    let now = store::now_ms();
+    let now = time::now_ms();
     let mut figures = queue_figures(config, store, lanes);
     for status in &mut figures {
         if status.queued > 0 {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hookrelay::store::{self, DeadLetter, IngestTarget, OpenMode, Placed, Store, StoreOptions};
+use hookrelay::time;
 use tokio::sync::Mutex;
 
 use crate::support::dropbox::{account_id, try_post_notification};
@@ -60,7 +61,7 @@ async fn fill_dead_letters(path: &std::path::Path, instance: &str, count: usize)
         let body =
             Bytes::from_static(br#"{"list_folder": {"accounts": []}, "delta": {"users": [1]}}"#);
         let placed = store
-            .ingest(body, store::now_ms(), targets)
+            .ingest(body, time::now_ms(), targets)
             .await
             .expect("ingest");
         let mut deaths = tokio::task::JoinSet::new();

@@ -35,6 +35,7 @@ use hookrelay::store::{
     self, Cutoffs, DeadLetter, EventKind, IngestTarget, MapWrite, NewEnvelope, OpenMode, Placed,
     Retry, Store, StoreOptions, WalkPage, record::ObjectV1,
 };
+use hookrelay::time;
 use powerfs::{Loss, PowerFs};
 use proptest::prelude::*;
 use ulid::Ulid;
@@ -569,7 +570,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             let body = body(marker, &accounts, *pad);
             let quota = if *small_quota { SMALL_QUOTA } else { u64::MAX };
             let new_bytes = body.len() as u64 + OVERHEAD;
-            let accepted_ms = store::now_ms();
+            let accepted_ms = time::now_ms();
             let ingest_targets: Vec<IngestTarget> = targets
                 .iter()
                 .map(|(i, a)| IngestTarget {
@@ -683,12 +684,12 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 return Ok(());
             };
             let instance = model.pending[&id].instance.clone();
-            let lo = store::now_ms();
+            let lo = time::now_ms();
             let promoted = store
                 .delivered(&instance, id)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("delivered: {e}")))?;
-            let hi = store::now_ms();
+            let hi = time::now_ms();
             model.answered_unsynced(id, true);
             let (event, next) = model.remove_pending(id);
             model.promote(next, promoted, (lo, hi))?;
@@ -711,7 +712,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 return Ok(());
             };
             let m = model.pending[&id].clone();
-            let due_ms = store::now_ms() + 3_600_000;
+            let due_ms = time::now_ms() + 3_600_000;
             let retry = Retry {
                 attempts: m.attempts + 1,
                 due_ms,
@@ -742,7 +743,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             };
             let instance = model.pending[&id].instance.clone();
             let attempts = model.pending[&id].attempts + 1;
-            let lo = store::now_ms();
+            let lo = time::now_ms();
             let promoted = store
                 .dead_letter(
                     &instance,
@@ -756,7 +757,7 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 )
                 .await
                 .map_err(|e| TestCaseError::fail(format!("dead_letter: {e}")))?;
-            let hi = store::now_ms();
+            let hi = time::now_ms();
             let (mut event, next) = model.remove_pending(id);
             model.promote(next, promoted, (lo, hi))?;
             event.attempts = attempts;
@@ -954,12 +955,12 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 .flat_map(|name| model.seen.iter().filter(move |(i, _)| i == name))
                 .cloned()
                 .collect();
-            let lo = store::now_ms();
+            let lo = time::now_ms();
             let events = store
                 .catch_up(names.clone())
                 .await
                 .map_err(|e| TestCaseError::fail(format!("catch_up: {e}")))?;
-            let hi = store::now_ms();
+            let hi = time::now_ms();
             let got: Vec<(String, String)> = events
                 .iter()
                 .map(|e| (e.instance.clone(), e.account.clone()))
@@ -1016,7 +1017,7 @@ async fn burst(
     accounts: &[usize],
     pad: usize,
 ) -> Result<(), TestCaseError> {
-    let accepted_ms = store::now_ms();
+    let accepted_ms = time::now_ms();
     let mut ingests = Vec::with_capacity(accounts.len());
     for account in accounts {
         model.next_marker += 1;
@@ -1172,14 +1173,14 @@ async fn walk(
         envelopes: markers.iter().map(|m| envelope(*m)).collect(),
         map: writes.clone(),
         clear_marker: None,
-        date_ms: store::now_ms(),
+        date_ms: time::now_ms(),
     };
-    let lo = store::now_ms();
+    let lo = time::now_ms();
     let heads = store
         .commit_walk_page(page)
         .await
         .map_err(|e| TestCaseError::fail(format!("commit_walk_page: {e}")))?;
-    let hi = store::now_ms();
+    let hi = time::now_ms();
 
     // The new envelopes' ids: the store's pending events the model does not know, in id order
     // (the committer's ids grow), which is queue order.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{MINIMAL, instance_with, only_problem, problems, valid};
-use crate::config::configuration::{KNOWN_KEYS, read};
+use crate::config::document::read_configuration;
+use crate::config::keys::KNOWN_KEYS;
 use crate::config::{EventsMode, VendorType};
 
 #[test]
@@ -198,7 +199,7 @@ fn every_known_configuration_key_decodes() {
         table.insert(name.to_owned(), value);
     }
     let mut found = Vec::new();
-    let raw = read(table, "instance[0].configuration", &mut found);
+    let raw = read_configuration(table, "instance[0].configuration", &mut found);
     assert!(found.is_empty(), "{found:#?}");
     assert_eq!(raw.enabled, Some(true));
     assert!(raw.previous_signature_key.is_some() && raw.vendor_type.is_some());

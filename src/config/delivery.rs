@@ -1,0 +1,116 @@
+//! A `[delivery]` table, the shared one or an instance's, checked over the settings it
+//! overrides.
+
+use std::time::Duration;
+
+use super::check::{Checker, Reported};
+use super::problem::child;
+use super::raw::RawDelivery;
+use super::{Delivery, grammar};
+
+/// `raw` (the table at key path `path`) over `base`: `[delivery]` over the defaults
+/// ([`Delivery::default`]), or `[instance.delivery]` over `[delivery]`.
+pub(crate) fn check(
+    c: &mut Checker,
+    raw: &RawDelivery,
+    path: &str,
+    base: &Delivery,
+) -> Result<Delivery, Reported> {
+    let key = |name: &str| child(path, name);
+    let timeout = c.duration(raw.timeout.as_ref(), &key("timeout"), base.timeout);
+    let rate_limit = c
+        .parsed(
+            raw.rate_limit.as_ref(),
+            &key("rate_limit"),
+            grammar::parse_rate,
+        )
+        .map(|rate| rate.unwrap_or(base.rate_limit));
+    let rate_limit_burst = c.non_zero_u32(
+        raw.rate_limit_burst,
+        &key("rate_limit_burst"),
+        base.rate_limit_burst,
+    );
+    let concurrency = c.non_zero_u32(raw.concurrency, &key("concurrency"), base.concurrency);
+    let retry_initial = c.duration(
+        raw.retry_initial.as_ref(),
+        &key("retry_initial"),
+        base.retry_initial,
+    );
+    let retry_multiplier = multiplier(c, raw.retry_multiplier, &key("retry_multiplier"), base);
+    let retry_max_interval = c.duration(
+        raw.retry_max_interval.as_ref(),
+        &key("retry_max_interval"),
+        base.retry_max_interval,
+    );
+    let max_attempts = c.positive_u32(raw.max_attempts, &key("max_attempts"), base.max_attempts);
+    let max_age = c.duration(raw.max_age.as_ref(), &key("max_age"), base.max_age);
+    let dead_letter_ttl = c.duration(
+        raw.dead_letter_ttl.as_ref(),
+        &key("dead_letter_ttl"),
+        base.dead_letter_ttl,
+    );
+    let max_queued_bytes = c.size(
+        raw.max_queued_bytes.as_ref(),
+        &key("max_queued_bytes"),
+        base.max_queued_bytes,
+    );
+    let proxy = c
+        .url(raw.proxy.as_ref(), &key("proxy"))
+        .map(|proxy| proxy.or_else(|| base.proxy.clone()));
+    let retry_max_interval = retry_interval_order(
+        c,
+        retry_initial?,
+        retry_max_interval?,
+        &key("retry_max_interval"),
+    );
+    Ok(Delivery {
+        timeout: timeout?,
+        rate_limit: rate_limit?,
+        rate_limit_burst: rate_limit_burst?,
+        concurrency: concurrency?,
+        retry_initial: retry_initial?,
+        retry_multiplier: retry_multiplier?,
+        retry_max_interval: retry_max_interval?,
+        max_attempts: max_attempts?,
+        max_age: max_age?,
+        dead_letter_ttl: dead_letter_ttl?,
+        max_queued_bytes: max_queued_bytes?,
+        coalesce: raw.coalesce.unwrap_or(base.coalesce),
+        allow_private_destinations: raw
+            .allow_private_destinations
+            .unwrap_or(base.allow_private_destinations),
+        paused: raw.paused.unwrap_or(base.paused),
+        proxy: proxy?,
+    })
+}
+
+fn multiplier(
+    c: &mut Checker,
+    raw: Option<f64>,
+    key: &str,
+    base: &Delivery,
+) -> Result<f64, Reported> {
+    match raw {
+        None => Ok(base.retry_multiplier),
+        Some(value) if value.is_finite() && value >= 1.0 => Ok(value),
+        Some(value) => Err(c.report(
+            key,
+            "must be a finite number of at least 1.0",
+            Some(value.to_string()),
+        )),
+    }
+}
+
+/// `retry_max_interval` must not be below `retry_initial`.
+fn retry_interval_order(
+    c: &mut Checker,
+    initial: Duration,
+    max: Duration,
+    key: &str,
+) -> Result<Duration, Reported> {
+    if max >= initial {
+        return Ok(max);
+    }
+    let rule = format!("must be at least retry_initial ({initial:?})");
+    Err(c.report(key, rule, Some(format!("{max:?}"))))
+}
