@@ -1,4 +1,5 @@
-//! Makes the store's directory entries durable: the names a power cut would otherwise undo.
+//! Makes the store's files durable: the one replaceable sync of their contents ([`SyncFn`]),
+//! and the directory entries a power cut would otherwise undo.
 //!
 //! A file's contents are durable after an `fsync`/`fdatasync` of it, but a name created, renamed
 //! or removed in a directory only after an `fsync` of that directory. sled (as patched in
@@ -18,6 +19,15 @@ use std::fs::{self, DirBuilder, File, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+
+/// How the store makes a file's contents durable (the journal after a batch, sled's log at a
+/// checkpoint); replaceable so tests can fail it.
+pub type SyncFn = Box<dyn FnMut(&File) -> io::Result<()> + Send>;
+
+/// The default sync: `fdatasync`.
+pub fn fdatasync() -> SyncFn {
+    Box::new(|file: &File| file.sync_data())
+}
 
 /// The folder sled keeps its blob files in, inside the store directory.
 const BLOBS: &str = "blobs";

@@ -1,8 +1,14 @@
 //! Store behaviour: durability hooks, merging rules, dead letters, counters and recovery.
 
+use std::fs::File;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::journal::Journal;
+use super::open::{apply_journal, last_run_id};
+use super::schema::check_schema;
 use super::*;
 
 fn options(dir: &Path) -> StoreOptions {
@@ -1374,7 +1380,7 @@ async fn a_removed_instance_is_forgotten_whole() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let acme_keys = |store: &Store| {
-        commit::OTHER_FAMILIES
+        keys::OTHER_FAMILIES
             .into_iter()
             .chain([keys::PAIR])
             .map(|family| {
@@ -1409,7 +1415,7 @@ async fn a_removed_instance_is_forgotten_whole() {
 /// The bytes (keys and values) of `instance`'s records in the families counted as its
 /// `other_bytes`, read from sled.
 fn other_bytes_in(store: &Store, instance: &str) -> u64 {
-    commit::OTHER_FAMILIES
+    keys::OTHER_FAMILIES
         .iter()
         .flat_map(|family| {
             store
