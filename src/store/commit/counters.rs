@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::Committer;
 use super::view::BatchView;
-use crate::store::error::{Error, sled_error};
+use crate::store::error::Error;
 use crate::store::keys;
 use crate::store::record::Counters;
 
@@ -34,7 +34,7 @@ impl Committer {
                 continue;
             };
             let size = |value: Option<usize>| value.map_or(0, |v| (key.len() + v) as u64);
-            let before = size(self.disk.db.get(key).map_err(sled_error)?.map(|v| v.len()));
+            let before = size(view.get_before(key)?.map(|v| v.len()));
             let after = size(value.as_ref().map(Vec::len));
             let counter = self.counter_mut(&instance);
             counter.other_bytes = counter

@@ -6,7 +6,7 @@ use ulid::Ulid;
 use super::pending::EVENT_OVERHEAD_BYTES;
 use super::view::BatchView;
 use super::{Committer, Operation};
-use crate::store::error::{Error, sled_error};
+use crate::store::error::Error;
 use crate::store::keys;
 use crate::store::record::{EventKind, EventV1};
 use crate::store::run;
@@ -129,17 +129,22 @@ impl Committer {
         instance: &str,
         limit: usize,
     ) -> Result<u64, Error> {
-        let mut ids: Vec<Ulid> = self
-            .instance_keys([keys::READY, keys::EVENT], instance, limit)?
+        let mut ids: Vec<Ulid> = instance_keys(view, [keys::READY, keys::EVENT], instance, limit)?
             .iter()
             .filter_map(|key| keys::trailing_id(key))
             .collect();
-        for id in run_member_ids(&self.disk.db, instance) {
-            if ids.len() >= limit {
-                break;
+        let mut runs = view.scan_prefix(&keys::instance_prefix(keys::RUN, instance));
+        while ids.len() < limit {
+            let Some(entry) = runs.next() else { break };
+            let (_, members) = entry?;
+            for member in run::members(&members) {
+                if ids.len() >= limit {
+                    break;
+                }
+                ids.push(member?.0);
             }
-            ids.push(id?);
         }
+        drop(runs);
         let mut count = 0;
         for id in ids {
             count += u64::from(self.remove_pending(view, instance, id)?);
@@ -158,11 +163,11 @@ impl Committer {
         let latest = cutoffs.latest();
         let end = [keys::DEAD_BY_TIME, &latest.to_be_bytes()[..]].concat();
         let mut expired = Vec::new();
-        for key in self.disk.db.range(keys::DEAD_BY_TIME.to_vec()..end).keys() {
+        for entry in view.range(keys::DEAD_BY_TIME.to_vec(), end) {
             if expired.len() >= limit {
                 break;
             }
-            let key = key.map_err(sled_error)?;
+            let (key, _) = entry?;
             if let Some((dead_at, instance, id)) = keys::parse_dead_by_time(&key)
                 && dead_at < cutoffs.for_instance(&instance)
             {
@@ -186,15 +191,9 @@ impl Committer {
         limit: usize,
     ) -> Result<u64, Error> {
         let families = keys::OTHER_FAMILIES.into_iter().chain([keys::PAIR]);
-        let mut doomed = self.instance_keys(families, instance, limit)?;
+        let mut doomed = instance_keys(view, families, instance, limit)?;
         let credentials = keys::authorization(instance);
-        if doomed.len() < limit
-            && self
-                .disk
-                .db
-                .contains_key(&credentials)
-                .map_err(sled_error)?
-        {
+        if doomed.len() < limit && view.get(&credentials)?.is_some() {
             doomed.push(credentials);
         }
         let count = doomed.len() as u64;
@@ -215,14 +214,11 @@ impl Committer {
         let mut events = Vec::new();
         for instance in instances {
             let prefix = keys::instance_prefix(keys::SEEN, instance);
-            let accounts: Vec<String> = self
-                .disk
-                .db
-                .scan_prefix(&prefix)
-                .keys()
-                .filter_map(|k| k.ok())
-                .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
-                .collect();
+            let mut accounts = Vec::new();
+            for entry in view.scan_prefix(&prefix) {
+                let (key, _) = entry?;
+                accounts.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            }
             for account in accounts {
                 let event = EventV1 {
                     account,
@@ -246,39 +242,24 @@ impl Committer {
         }
         Ok(events)
     }
-
-    /// Up to `limit` of `instance`'s keys in `families`, in that order, as sled holds them.
-    fn instance_keys<'f>(
-        &self,
-        families: impl IntoIterator<Item = &'f [u8]>,
-        instance: &str,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>, Error> {
-        let mut found = Vec::new();
-        for family in families {
-            for key in self
-                .disk
-                .db
-                .scan_prefix(keys::instance_prefix(family, instance))
-                .keys()
-            {
-                if found.len() >= limit {
-                    return Ok(found);
-                }
-                found.push(key.map_err(sled_error)?.to_vec());
-            }
-        }
-        Ok(found)
-    }
 }
 
-/// The ids of `instance`'s run members, in arrival order.
-fn run_member_ids(db: &sled::Db, instance: &str) -> impl Iterator<Item = Result<Ulid, Error>> {
-    let runs = db.scan_prefix(keys::instance_prefix(keys::RUN, instance));
-    runs.values().flat_map(|run| match run {
-        Ok(run) => run::members(&run)
-            .map(|member| member.map(|(id, _)| id))
-            .collect(),
-        Err(err) => vec![Err(sled_error(err))],
-    })
+/// Up to `limit` of `instance`'s keys in `families`, in that order, as the batch would leave
+/// them.
+fn instance_keys<'f>(
+    view: &BatchView<'_>,
+    families: impl IntoIterator<Item = &'f [u8]>,
+    instance: &str,
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let mut found = Vec::new();
+    for family in families {
+        for entry in view.scan_prefix(&keys::instance_prefix(family, instance)) {
+            if found.len() >= limit {
+                return Ok(found);
+            }
+            found.push(entry?.0);
+        }
+    }
+    Ok(found)
 }

@@ -7,7 +7,7 @@ use ulid::Ulid;
 use super::pending::{EVENT_OVERHEAD_BYTES, find_pending, pair_key, remove_record, rewrite_run};
 use super::view::BatchView;
 use super::{Committer, Operation};
-use crate::store::error::{Error, sled_error};
+use crate::store::error::Error;
 use crate::store::keys;
 use crate::store::record::{
     DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord, QUARANTINED,
@@ -317,15 +317,17 @@ impl Committer {
                 if key.starts_with(keys::EVENT) {
                     // Its due time is in the record: look for the id in the instance's index.
                     let due = keys::instance_prefix(keys::DUE, instance);
-                    let entry = self.disk.db.scan_prefix(&due).keys().find_map(|k| match k {
-                        Ok(k) if keys::parse_due(due.len(), &k).map(|(_, i)| i) == Some(id) => {
+                    let entry = view.scan_prefix(&due).find_map(|entry| match entry {
+                        Ok((k, _))
+                            if keys::parse_due(due.len(), &k).map(|(_, i)| i) == Some(id) =>
+                        {
                             Some(Ok(k))
                         }
                         Ok(_) => None,
-                        Err(err) => Some(Err(sled_error(err))),
+                        Err(err) => Some(Err(err)),
                     });
                     if let Some(entry) = entry {
-                        view.remove(entry?.to_vec());
+                        view.remove(entry?);
                     }
                 }
                 view.remove(key);

@@ -58,8 +58,13 @@ impl<'a> BatchView<'a> {
     pub(super) fn get(&self, key: &[u8]) -> Result<Option<Value<'_>>, Error> {
         match self.writes.get(key) {
             Some(value) => Ok(value.as_deref().map(Value::Written)),
-            None => Ok(self.db.get(key).map_err(sled_error)?.map(Value::Stored)),
+            None => self.get_before(key),
         }
+    }
+
+    /// The value of `key` before this batch, whatever the batch writes to it.
+    pub(super) fn get_before(&self, key: &[u8]) -> Result<Option<Value<'_>>, Error> {
+        Ok(self.db.get(key).map_err(sled_error)?.map(Value::Stored))
     }
 
     pub(super) fn get_event(&self, key: &[u8]) -> Result<Option<EventV1>, Error> {
@@ -135,6 +140,12 @@ impl<'a> BatchView<'a> {
         self.entries((Bound::Included(prefix.to_vec()), end))
     }
 
+    /// The keys from `start` up to `end` (not included) and their values, in key order, as the
+    /// batch would leave them; read as the caller goes.
+    pub(super) fn range(&self, start: Vec<u8>, end: Vec<u8>) -> Entries<'_> {
+        self.entries((Bound::Included(start), Bound::Excluded(end)))
+    }
+
     fn entries(&self, bounds: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Entries<'_> {
         Entries {
             stored: self.db.range(bounds.clone()).peekable(),
@@ -168,7 +179,8 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The entries of a key range as the batch would leave them ([`BatchView::scan_prefix`]): sled's, merged in key order with the batch's writes, which override
+/// The entries of a key range as the batch would leave them ([`BatchView::scan_prefix`],
+/// [`BatchView::range`]): sled's, merged in key order with the batch's writes, which override
 /// sled's value of the same key and hide the keys the batch removes.
 pub(super) struct Entries<'v> {
     stored: Peekable<sled::Iter>,
