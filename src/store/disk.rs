@@ -1,6 +1,6 @@
 //! sled and the journal as one durable whole: a batch given to sled (at once, or write by write
 //! after its journal record is synced), and the checkpoint that makes sled durable and starts
-//! the journal again.
+//! the journal again. Open and the committer checkpoint through the same [`Disk::checkpoint`].
 
 use std::fs::File;
 
@@ -23,7 +23,7 @@ impl Disk {
     /// starts the journal again: nothing in it is needed any more.
     pub fn checkpoint(&mut self) -> Result<(), String> {
         self.db.flush().map_err(|e| format!("flush: {e}"))?;
-        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync: {e}"))?;
+        (self.sync)(&self.db_file).map_err(|e| format!("fdatasync of sled's log: {e}"))?;
         self.journal
             .restart()
             .map_err(|e| format!("journal restart: {e}"))

@@ -14,6 +14,12 @@
 //! `blobs/` to 0700 and every file in them to 0600 whatever they were (a store an earlier
 //! version created under umask 022 was 0755/0644). Files sled creates later (blob files,
 //! snapshots) are kept private by the process umask, which the command line sets to 0077.
+//!
+//! Every sync of a file's contents that a batch or a checkpoint relies on (the journal, sled's
+//! log) goes through the [`SyncFn`] the store was opened with, which the fault tests replace.
+//! The syncs here do not: they need `fsync` (a file's mode, a folder's entries), not
+//! `fdatasync`, and they run once per open, before anything is acknowledged; a failure among
+//! them fails the open.
 
 use std::fs::{self, DirBuilder, File, Permissions};
 use std::io;

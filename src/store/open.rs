@@ -29,7 +29,7 @@ const OTHER_COUNTED: &str = "other_counted";
 
 /// Opens (or creates) the store's files at `options.path` and recovers them: what the committer
 /// starts from, and what the previous run left. Everything the journal held is in sled and
-/// durable before the journal starts again.
+/// durable (a checkpoint, with `sync`) before the journal starts again.
 pub(super) fn recover(
     options: &StoreOptions,
     sync: SyncFn,
@@ -42,7 +42,7 @@ pub(super) fn recover(
     let db = open_sled(&options.path, options.cache_bytes)?;
     let db_file = File::open(options.path.join("db")).map_err(|e| open_error(e.to_string()))?;
     check_schema(&db).map_err(open_error)?;
-    let mut journal = Journal::open(&options.path, options.journal_bytes)
+    let journal = Journal::open(&options.path, options.journal_bytes)
         .map_err(|e| open_error(format!("journal: {e}")))?;
     // sled's files and the journal, and their names, durable before anything relies on them.
     durable::sync_files(&options.path).map_err(|e| open_error(e.to_string()))?;
@@ -51,19 +51,13 @@ pub(super) fn recover(
     count_other_records(&db).map_err(|e| open_error(e.to_string()))?;
     // What the journal held, and the markers, durable in sled before the journal starts again
     // (and before a record may rely on `m/schema` saying 4).
-    db.flush().map_err(|e| open_error(format!("flush: {e}")))?;
-    db_file
-        .sync_data()
-        .map_err(|e| open_error(format!("fdatasync of sled's log: {e}")))?;
-    journal
-        .restart()
-        .map_err(|e| open_error(format!("journal: {e}")))?;
-    let disk = Disk {
+    let mut disk = Disk {
         db,
         db_file,
         journal,
         sync,
     };
+    disk.checkpoint().map_err(open_error)?;
     let counters = read_counters(&disk.db).map_err(open_error)?;
     let last_id = last_run_id(&disk.db).map_err(|e| open_error(e.to_string()))?;
     let opened = Opened {
