@@ -6,6 +6,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("cannot open the store at {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// The store is open in another process (sled holds an exclusive lock on its files): the
+    /// daemon, or another CLI command. `message` is sled's, with what to do.
+    #[error("cannot open the store at {path}: {message}")]
+    Locked { path: PathBuf, message: String },
     #[error("store write failed, refusing further writes: {0}")]
     Failed(String),
     #[error("the store is closed")]
@@ -15,10 +19,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The store is open in another process (sled holds an exclusive lock on its files): the
-    /// daemon, or another CLI command.
+    /// The store is open in another process ([`Error::Locked`]).
     pub fn is_locked(&self) -> bool {
-        matches!(self, Error::Open { message, .. } if message.contains("could not acquire lock"))
+        matches!(self, Error::Locked { .. })
     }
 }
 

@@ -24,6 +24,8 @@ const SLED_FILES: [&str; 4] = ["db", "conf", "snap.*", "blobs/"];
 const OPEN_FAILED_HINT: &str = "if the disk itself is sound, stop hookrelay, move the store \
      directory aside (keep it for inspection) and start again with an empty store: see \
      docs/durability.md, \"When the store does not open\"";
+/// How sled's open begins its error when another process holds its lock on the store's files.
+const SLED_LOCKED: &str = "could not acquire lock";
 /// `m/<OTHER_COUNTED>`: present once the counters count every instance's other records.
 const OTHER_COUNTED: &str = "other_counted";
 
@@ -69,9 +71,9 @@ pub(super) fn recover(
     Ok((opened, previous))
 }
 
-/// Opens sled's files at `path`. sled may panic on files it cannot make sense of (damage it
-/// does not check for); that is reported like any other error, naming the store, rather than
-/// ending the process.
+/// Opens sled's files at `path`: [`Error::Locked`] if another process has them open. sled may
+/// panic on files it cannot make sense of (damage it does not check for); that is reported like
+/// any other error, naming the store, rather than ending the process.
 pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, Error> {
     let config = sled::Config::new()
         .path(path)
@@ -79,22 +81,30 @@ pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, Error
         // The committer flushes at its checkpoints; sled's own periodic flush would only
         // contend with the journal for the device (and add a sync_all of its own).
         .flush_every_ms(None);
-    let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
-        Ok(Ok(db)) => return Ok(db),
-        Ok(Err(err)) => err.to_string(),
-        Err(panic) => panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no message")
-            .to_owned(),
-    };
-    Err(Error::Open {
-        path: path.to_path_buf(),
-        message: format!(
-            "sled could not open its files ({}): {failed}; {OPEN_FAILED_HINT}",
-            SLED_FILES.join(", ")
-        ),
+    let (failed, locked) =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(err))) if err.to_string().starts_with(SLED_LOCKED) => {
+                (err.to_string(), true)
+            }
+            Ok(Err(err)) => (err.to_string(), false),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                (message.to_owned(), false)
+            }
+        };
+    let path = path.to_path_buf();
+    let message = format!(
+        "sled could not open its files ({}): {failed}; {OPEN_FAILED_HINT}",
+        SLED_FILES.join(", ")
+    );
+    Err(match locked {
+        true => Error::Locked { path, message },
+        false => Error::Open { path, message },
     })
 }
 

@@ -845,8 +845,23 @@ async fn a_second_open_reports_the_lock() {
         .err()
         .unwrap_or_else(|| panic!("opened twice"));
     assert!(err.is_locked(), "{err}");
+    let store_path = dir.path().join("store");
+    assert!(
+        matches!(&err, Error::Locked { path, .. } if *path == store_path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!Error::Closed.is_locked());
+    let message = "could not acquire lock".to_owned();
+    assert!(
+        !Error::Open {
+            path: store_path,
+            message
+        }
+        .is_locked(),
+        "only sled's open says the store is locked"
+    );
 }
 
 fn page(envelopes: usize, clear_marker: Option<Vec<u8>>) -> WalkPage {
