@@ -218,3 +218,81 @@ impl<'v> Iterator for Entries<'v> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let db = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (dir, db)
+    }
+
+    fn read(entries: Entries<'_>) -> Vec<(String, String)> {
+        entries
+            .map(|entry| {
+                let (key, value) = entry.unwrap_or_else(|e| panic!("{e}"));
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(&key), text(&value))
+            })
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_sees_the_batch_over_sled_in_key_order() {
+        let (_dir, db) = db();
+        for key in ["a/1", "a/2", "a/4", "b/1"] {
+            db.insert(key, "stored").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut view = BatchView::new(&db);
+        view.insert(b"a/0".to_vec(), b"written".to_vec());
+        view.insert(b"a/2".to_vec(), b"written".to_vec());
+        view.remove(b"a/4".to_vec());
+        view.insert(b"a/3".to_vec(), b"written".to_vec());
+        view.remove(b"a/5".to_vec());
+        view.insert(b"b/0".to_vec(), b"written".to_vec());
+        assert_eq!(
+            read(view.scan_prefix(b"a/")),
+            pairs(&[
+                ("a/0", "written"),
+                ("a/1", "stored"),
+                ("a/2", "written"),
+                ("a/3", "written"),
+            ])
+        );
+        assert_eq!(
+            read(view.range(b"a/2".to_vec(), b"b/1".to_vec())),
+            pairs(&[("a/2", "written"), ("a/3", "written"), ("b/0", "written")])
+        );
+        let first = view
+            .first_with_prefix(b"a/")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, Some((b"a/0".to_vec(), b"written".to_vec())));
+        view.remove(b"a/0".to_vec());
+        view.remove(b"a/1".to_vec());
+        let first = view
+            .first_with_prefix(b"a/")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first, Some((b"a/2".to_vec(), b"written".to_vec())));
+        let before = view.get_before(b"a/2").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(before.as_deref(), Some(&b"stored"[..]));
+    }
+
+    #[test]
+    fn the_end_of_a_prefix_is_the_first_key_after_it() {
+        assert_eq!(prefix_end(b"a/"), Some(b"a0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}
