@@ -1,4 +1,5 @@
-//! Makes the store's directory entries durable: the names a power cut would otherwise undo.
+//! Makes the store's files durable: the one replaceable sync of their contents ([`SyncFn`]),
+//! and the directory entries a power cut would otherwise undo.
 //!
 //! A file's contents are durable after an `fsync`/`fdatasync` of it, but a name created, renamed
 //! or removed in a directory only after an `fsync` of that directory. sled (as patched in
@@ -13,11 +14,26 @@
 //! `blobs/` to 0700 and every file in them to 0600 whatever they were (a store an earlier
 //! version created under umask 022 was 0755/0644). Files sled creates later (blob files,
 //! snapshots) are kept private by the process umask, which the command line sets to 0077.
+//!
+//! Every sync of a file's contents that a batch or a checkpoint relies on (the journal, sled's
+//! log) goes through the [`SyncFn`] the store was opened with, which the fault tests replace.
+//! The syncs here do not: they need `fsync` (a file's mode, a folder's entries), not
+//! `fdatasync`, and they run once per open, before anything is acknowledged; a failure among
+//! them fails the open.
 
 use std::fs::{self, DirBuilder, File, Permissions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
+
+/// How the store makes a file's contents durable (the journal after a batch, sled's log at a
+/// checkpoint); replaceable so tests can fail it.
+pub type SyncFn = Box<dyn FnMut(&File) -> io::Result<()> + Send>;
+
+/// The default sync: `fdatasync`.
+pub fn fdatasync() -> SyncFn {
+    Box::new(|file: &File| file.sync_data())
+}
 
 /// The folder sled keeps its blob files in, inside the store directory.
 const BLOBS: &str = "blobs";

@@ -6,10 +6,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+use super::error::{Error, sled_error};
 use super::keys;
 use super::record::{DeadRecord, EventRecord, EventV1, NotificationRecord};
 use super::run;
-use super::{Error, sled_error};
 
 /// One pending event or dead letter (also the admin API's JSON for it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,10 +47,7 @@ fn open_read(path: &Path) -> Result<sled::Db, Error> {
             message: "no store here".into(),
         });
     }
-    super::open_sled(path, 16 * 1024 * 1024).map_err(|message| Error::Open {
-        path: path.to_path_buf(),
-        message,
-    })
+    super::open::open_sled(path, 16 * 1024 * 1024)
 }
 
 /// Pending events (due now and waiting), by instance, then by id.

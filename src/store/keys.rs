@@ -210,6 +210,11 @@ pub fn instance_of(family: &[u8], key: &[u8]) -> Option<String> {
     std::str::from_utf8(&rest[..nul]).ok().map(str::to_owned)
 }
 
+/// The families of an instance's records that are neither events nor dead letters, counted as
+/// its `other_bytes` against `storage.max_bytes`: seen accounts, walk markers, cursors, object
+/// maps, change queues.
+pub const OTHER_FAMILIES: [&[u8]; 5] = [SEEN, WALK, CURSOR, OBJECT, QUEUE];
+
 #[cfg(test)]
 mod tests {
     use super::*;

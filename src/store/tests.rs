@@ -1,8 +1,14 @@
 //! Store behaviour: durability hooks, merging rules, dead letters, counters and recovery.
 
+use std::fs::File;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::journal::Journal;
+use super::open::{apply_journal, last_run_id};
+use super::schema::check_schema;
 use super::*;
 
 fn options(dir: &Path) -> StoreOptions {
@@ -112,11 +118,15 @@ async fn ingest_is_synced_before_it_answers_and_survives_reopening() {
     );
 }
 
-/// A sync that succeeds once, then fails with EIO (without syncing); it counts its calls.
+/// Syncs an open makes through the store's sync: its checkpoint's, of sled's log.
+const OPEN_SYNCS: usize = 1;
+
+/// A sync that succeeds for the open and once after it, then fails with EIO (without syncing);
+/// it counts its calls.
 fn sync_failing_after_one(calls: &Arc<AtomicUsize>) -> SyncFn {
     let counted = calls.clone();
     Box::new(move |_file: &File| {
-        if counted.fetch_add(1, Ordering::SeqCst) >= 1 {
+        if counted.fetch_add(1, Ordering::SeqCst) > OPEN_SYNCS {
             Err(io::Error::other("injected EIO"))
         } else {
             Ok(())
@@ -189,15 +199,19 @@ fn runs_of_acme(store: &Store) -> Vec<Vec<Ulid>> {
         .collect()
 }
 
-/// A sync that says when its first call begins and holds it until `release` says so (later
-/// calls sync at once), so that requests pile up behind it and form one batch.
+/// A sync that says when its first call after the open begins and holds it until `release`
+/// says so (other calls sync at once), so that requests pile up behind it and form one batch.
 fn sync_held_once(
     entered: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
 ) -> SyncFn {
     let mut first = Some((entered, release));
+    let mut calls = 0;
     Box::new(move |file: &File| {
-        if let Some((entered, release)) = first.take() {
+        calls += 1;
+        if calls > OPEN_SYNCS
+            && let Some((entered, release)) = first.take()
+        {
             let _ = entered.send(());
             let _ = release.recv_timeout(std::time::Duration::from_secs(10));
         }
@@ -334,7 +348,7 @@ async fn a_failed_deferred_sync_fails_the_store() {
     assert!(matches!(later, Err(Error::Failed(_))), "{later:?}");
     // The failed sync is not retried.
     tokio::time::sleep(commit::OUTCOME_SYNC_DELAY * 3).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), OPEN_SYNCS + 2);
     let closed = tokio::time::timeout(std::time::Duration::from_secs(5), store.close()).await;
     assert!(closed.is_ok(), "close hung after a failed deferred sync");
 }
@@ -405,7 +419,7 @@ async fn a_failed_sync_is_sticky_and_nothing_is_acknowledged_after_it() {
     assert!(matches!(later, Err(Error::Failed(_))));
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        2,
+        OPEN_SYNCS + 2,
         "a failed sync must not be retried"
     );
     // Closing still stops the committer, so the daemon can exit and be restarted.
@@ -831,8 +845,23 @@ async fn a_second_open_reports_the_lock() {
         .err()
         .unwrap_or_else(|| panic!("opened twice"));
     assert!(err.is_locked(), "{err}");
+    let store_path = dir.path().join("store");
+    assert!(
+        matches!(&err, Error::Locked { path, .. } if *path == store_path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("could not acquire lock"), "{err}");
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!Error::Closed.is_locked());
+    let message = "could not acquire lock".to_owned();
+    assert!(
+        !Error::Open {
+            path: store_path,
+            message
+        }
+        .is_locked(),
+        "only sled's open says the store is locked"
+    );
 }
 
 fn page(envelopes: usize, clear_marker: Option<Vec<u8>>) -> WalkPage {
@@ -1374,7 +1403,7 @@ async fn a_removed_instance_is_forgotten_whole() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let acme_keys = |store: &Store| {
-        commit::OTHER_FAMILIES
+        keys::OTHER_FAMILIES
             .into_iter()
             .chain([keys::PAIR])
             .map(|family| {
@@ -1409,7 +1438,7 @@ async fn a_removed_instance_is_forgotten_whole() {
 /// The bytes (keys and values) of `instance`'s records in the families counted as its
 /// `other_bytes`, read from sled.
 fn other_bytes_in(store: &Store, instance: &str) -> u64 {
-    commit::OTHER_FAMILIES
+    keys::OTHER_FAMILIES
         .iter()
         .flat_map(|family| {
             store
