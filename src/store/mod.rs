@@ -110,11 +110,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use ulid::Ulid;
+
+use crate::time::now_ms;
 
 use commit::{Committer, Operation, Request, Shared};
 
@@ -143,13 +144,6 @@ pub struct Store {
     mode: OpenMode,
     /// The journal's size (allocated when it is created, constant after).
     journal_bytes: u64,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Store {

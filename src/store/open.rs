@@ -98,13 +98,22 @@ pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, Error
             }
         };
     let path = path.to_path_buf();
-    let message = format!(
-        "sled could not open its files ({}): {failed}; {OPEN_FAILED_HINT}",
-        SLED_FILES.join(", ")
-    );
     Err(match locked {
-        true => Error::Locked { path, message },
-        false => Error::Open { path, message },
+        // Nothing is wrong with the files: the store must not be moved aside.
+        true => Error::Locked {
+            path,
+            message: format!(
+                "{failed}: another process has it open (hookrelay running, or a command using \
+                 its store); stop that one first, e.g. `systemctl stop hookrelay`"
+            ),
+        },
+        false => Error::Open {
+            path,
+            message: format!(
+                "sled could not open its files ({}): {failed}; {OPEN_FAILED_HINT}",
+                SLED_FILES.join(", ")
+            ),
+        },
     })
 }
 

@@ -10,6 +10,7 @@ use super::journal::Journal;
 use super::open::{apply_journal, last_run_id};
 use super::schema::check_schema;
 use super::*;
+use crate::time::now_ms;
 
 fn options(dir: &Path) -> StoreOptions {
     StoreOptions {
@@ -851,6 +852,10 @@ async fn a_second_open_reports_the_lock() {
         "{err:?}"
     );
     assert!(err.to_string().contains("could not acquire lock"), "{err}");
+    assert!(
+        !err.to_string().contains("aside"),
+        "a locked store is sound: the message must not suggest moving it: {err}"
+    );
     store.close().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(!Error::Closed.is_locked());
     let message = "could not acquire lock".to_owned();

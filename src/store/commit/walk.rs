@@ -161,7 +161,7 @@ impl Committer {
         let is_head = view
             .first_with_prefix(&keys::queue_prefix(instance, account))?
             .is_none();
-        let now = crate::store::now_ms();
+        let now = crate::time::now_ms();
         let bytes = (envelope.events.len() + envelope.raw.len()) as u64 + EVENT_OVERHEAD_BYTES;
         let event = EventV1 {
             account: account.to_owned(),
@@ -226,7 +226,7 @@ impl Committer {
         let Some((location, mut event)) = find_pending(view, instance, next)? else {
             return Ok(());
         };
-        let now = crate::store::now_ms();
+        let now = crate::time::now_ms();
         remove_record(view, instance, next, location, event.due_ms)?;
         event.due_ms = now;
         view.insert(keys::ready(instance, next), EventRecord::encode(&event));
