@@ -233,8 +233,8 @@ async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListen
         .map_err(|source| DaemonError::Bind { key, addr, source })
 }
 
-/// SPEC §6 catch-up: after an unclean stop or a long outage, every (instance, account) seen
-/// before gets one `UNKNOWN` event, since Dropbox gave up retrying after about ten minutes.
+/// Catch-up: after an unclean stop or a long outage, every (instance, account) seen before
+/// gets one `UNKNOWN` event, since Dropbox gave up retrying after about ten minutes.
 async fn catch_up_if_needed(
     store: &Store,
     live: &LiveConfig,

@@ -1,5 +1,5 @@
-//! The retry schedule (SPEC §5), as pure functions of their inputs: when retry n is due, how a
-//! `Retry-After` header raises it, and when an event is out of attempts or time.
+//! The retry schedule (docs/protocol.md), as pure functions of their inputs: when retry n is due,
+//! how a `Retry-After` header raises it, and when an event is out of attempts or time.
 //!
 //! Randomness stays at the edge: [`random_jitter`] draws the factor, [`retry_delay`] only uses it.
 
@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-/// The smallest and largest jitter factor (SPEC §5: × U(0.8, 1.2)).
+/// The smallest and largest jitter factor (the schedule's × U(0.8, 1.2)).
 pub const JITTER_RANGE: std::ops::RangeInclusive<f64> = 0.8..=1.2;
 
 /// How far apart retries are: `[delivery] retry_initial`, `retry_multiplier`, `retry_max_interval`.
@@ -107,7 +107,7 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    /// The SPEC §3 defaults.
+    /// The configuration's defaults.
     fn spec_defaults() -> RetryPolicy {
         RetryPolicy {
             initial: Duration::from_secs(4),
@@ -157,7 +157,7 @@ mod tests {
             retry_delay(&policy, 1, f64::NAN, None),
             Duration::from_secs(4)
         );
-        // At the cap the jitter still applies, as in SPEC §5's formula.
+        // At the cap the jitter still applies, as in the documented formula.
         assert_eq!(
             retry_delay(&policy, 20, 1.2, None),
             Duration::from_secs_f64(86400.0 * 1.2)

@@ -1,6 +1,6 @@
 //! Signatures, both ways, with no IO: checking Dropbox's `X-Dropbox-Signature` on what we receive,
 //! and signing what we deliver with Cloud Elements' `Elements-Webhook-Signature` and Standard
-//! Webhooks' `webhook-signature` (SPEC §4, §5).
+//! Webhooks' `webhook-signature` (docs/protocol.md).
 //!
 //! Every MAC is HMAC-SHA256 over the raw bytes; nothing is re-serialised before signing or checking.
 

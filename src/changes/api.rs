@@ -1,4 +1,4 @@
-//! A small Dropbox API client: the routes change events use (protocols.md §2), against
+//! A small Dropbox API client: the routes change events use (docs/change-events.md), against
 //! `[dropbox] api_url`, and the classification of Dropbox's errors. Tokens are never logged.
 
 use std::time::{Duration, SystemTime};

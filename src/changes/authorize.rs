@@ -1,6 +1,6 @@
-//! `authorize` (SPEC §8): turns the OAuth code Dropbox gave the operator into the instance's
-//! refresh token, learns which account it covers, takes that account's first cursor, and keeps
-//! all of it in one durable batch. The admin API runs it inside the daemon (which then uses
+//! `authorize` (docs/change-events.md): turns the OAuth code Dropbox gave the operator into the
+//! instance's refresh token, learns which account it covers, takes that account's first cursor, and
+//! keeps all of it in one durable batch. The admin API runs it inside the daemon (which then uses
 //! the new credentials at once); the CLI runs it on a stopped daemon's store.
 //!
 //! The stored refresh token takes precedence over `oauth.refresh_token` in the config: it is

@@ -1,4 +1,4 @@
-//! Dropbox `list_folder` entries → per-object change events (SPEC §8), and envelopes of them.
+//! Dropbox `list_folder` entries → per-object change events, and envelopes of them.
 //! Pure: what the store knows of the pair's objects comes in through [`Objects`], and what
 //! changes in it goes out as [`MapWrite`]s, committed with the page.
 //!
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::store::record::ObjectV1;
 use crate::store::{MapWrite, NewEnvelope};
 
-/// Events per envelope at most (SPEC §5, §8).
+/// Events per envelope at most (docs/change-events.md).
 pub const MAX_EVENTS: usize = 20;
 /// Bytes of events plus entries per envelope at most, so records stay far below sled's limits.
 pub const MAX_ENVELOPE_BYTES: usize = 32 * 1024;

@@ -1,7 +1,7 @@
-//! Cursor walks (SPEC §8): one at a time per (instance, account). A request that arrives
-//! while the pair walks sets "walk again"; the durable `w/` marker (written by ingest, polling
-//! or catch-up) is cleared only by a walk that reached `has_more == false` and only if no newer
-//! request replaced its token meanwhile. Each page is committed (cursor, object maps,
+//! Cursor walks (docs/change-events.md): one at a time per (instance, account). A request that
+//! arrives while the pair walks sets "walk again"; the durable `w/` marker (written by ingest,
+//! polling or catch-up) is cleared only by a walk that reached `has_more == false` and only if no
+//! newer request replaced its token meanwhile. Each page is committed (cursor, object maps,
 //! envelopes) in one batch before the next is fetched, so a crash repeats a page, never skips.
 
 use std::collections::{HashMap, HashSet};
@@ -423,7 +423,7 @@ fn current_instance(inner: &Inner, name: &str) -> Result<Instance, WalkError> {
         .ok_or(WalkError::NotConfigured)
 }
 
-/// Past `max_queued_bytes`, the walk waits with its cursor in place (SPEC §6).
+/// Past `max_queued_bytes`, the walk waits with its cursor in place.
 async fn wait_for_room(inner: &Inner, name: &str) -> Result<(), WalkError> {
     let mut logged = false;
     loop {

@@ -1,6 +1,6 @@
-//! `hookrelay authorize --instance NAME --code CODE` (SPEC §8): through the running daemon's
-//! admin API, which uses the new credentials at once, or on a stopped daemon's store (created
-//! when the daemon never ran). `--code -` reads the code from stdin, keeping it out of the
+//! `hookrelay authorize --instance NAME --code CODE` (docs/change-events.md): through the running
+//! daemon's admin API, which uses the new credentials at once, or on a stopped daemon's store
+//! (created when the daemon never ran). `--code -` reads the code from stdin, keeping it out of the
 //! process list and the shell history.
 
 use std::io::BufRead;

@@ -1,5 +1,5 @@
-//! The command line (SPEC §2): parsing, and each command's entry point. Exit codes follow
-//! sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
+//! The command line (docs/operations.md): parsing, and each command's entry point. Exit codes
+//! follow sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
 //!
 //! - `run` and `check` are here;
 //! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or

@@ -1,4 +1,4 @@
-//! The defaults of SPEC §3, in one place (`config.example.toml` spells out the same values).
+//! The configuration's defaults, in one place (`config.example.toml` spells out the same values).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -33,7 +33,7 @@ const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
 impl Default for Delivery {
-    /// The `[delivery]` defaults of SPEC §3.
+    /// The `[delivery]` defaults.
     fn default() -> Self {
         Delivery {
             timeout: Duration::from_secs(10),

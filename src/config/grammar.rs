@@ -1,8 +1,8 @@
-//! The value grammars of SPEC §3: durations (`1h30m`), sizes (`64KiB`) and rates (`100/s`).
+//! The configuration's value grammars: durations (`1h30m`), sizes (`64KiB`) and rates (`100/s`).
 //!
-//! Each parser is pure and strict: no spaces, no signs, no fractions, case as written in the
-//! SPEC. An error is the rule the value broke, phrased to say what is expected; the caller adds
-//! the key and the value.
+//! Each parser is pure and strict: no spaces, no signs, no fractions, case as written in
+//! docs/configuration.md. An error is the rule the value broke, phrased to say what is expected;
+//! the caller adds the key and the value.
 
 use std::num::NonZeroU32;
 use std::time::Duration;

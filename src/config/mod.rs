@@ -1,6 +1,6 @@
-//! Configuration: the TOML file (SPEC §3) read into raw serde types, then validated into the
-//! types below, which the rest of the daemon uses. Owns the duration, size and rate grammars,
-//! `{ file = "…" }` secret references and the reload rules (what may change on SIGHUP).
+//! Configuration: the TOML file (docs/configuration.md) read into raw serde types, then validated
+//! into the types below, which the rest of the daemon uses. Owns the duration, size and rate
+//! grammars, `{ file = "…" }` secret references and the reload rules (what may change on SIGHUP).
 //!
 //! Loading collects every problem, each naming the file, the key, the rule and the value.
 //!
@@ -223,7 +223,7 @@ pub struct Rate {
     pub per: Duration,
 }
 
-/// What a notification turns into for an instance (SPEC §8).
+/// What a notification turns into for an instance (docs/change-events.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventsMode {
     /// One `UPDATED`/`account` event per notified account.

@@ -43,8 +43,8 @@ pub(crate) fn load_str(text: &str, ctx: &LoadContext) -> Result<Loaded, ConfigEr
     }
 }
 
-/// Problems are listed section by section, in the SPEC's order (a stable sort keeps the order
-/// within a section); keys outside any section come first.
+/// Problems are listed section by section, in the order of docs/configuration.md (a stable sort
+/// keeps the order within a section); keys outside any section come first.
 fn section_order(key: &str) -> (usize, usize) {
     const SECTIONS: [&str; 5] = ["server", "admin", "storage", "delivery", "dropbox"];
     let section = key.split(['.', '[']).next().unwrap_or(key);
@@ -67,7 +67,7 @@ fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Con
     let storage = storage(c, &sections.storage, ctx);
     let delivery = delivery::check(c, &sections.delivery, "delivery", &Delivery::default());
     let dropbox = dropbox(c, &sections.dropbox);
-    // With a broken `[delivery]`, instances are still checked, against the SPEC defaults.
+    // With a broken `[delivery]`, instances are still checked, against the default values.
     let base = delivery.clone().unwrap_or_default();
     let instances = instance::all(c, &sections.instances, &base);
     delivery?;

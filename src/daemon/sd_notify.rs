@@ -1,5 +1,5 @@
 //! The systemd notify protocol (sd_notify(3)) without libsystemd: datagrams of `KEY=VALUE` lines
-//! to `$NOTIFY_SOCKET`, and the watchdog interval from `$WATCHDOG_USEC` (SPEC §7).
+//! to `$NOTIFY_SOCKET`, and the watchdog interval from `$WATCHDOG_USEC`.
 //!
 //! Without systemd (`$NOTIFY_SOCKET` unset) every call is a no-op, so the daemon runs the same.
 //! Sending never fails the caller: errors are logged at debug and dropped, as sd_notify does.

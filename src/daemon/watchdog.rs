@@ -1,4 +1,4 @@
-//! When the daemon may tell systemd `WATCHDOG=1` (SPEC §7: "while the runtime responds").
+//! When the daemon may tell systemd `WATCHDOG=1`: only while the runtime responds.
 //!
 //! A ping proves more than a timer firing: the control loop (signals, store-failure checks)
 //! must have turned recently ([`Pulse`]), and a no-op write through the store committer must

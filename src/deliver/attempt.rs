@@ -251,7 +251,8 @@ fn refused(error: String) -> Outcome {
     }
 }
 
-/// SPEC §5's headers: ids, the attempt's timestamp, and the signatures of exactly `body`.
+/// The delivery headers (docs/protocol.md): ids, the attempt's timestamp, and the signatures of
+/// exactly `body`.
 fn headers(instance: &Instance, event: &Event, body: &[u8]) -> HeaderMap {
     let id = event.id.to_string();
     let timestamp = SystemTime::now()

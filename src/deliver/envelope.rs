@@ -1,5 +1,6 @@
-//! The consumer-facing body (SPEC §5): a Cloud Elements event notification, one instance and
-//! one stored event per body. Built once per attempt; the exact bytes built are the bytes signed.
+//! The consumer-facing body (docs/protocol.md): a Cloud Elements event notification, one instance
+//! and one stored event per body. Built once per attempt; the exact bytes built are the bytes
+//! signed.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -41,8 +42,8 @@ const CATCH_UP_RAW: &str = r#"{"hookrelay": {"reason": "changes may have been mi
 
 /// Serialises the envelope of `event` for `instance`.
 ///
-/// Notify and catch-up events carry one account-level event; a change envelope (SPEC §8)
-/// carries the per-object events and the Dropbox entries (`{"entries": [...]}`) stored with it.
+/// Notify and catch-up events carry one account-level event; a change envelope carries the
+/// per-object events and the Dropbox entries (`{"entries": [...]}`) stored with it.
 pub fn build(event: &Event, instance: &Instance) -> Vec<u8> {
     let raw_text = match (&event.raw, event.kind) {
         (Some(raw), EventKind::Notify | EventKind::Changes) => {

@@ -1,4 +1,4 @@
-//! Delivery to consumers' callback URLs (SPEC §5, §6).
+//! Delivery to consumers' callback URLs (docs/protocol.md).
 //!
 //! Ingest hands each newly committed event to its instance's [`lane`] in memory (no store read
 //! on the happy path); a lane whose queue is full is told to look in the store instead, and

@@ -1,4 +1,4 @@
-//! Classifying one delivery attempt (SPEC §5, §6): delivered, gone (dead-letter at once), or a
+//! Classifying one delivery attempt (docs/protocol.md): delivered, gone (dead-letter at once), or a
 //! failed attempt, and whether that failure was a definite refusal (the consumer certainly did
 //! not take the event, which is what lets coalescing merge into it).
 

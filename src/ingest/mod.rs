@@ -1,7 +1,7 @@
-//! The Dropbox-facing listener (SPEC §4): the verification challenge, and notifications —
-//! body read with a cap, `X-Dropbox-Signature` checked in constant time over the raw bytes,
-//! fanned out to the matching instances, committed durably, then answered 200 and handed to
-//! delivery in memory. Nothing rejected or unrouted is stored.
+//! The Dropbox-facing listener (docs/protocol.md): the verification challenge, and notifications —
+//! body read with a cap, `X-Dropbox-Signature` checked in constant time over the raw bytes, fanned
+//! out to the matching instances, committed durably, then answered 200 and handed to delivery in
+//! memory. Nothing rejected or unrouted is stored.
 
 mod notification;
 

@@ -1,5 +1,5 @@
-//! The admin listener (SPEC §7): `/healthz`, `/readyz` and `/metrics` for everyone, and the
-//! CLI's JSON API under `/admin/`, which needs `Authorization: Bearer <admin.token>` when a
+//! The admin listener (docs/operations.md): `/healthz`, `/readyz` and `/metrics` for everyone, and
+//! the CLI's JSON API under `/admin/`, which needs `Authorization: Bearer <admin.token>` when a
 //! token is configured (compared in constant time; otherwise 401). A `POST` must also pass
 //! [`cross_site::check`] (JSON content type, no `Origin`, the listener's own `Host`; else 403 or
 //! 415), so that no web page can drive it:

@@ -1,6 +1,7 @@
-//! Dead-letter administration (SPEC §2 `dead …`): choosing dead letters by id, instance or
-//! all within a time window, then listing, replaying or purging them. One implementation
-//! serves both the admin API (daemon running) and the CLI's offline path (daemon stopped).
+//! Dead-letter administration (`dead …` in docs/operations.md): choosing dead letters by id,
+//! instance or all within a time window, then listing, replaying or purging them. One
+//! implementation serves both the admin API (daemon running) and the CLI's offline path (daemon
+//! stopped).
 //!
 //! Times select on when an event was dead-lettered: `since` inclusive, `until` exclusive.
 

@@ -1,4 +1,4 @@
-//! Operating the daemon (SPEC §7), its admin side: the admin listener and what it serves
+//! Operating the daemon (docs/operations.md), its admin side: the admin listener and what it serves
 //! (status figures, dead-letter administration, the metrics that [`crate::telemetry`]
 //! collects).
 

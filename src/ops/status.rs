@@ -1,5 +1,5 @@
-//! Per-instance figures for `status` (SPEC §2) and the queue gauges of `/metrics`, read from
-//! the store's counters and, when the daemon runs, its lanes. The same code serves the admin
+//! Per-instance figures for `status` (docs/operations.md) and the queue gauges of `/metrics`, read
+//! from the store's counters and, when the daemon runs, its lanes. The same code serves the admin
 //! API and `status` with the daemon stopped (no lanes: no last success or last error then).
 
 use std::sync::atomic::Ordering;

@@ -13,7 +13,7 @@ pub enum EventKind {
     Notify,
     /// "Changes may have been missed" (catch-up after an outage): one `UNKNOWN` event.
     Unknown,
-    /// Per-object change events (SPEC §8): one envelope of a cursor walk, delivered in order
+    /// Per-object change events: one envelope of a cursor walk, delivered in order
     /// per (instance, account) through the `q/` queue; see [`ChangesV1`].
     Changes,
 }

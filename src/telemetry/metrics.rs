@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §7), in base units. Counters and histograms are updated where
+//! Prometheus metrics (docs/metrics.md), in base units. Counters and histograms are updated where
 //! things happen; queue gauges are read from the store's counters when scraped.
 
 use std::time::Duration;
