@@ -1,7 +1,7 @@
-//! Receiver abuse (reliability.md T11): signature variants judged on the raw bytes, oversize
-//! bodies refused without being read, a body slower than the body timeout, hundreds of
-//! slowloris connections beside legitimate traffic, an over-long challenge. Rejected requests
-//! change nothing in the store (instances are paused, so accepted events stay inspectable).
+//! Receiver abuse: signature variants judged on the raw bytes, oversize bodies refused without
+//! being read, a body slower than the body timeout, hundreds of slowloris connections beside
+//! legitimate traffic, an over-long challenge. Rejected requests change nothing in the store
+//! (instances are paused, so accepted events stay inspectable).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -567,8 +567,9 @@ async fn an_over_long_challenge_is_refused_and_not_reflected() {
     assert!(pending(&d.store_path()).is_empty());
 }
 
-/// SPEC §4: a signed body without a `list_folder.accounts` array of strings is 400 and stores
-/// nothing. serde reads a struct from a JSON array as well, so these shapes are accepted.
+/// A signed body without a `list_folder.accounts` array of strings is 400 and stores nothing
+/// (docs/protocol.md). serde reads a struct from a JSON array as well, so these shapes are
+/// accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn array_shaped_bodies_are_400() {
     let app = App::new("app-key");

@@ -1,7 +1,7 @@
-//! Change events (SPEC §8) against a fake Dropbox API: per-object events in order, subfolders,
-//! envelopes of at most 20, `kill -9` between a committed page and its delivery, a cursor
-//! reset, an expired access token, polling without a webhook, and a folder of many files moved
-//! in bounded memory.
+//! Change events (docs/change-events.md) against a fake Dropbox API: per-object events in order,
+//! subfolders, envelopes of at most 20, `kill -9` between a committed page and its delivery, a
+//! cursor reset, an expired access token, polling without a webhook, and a folder of many files
+//! moved in bounded memory.
 
 use std::time::Duration;
 

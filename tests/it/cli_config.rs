@@ -1,5 +1,5 @@
-//! The command line (SPEC §2) and config validation (SPEC §3): `check`, exit codes, `--config`
-//! placement, `--help`.
+//! The command line (docs/operations.md) and config validation (docs/configuration.md): `check`,
+//! exit codes, `--config` placement, `--help`.
 
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ fn check_accepts_a_valid_config() {
 
 #[test]
 fn check_accepts_dotted_configuration_keys() {
-    // SPEC §3: `event.notification.enabled = true` (TOML dotted keys) is accepted like the quoted form.
+    // `event.notification.enabled = true` (TOML dotted keys) is accepted like the quoted form.
     let app = App::new("dotted-app-key");
     let text = valid_config().to_toml()
         + &format!(

@@ -1,4 +1,4 @@
-//! Consumer-facing delivery (SPEC §5, §6, §7): the envelope, headers and signatures; retries,
+//! Consumer-facing delivery (docs/protocol.md): the envelope, headers and signatures; retries,
 //! `Retry-After`, 410, redirects, dead letters; isolation between instances; rate limits;
 //! pausing; and at-least-once across `kill -9`, SIGTERM and reloads.
 
@@ -81,7 +81,7 @@ fn rfc3339_unix_parses() {
     assert_eq!(rfc3339_unix("2026-11-28 17:00"), None);
 }
 
-/// Asserts the SPEC §5 envelope and headers of one delivery of `account`'s notification.
+/// Asserts the envelope and headers (docs/protocol.md) of one delivery of `account`'s notification.
 fn assert_envelope(req: &Recorded, account: &str, body_sent: &str) {
     assert_eq!(req.method, "POST");
     assert_eq!(req.path, "/hooks/dropbox");

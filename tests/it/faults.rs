@@ -1,9 +1,9 @@
-//! Destination faults (reliability.md T6/T8): a `FaultProxy` of our own between the daemon and
-//! one instance's callback — latency, 1-byte slices, a slow drip, a blackhole, a reset in the
-//! middle of the answer — beside a healthy instance on the same daemon. The healthy instance
-//! gets every event while the faulty one still fails; failing attempts end at the configured
-//! `timeout` (plus slack), are retried on the schedule, and every event is delivered once the
-//! proxy passes again: 0 lost, 0 corrupted (every delivery's signatures are verified).
+//! Destination faults: a `FaultProxy` of our own between the daemon and one instance's callback —
+//! latency, 1-byte slices, a slow drip, a blackhole, a reset in the middle of the answer — beside a
+//! healthy instance on the same daemon. The healthy instance gets every event while the faulty one
+//! still fails; failing attempts end at the configured `timeout` (plus slack), are retried on the
+//! schedule, and every event is delivered once the proxy passes again: 0 lost, 0 corrupted (every
+//! delivery's signatures are verified).
 //!
 //! Short tier: 20 events per scenario. Long tier (`HOOKRELAY_LONG_TESTS=1`): 200 events, and
 //! more failed attempts per event before the proxy heals.

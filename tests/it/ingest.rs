@@ -1,4 +1,4 @@
-//! The Dropbox-facing listener (SPEC §4): the challenge, signature checks, size and shape
+//! The Dropbox-facing listener (docs/protocol.md): the challenge, signature checks, size and shape
 //! checks, fan-out to instances, and "200 only once durable" across `kill -9`.
 //!
 //! Instances here are paused (`paused = true`) so events stay in the store for inspection

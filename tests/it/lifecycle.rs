@@ -1,4 +1,4 @@
-//! The running daemon's lifecycle (SPEC §3 reload rules, §7): health endpoints, SIGHUP reloads
+//! The running daemon's lifecycle (docs/operations.md): health endpoints, SIGHUP reloads
 //! (valid, invalid, a forbidden `server.listen` change), SIGTERM/SIGINT.
 
 use std::collections::BTreeSet;
@@ -151,7 +151,7 @@ async fn sighup_changing_server_listen_is_rejected() {
         !is_listening(new_addr).await,
         "the rejected new address is listening"
     );
-    // The rejection names the key (SPEC §3).
+    // The rejection names the key.
     wait_until(
         Duration::from_secs(5),
         "a log line naming server.listen",

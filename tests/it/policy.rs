@@ -1,7 +1,7 @@
-//! Delivery policies (SPEC §5, §6): coalescing behind a refusing callback and never into an
-//! event the consumer may have taken, `coalesce = false`, catch-up after an unclean stop or a
-//! long outage, the destination (SSRF) guard, signing-key rotation, per-instance back-pressure
-//! past `max_queued_bytes`, and dead-letter retention.
+//! Delivery policies: coalescing behind a refusing callback and never into an event the consumer
+//! may have taken, `coalesce = false`, catch-up after an unclean stop or a long outage, the
+//! destination (SSRF) guard, signing-key rotation, per-instance back-pressure past
+//! `max_queued_bytes`, and dead-letter retention.
 //!
 //! Notifications here carry a unique marker in `delta.users[0]`, so that a delivery or a stored
 //! event tells which notification it holds.

@@ -1,7 +1,7 @@
-//! Reload under load (reliability.md T10): signed notifications at a modest rate from 4 senders
-//! while the daemon gets SIGHUP again and again, alternating valid changes (tags, rate limit)
-//! with invalid files (bad TOML, an unknown key, a changed `server.listen`, an unreadable secret
-//! file — a directory in its place, since the tests run as root).
+//! Reload under load: signed notifications at a modest rate from 4 senders while the daemon gets
+//! SIGHUP again and again, alternating valid changes (tags, rate limit) with invalid files (bad
+//! TOML, an unknown key, a changed `server.listen`, an unreadable secret file — a directory in its
+//! place, since the tests run as root).
 //!
 //! Every ingest request is answered 200, every acknowledged notification is delivered, each
 //! invalid reload leaves the generation alone and counts one error, each valid one bumps the

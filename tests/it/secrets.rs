@@ -1,10 +1,10 @@
-//! Secrets hygiene (reliability.md T13): a representative run at `RUST_LOG=trace` — ingest,
-//! deliveries signed with a `whsec_` key and a previous key, a failing delivery that ends in a
-//! dead letter, a valid reload, an invalid reload whose problems are on secret keys, `check` with
-//! such problems, admin-token failures over HTTP and through the CLI — and not one byte of
-//! the daemon's or the CLI's stdout/stderr contains a configured secret (the app secret, the
-//! signature keys whole and their base64 tails, the decoded key bytes in hex, the admin token,
-//! and the bad values written in secret keys). `Debug` of a loaded `Config` shows none either.
+//! Secrets hygiene: a representative run at `RUST_LOG=trace` — ingest, deliveries signed with a
+//! `whsec_` key and a previous key, a failing delivery that ends in a dead letter, a valid reload,
+//! an invalid reload whose problems are on secret keys, `check` with such problems, admin-token
+//! failures over HTTP and through the CLI — and not one byte of the daemon's or the CLI's
+//! stdout/stderr contains a configured secret (the app secret, the signature keys whole and their
+//! base64 tails, the decoded key bytes in hex, the admin token, and the bad values written in
+//! secret keys). `Debug` of a loaded `Config` shows none either.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,18 +1,19 @@
-//! Storage faults (reliability.md §6 T3a, T4, T5; SPEC §4 "200 only after fdatasync", "a store
-//! write or sync error: 503 from then on, `/readyz` fails, the daemon exits non-zero").
+//! Storage faults, against what docs/protocol.md and docs/durability.md promise: 200 only after
+//! `fdatasync`; after a store write or sync error, 503 from then on, `/readyz` fails and the
+//! daemon exits non-zero.
 //!
-//! - **EIO on fdatasync** (T5): the real binary under `strace -e inject=fdatasync:error=EIO:when=N`.
+//! - **EIO on fdatasync**: the real binary under `strace -e inject=fdatasync:error=EIO:when=N`.
 //!   Only the store calls `fdatasync`: at open (sled's log, which sled's own buffer write syncs
 //!   first), then once per group commit (the journal), so a small N fails the open and a larger
 //!   one a group commit. Notifications go one at a time until one is
 //!   refused; after that nothing is acknowledged, `/readyz` fails, the process exits non-zero,
 //!   and a restart without strace still holds every notification acknowledged before.
-//! - **Durability audit** (T3a): under `strace -f`, every `HTTP/1.1 200` written on an ingest
+//! - **Durability audit**: under `strace -f`, every `HTTP/1.1 200` written on an ingest
 //!   connection must follow, in this order: the request read on that connection, a write of its
 //!   notification to the store's journal (`<store>/journal`, or to sled's log `<store>/db` when
 //!   the batch went to a checkpoint), and a successful `fdatasync` of that same file that began
 //!   after the write returned and returned before the 200 was written.
-//! - **Disk full** (T4): the store on a 24 MiB tmpfs (16 MiB of it the journal, allocated at the
+//! - **Disk full**: the store on a 24 MiB tmpfs (16 MiB of it the journal, allocated at the
 //!   first start), load until the disk is full; then 503 only, one exit, non-zero; after growing
 //!   the tmpfs to 64 MiB a restart holds every acked notification.
 //! - **A damaged journal record**: a record flipped on disk after its batch was acked; the next
@@ -128,7 +129,7 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// Waits for the daemon to exit after its store failed (SPEC §4: it drains and exits
+/// Waits for the daemon to exit after its store failed (docs/protocol.md: it drains and exits
 /// non-zero). A daemon still running after `bound` is probed, then killed.
 async fn exit_after_store_failure(d: &mut Daemon, since: Instant, require_exit: bool) -> Exit {
     let bound = if require_exit {
@@ -174,7 +175,7 @@ fn check_exit(what: &str, exit: &Exit, require_exit: bool, logs: &str) {
     }
 }
 
-// === T5: EIO on fdatasync ===
+// === EIO on fdatasync ===
 
 struct EioRun {
     n: u32,
@@ -356,7 +357,7 @@ async fn eio_sweep(require_exit: bool) {
     );
 }
 
-/// T5 and SPEC §4: no 200 once a sync failed, `/readyz` fails, acked data survives a restart.
+/// EIO on fdatasync: no 200 once a sync failed, `/readyz` fails, acked data survives a restart.
 /// Whether the process exits is reported here and asserted by the ignored test below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fdatasync_eio_is_never_acknowledged_and_acked_data_survives() {
@@ -368,7 +369,7 @@ async fn fdatasync_eio_makes_the_daemon_exit_non_zero() {
     eio_sweep(true).await;
 }
 
-// === T3a: every 200 follows an fdatasync that completed after the request was read ===
+// === Durability audit: each 200 follows an fdatasync that completed after the request was read ===
 
 /// One traced system call, in the order strace saw it start (`entry`) and return (`exit`).
 #[derive(Debug)]
@@ -699,7 +700,7 @@ fn strace_lines_are_joined_and_decoded() {
     );
 }
 
-// === T4: disk full ===
+// === Disk full ===
 
 /// A tmpfs mounted on a temp dir; unmounted on drop (lazily if it is still busy).
 struct TmpfsMount {
@@ -760,7 +761,7 @@ struct Outcome {
     body: String,
 }
 
-/// T4 and SPEC §4: no 200 once the disk is full, `/readyz` fails, acked data survives.
+/// Disk full: no 200 once the disk is full, `/readyz` fails, acked data survives.
 /// Whether the process exits is reported here and asserted by the ignored test below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_acknowledging_and_a_restart_keeps_every_ack() {

@@ -1,5 +1,5 @@
 //! `status`, `dead …` and `import-instance` as an operator runs them: through the daemon,
-//! on a stopped store, and the exit codes of SPEC §2.
+//! on a stopped store, and the exit codes of docs/operations.md.
 
 use serde_json::Value;
 
@@ -280,7 +280,7 @@ async fn exit_codes_say_what_went_wrong() {
         .assert_code(0);
 }
 
-/// A Cloud Elements instance JSON (protocols.md §3.1's shape) with secrets and extra keys.
+/// A Cloud Elements instance JSON (as `import-instance` reads it) with secrets and extra keys.
 const INSTANCE_JSON: &str = r#"{
   "element": { "key": "dropbox" },
   "providerData": { "code": "single-use-code" },

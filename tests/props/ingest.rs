@@ -1,12 +1,12 @@
 //! `parse_accounts`: never panics on arbitrary bytes, and on generated JSON shapes agrees with a
-//! reference reading of SPEC §4 ("a `list_folder.accounts` array of strings"; a team-shaped body
-//! is unrouted; anything else is 400).
+//! reference reading of docs/protocol.md ("a `list_folder.accounts` array of strings"; a
+//! team-shaped body is unrouted; anything else is 400).
 
 use hookrelay::ingest::{Accounts, parse_accounts};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-/// SPEC §4 as a plain function over a JSON value.
+/// docs/protocol.md's reading of a body, as a plain function over a JSON value.
 fn reference(body: &Value) -> Accounts {
     let Some(list_folder) = body.as_object().and_then(|o| o.get("list_folder")) else {
         return Accounts::Invalid;
@@ -149,7 +149,7 @@ fn dropbox_examples_parse() {
 /// serde reads a struct from a JSON array too, so `[{"accounts": […]}]` or
 /// `{"list_folder": [["dbid:x"], null]}` (no `list_folder.accounts` key anywhere) are read as account
 /// lists. Only bodies signed with the app secret get here, so this is leniency, not a hole, but
-/// SPEC §4 says such bodies are 400.
+/// docs/protocol.md says such bodies are 400.
 #[test]
 fn a_top_level_array_is_not_a_notification() {
     assert_eq!(

@@ -1,6 +1,6 @@
-//! Property, differential and model-based tests on stable Rust (reliability.md T9, T14): the
-//! pure parsers and checkers that face untrusted or operator-written input, and the durable
-//! queue driven by random operation sequences against a model.
+//! Property, differential and model-based tests on stable Rust: the pure parsers and checkers that
+//! face untrusted or operator-written input, and the durable queue driven by random operation
+//! sequences against a model.
 //!
 //! Case counts are small in the normal `cargo test` (see [`config`]); `HOOKRELAY_LONG_TESTS=1`
 //! multiplies them, and `PROPTEST_CASES` overrides them. A failing case is shrunk and written

@@ -1,20 +1,19 @@
-//! Model-based test of the durable queue (reliability.md T9): `hookrelay::store::Store` driven
-//! by random sequences of `ingest` (alone, or several at once, which the committer takes into one
-//! batch and one run record), `claim`, `delivered`, `reschedule`, `dead_letter`, `replay_dead`,
-//! the maintenance requests (`purge_dead` of some letters, `purge_pending` of an instance,
-//! `expire_dead` with per-instance cutoffs that split the letters by death time), `catch_up`
-//! (one `UNKNOWN` event per pair the store has seen), `commit_walk_page` (a change walk's page:
-//! cursor, object-map writes and envelopes, which queue per pair in FIFO order, only the head
-//! due) and a reopen (after a clean close, after dropping the handle, of a crash image: the
-//! store's files copied while it runs, sled's before the journal's, or of a power-loss image:
-//! the store lives on `powerfs`, and the files are as a power cut would leave them, with only
-//! what was synced, or in half of them also a random part of what was written since, the last
-//! page torn), against a plain model (maps of pending and dead events, merge targets, seen
-//! pairs, change queues, cursors and objects, counters). The journal is 16 KiB, so that cases
-//! go through its checkpoints and batches too large for it. A power cut may undo what was
-//! answered before its sync (a delivered event's removal, with the promotion of the next
-//! envelope of its queue; a claim) since the last batch that was synced; the model takes back
-//! the ones the store shows undone. After every step:
+//! Model-based test of the durable queue: `hookrelay::store::Store` driven by random sequences of
+//! `ingest` (alone, or several at once, which the committer takes into one batch and one run
+//! record), `claim`, `delivered`, `reschedule`, `dead_letter`, `replay_dead`, the maintenance
+//! requests (`purge_dead` of some letters, `purge_pending` of an instance, `expire_dead` with
+//! per-instance cutoffs that split the letters by death time), `catch_up` (one `UNKNOWN` event per
+//! pair the store has seen), `commit_walk_page` (a change walk's page: cursor, object-map writes
+//! and envelopes, which queue per pair in FIFO order, only the head due) and a reopen (after a
+//! clean close, after dropping the handle, of a crash image: the store's files copied while it
+//! runs, sled's before the journal's, or of a power-loss image: the store lives on `powerfs`, and
+//! the files are as a power cut would leave them, with only what was synced, or in half of them
+//! also a random part of what was written since, the last page torn), against a plain model (maps
+//! of pending and dead events, merge targets, seen pairs, change queues, cursors and objects,
+//! counters). The journal is 16 KiB, so that cases go through its checkpoints and batches too large
+//! for it. A power cut may undo what was answered before its sync (a delivered event's removal,
+//! with the promotion of the next envelope of its queue; a claim) since the last batch that was
+//! synced; the model takes back the ones the store shows undone. After every step:
 //!
 //! - **at least once**: every acknowledged notification × target is covered by a pending event
 //!   of that pair holding it or a later notification of the pair, by a delivered event that did,

@@ -1,8 +1,8 @@
-//! The destination guard (`deliver::ssrf`) against a reference classifier written as a plain
-//! table of CIDR ranges (IANA's special-purpose registries, the ranges README and SPEC promise to
-//! refuse), over random IPv4 and IPv6 addresses biased towards those ranges and their edges, in
-//! every spelling: IPv4, IPv4-mapped, IPv4-compatible, NAT64 and 6to4; and for `check_literal`,
-//! the URL forms `url` normalises (`0177.0.0.1`, `0x7f.1`, `2130706433`).
+//! The destination guard (`deliver::ssrf`) against a reference classifier written as a plain table
+//! of CIDR ranges (IANA's special-purpose registries, the ranges README and docs/configuration.md
+//! promise to refuse), over random IPv4 and IPv6 addresses biased towards those ranges and their
+//! edges, in every spelling: IPv4, IPv4-mapped, IPv4-compatible, NAT64 and 6to4; and for
+//! `check_literal`, the URL forms `url` normalises (`0177.0.0.1`, `0x7f.1`, `2130706433`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

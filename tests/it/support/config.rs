@@ -1,4 +1,4 @@
-//! `TestConfig`: builds the daemon's TOML (SPEC §3) for a test.
+//! `TestConfig`: builds the daemon's TOML (docs/configuration.md) for a test.
 //!
 //! Defaults suit loopback tests: ports picked free, `storage.path = "./data"` (next to the
 //! config file), callbacks on loopback allowed, a fast retry schedule (200 ms × 2, at most 2 s).

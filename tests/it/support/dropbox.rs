@@ -1,4 +1,4 @@
-//! What Dropbox sends: signed notifications (SPEC §4, protocols.md §1) and challenges.
+//! What Dropbox sends: signed notifications (docs/protocol.md) and challenges.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;

@@ -1,4 +1,4 @@
-//! `FakeDropboxApi`: the Dropbox API routes change events use (protocols.md §2), on
+//! `FakeDropboxApi`: the Dropbox API routes change events use (docs/change-events.md), on
 //! `127.0.0.1:0`, over a scripted entry feed. A cursor is `c<N>`: the position in the feed.
 //! Scripts: the next `list_folder/continue` answers a 409 reset, a 429 or a 500; the access
 //! token can be expired (every call then answers 401 until a refresh); the refresh token can

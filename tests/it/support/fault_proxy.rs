@@ -1,7 +1,7 @@
-//! `FaultProxy`: a loopback TCP proxy of our own, put between the daemon and a `FakeCallback`,
-//! that injects destination faults (reliability.md §5 "Network faults": tc netem and toxiproxy
-//! are not available here). HTTP-unaware except that it notes the `webhook-id` of the first
-//! request on each connection, so tests can tell attempts of one event apart.
+//! `FaultProxy`: a loopback TCP proxy of our own, put between the daemon and a `FakeCallback`, that
+//! injects destination faults (tc netem and toxiproxy are not available here). HTTP-unaware except
+//! that it notes the `webhook-id` of the first request on each connection, so tests can tell
+//! attempts of one event apart.
 //!
 //! The mode is read when a connection is accepted: [`FaultProxy::set_mode`] applies to new
 //! connections; established ones keep the mode they started with (a failing attempt closes its

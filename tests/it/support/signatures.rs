@@ -1,5 +1,6 @@
-//! Checking a delivery's signatures (SPEC §5): Cloud Elements' `Elements-Webhook-Signature`
-//! recomputed here, Standard Webhooks' `webhook-signature` with the `standardwebhooks` crate.
+//! Checking a delivery's signatures (docs/protocol.md): Cloud Elements'
+//! `Elements-Webhook-Signature` recomputed here, Standard Webhooks' `webhook-signature` with the
+//! `standardwebhooks` crate.
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
@@ -17,9 +18,9 @@ pub fn elements_signature(key: &str, body: &[u8]) -> String {
     )
 }
 
-/// Checks a delivery's signatures for `key` (SPEC §5): `Elements-Webhook-Signature` always,
-/// `webhook-signature` with the `standardwebhooks` crate for a `whsec_` key (and its absence
-/// for any other key).
+/// Checks a delivery's signatures for `key` (docs/protocol.md): `Elements-Webhook-Signature`
+/// always, `webhook-signature` with the `standardwebhooks` crate for a `whsec_` key (and its
+/// absence for any other key).
 pub fn verify_signatures(req: &Recorded, key: &str) -> Result<(), String> {
     let expected = elements_signature(key, &req.body);
     match req.header("Elements-Webhook-Signature") {
