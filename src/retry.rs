@@ -108,7 +108,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// The configuration's defaults.
-    fn spec_defaults() -> RetryPolicy {
+    fn default_policy() -> RetryPolicy {
         RetryPolicy {
             initial: Duration::from_secs(4),
             multiplier: 4.0,
@@ -117,8 +117,8 @@ mod tests {
     }
 
     #[test]
-    fn spec_defaults_give_powers_of_four_capped_at_a_day() {
-        let policy = spec_defaults();
+    fn default_policy_give_powers_of_four_capped_at_a_day() {
+        let policy = default_policy();
         let delays: Vec<u64> = (1..=10)
             .map(|n| retry_delay(&policy, n, 1.0, None).as_secs())
             .collect();
@@ -130,13 +130,13 @@ mod tests {
 
     #[test]
     fn zero_attempts_counts_as_the_first() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         assert_eq!(retry_delay(&policy, 0, 1.0, None), Duration::from_secs(4));
     }
 
     #[test]
     fn jitter_scales_and_is_clamped() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         assert_eq!(
             retry_delay(&policy, 1, 0.8, None),
             Duration::from_secs_f64(3.2)
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn retry_after_raises_the_delay_up_to_max_interval() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         let ten_minutes = Duration::from_secs(600);
         assert_eq!(retry_delay(&policy, 1, 1.0, Some(ten_minutes)), ten_minutes);
         assert_eq!(
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn huge_attempts_and_multipliers_saturate() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         assert_eq!(retry_delay(&policy, u32::MAX, 1.0, None), 24 * HOUR);
         let wild = RetryPolicy {
             multiplier: f64::MAX,
@@ -207,7 +207,7 @@ mod tests {
     fn odd_policies_do_not_panic() {
         let nan = RetryPolicy {
             multiplier: f64::NAN,
-            ..spec_defaults()
+            ..default_policy()
         };
         assert_eq!(retry_delay(&nan, 2, 1.0, None), 24 * HOUR);
         let zero = RetryPolicy {
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn delays_stay_within_jittered_bounds_for_many_inputs() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         let max = policy.max_interval.as_secs_f64();
         for _ in 0..10_000 {
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn delays_grow_with_attempts_at_fixed_jitter() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         for jitter in [0.8, 1.0, 1.2] {
             let delays: Vec<Duration> = (1..40)
                 .map(|n| retry_delay(&policy, n, jitter, None))
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_retry_after_is_capped_at_max_interval() {
-        let policy = spec_defaults();
+        let policy = default_policy();
         let forever = parse_retry_after(&u64::MAX.to_string(), SystemTime::now());
         let delay = retry_delay(&policy, 1, 1.0, forever);
         assert_eq!(delay, policy.max_interval);

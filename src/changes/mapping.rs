@@ -501,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_map_to_events_per_the_spec() {
+    fn entries_map_to_events_as_the_element_did() {
         type Case = (&'static str, Vec<ObjectV1>, Vec<Value>, Vec<Row>);
         let cases: Vec<Case> = vec![
             (

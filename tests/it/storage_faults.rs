@@ -170,7 +170,9 @@ fn check_exit(what: &str, exit: &Exit, require_exit: bool, logs: &str) {
             panic!("{what}: the daemon did not exit after its store failed: {exit}\n{logs}")
         }
         Exit::Hung { .. } => {
-            println!("{what}: BUG (SPEC §4 'drains and exits non-zero'): {exit}; see TESTING.md")
+            println!(
+                "{what}: BUG (a failed store must drain and exit non-zero): {exit}; see TESTING.md"
+            )
         }
     }
 }

@@ -116,7 +116,7 @@ proptest! {
     }
 
     #[test]
-    fn generated_shapes_agree_with_the_spec(body in dropbox_like(), pretty in any::<bool>()) {
+    fn generated_shapes_agree_with_the_notification_format(body in dropbox_like(), pretty in any::<bool>()) {
         // Objects at every level that matters: serde's struct-from-array leniency is covered
         // by `a_top_level_array_is_not_a_notification` below.
         prop_assume!(body.is_object());
