@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs README.md's first command exactly as written (the first `cargo run` line of its first code
-# block): waits for /readyz on the admin listener, checks the Dropbox challenge is echoed, then
-# stops the daemon with SIGTERM and requires exit 0. Ports and paths are config.example.toml's.
+# Runs README.md's first command exactly as written (its first line that starts with
+# `cargo run`): waits for /readyz on the admin listener, checks the Dropbox challenge is echoed,
+# then stops the daemon with SIGTERM and requires exit 0. Ports and paths: config.example.toml's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command=$(awk '/^```/{block++; next} block==1 && /^cargo run/{print; exit}' README.md)
+command=$(grep -m1 '^cargo run' README.md || true)
 if [ -z "$command" ]; then
-  echo "README.md's first code block has no \`cargo run\` line" >&2
+  echo "README.md has no line starting with \`cargo run\`" >&2
   exit 1
 fi
 echo "\$ $command"
