@@ -48,6 +48,7 @@ pub async fn run(config: &Config, name: &str, account: Option<&str>) -> Result<(
         .post(&url)
         .header("content-type", "application/json")
         .header("x-dropbox-signature", signature)
+        .header(ingest::REPORT_HEADER, "events")
         .body(body)
         .send()
         .await

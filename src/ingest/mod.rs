@@ -32,9 +32,12 @@ const MAX_CHALLENGE_BYTES: usize = 1024;
 /// Time allowed to receive a whole body once the headers are in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// On a stored notification's 200, one per target: `<instance> <account> <event id>`, or
-/// `<instance> <account> walk` for a change-events pair (docs/protocol.md). Dropbox ignores it;
-/// `send-test` prints it.
+/// `<instance> <account> walk` for a change-events pair (docs/protocol.md); only when the
+/// request asked with [`REPORT_HEADER`]` = events`, as `send-test` does. Dropbox never asks, so
+/// its answers cost nothing more.
 pub const EVENT_HEADER: &str = "hookrelay-event";
+/// The request header that asks for the [`EVENT_HEADER`]s, with the value `events`.
+pub const REPORT_HEADER: &str = "hookrelay-report";
 
 /// Everything the handler needs, shared by all connections.
 pub struct Ingest {
@@ -98,6 +101,10 @@ impl Ingest {
         let Some(signature) = request.headers().get("x-dropbox-signature").cloned() else {
             return (Reply::Empty(StatusCode::FORBIDDEN), "bad_signature");
         };
+        let report = request
+            .headers()
+            .get(REPORT_HEADER)
+            .is_some_and(|value| value.as_bytes() == b"events");
         let limited = Limited::new(request.into_body(), max_body as usize);
         let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
@@ -124,14 +131,17 @@ impl Ingest {
             );
             return (Reply::Empty(StatusCode::OK), "unrouted");
         }
-        self.store_and_hand_off(config, body, targets).await
+        self.store_and_hand_off(config, body, targets, report).await
     }
 
+    /// Stores the notification for `targets`, hands what it created to delivery, and answers;
+    /// with `report`, the answer names the event of each target.
     async fn store_and_hand_off(
         &self,
         config: &Config,
         body: Bytes,
         targets: Vec<IngestTarget>,
+        report: bool,
     ) -> (Reply, &'static str) {
         if self.store.failure().is_some() {
             return (
@@ -146,10 +156,11 @@ impl Ingest {
             );
             return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_full");
         }
-        let pairs: Vec<(String, String)> = targets
-            .iter()
-            .map(|t| (t.instance.clone(), t.account.clone()))
-            .collect();
+        let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
+        let accounts: Vec<String> = match report {
+            true => targets.iter().map(|t| t.account.clone()).collect(),
+            false => Vec::new(),
+        };
         let placed = match self.store.ingest(body, time::now_ms(), targets).await {
             Ok(placed) => placed,
             Err(err) => {
@@ -161,39 +172,40 @@ impl Ingest {
             }
         };
         let (mut created, mut merged, mut walks) = (0, 0, 0);
-        let mut events = Vec::with_capacity(pairs.len());
-        for ((instance, account), place) in pairs.iter().zip(placed) {
+        let mut events = Vec::with_capacity(accounts.len());
+        for (index, (instance, place)) in instances.iter().zip(placed).enumerate() {
             self.metrics.event_accepted(instance);
-            let event = match place {
+            let id = match place {
                 Placed::Created(event) => {
                     created += 1;
                     let id = event.id;
                     self.dispatcher.offer(event);
-                    id.to_string()
+                    Some(id)
                 }
                 Placed::Parked { id } => {
                     created += 1;
                     // It waits in the store, due now: the lane is told to look there rather
                     // than find it at its next scheduled retry.
                     self.dispatcher.poke(instance);
-                    id.to_string()
+                    Some(id)
                 }
                 Placed::Merged { id } => {
                     merged += 1;
-                    id.to_string()
+                    Some(id)
                 }
                 Placed::WalkPending { instance, account } => {
                     walks += 1;
                     self.walker.request(&instance, &account);
-                    "walk".to_owned()
+                    None
                 }
             };
-            events.push(format!("{instance} {account} {event}"));
+            if let Some(account) = accounts.get(index) {
+                events.push(match id {
+                    Some(id) => format!("{instance} {account} {id}"),
+                    None => format!("{instance} {account} walk"),
+                });
+            }
         }
-        let instances: Vec<&str> = pairs
-            .iter()
-            .map(|(instance, _)| instance.as_str())
-            .collect();
         info!(events = created, merged, walks, instances = ?instances, "notification accepted");
         (Reply::Accepted(events), "accepted")
     }
@@ -201,7 +213,7 @@ impl Ingest {
 
 enum Reply {
     Empty(StatusCode),
-    /// 200 for a stored notification: one [`EVENT_HEADER`] value per target.
+    /// 200 for a stored notification, with one [`EVENT_HEADER`] value per target when asked.
     Accepted(Vec<String>),
     Challenge(Bytes),
 }

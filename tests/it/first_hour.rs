@@ -8,7 +8,7 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 
 use crate::support::callback::verify_signatures;
 use crate::support::cli::{run_in, write_config};
-use crate::support::dropbox::account_id;
+use crate::support::dropbox::{account_id, notification_body, post_raw, sign};
 use crate::support::{App, Daemon, FakeCallback, InstanceConfig, TestConfig};
 
 const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -91,6 +91,59 @@ async fn send_test_delivers_a_signed_event_whose_id_it_printed() {
     let stopped = d.cli(&["send-test", "--instance", "acme"]).await;
     assert_eq!(stopped.code(), Some(69), "{stopped:?}");
     assert!(stopped.stderr.contains("server.listen"), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn the_200_names_the_stored_events_only_when_asked() {
+    let callback = FakeCallback::ok().await;
+    let app = App::new("app-key");
+    let (first, second) = (account_id(), account_id());
+    let mut d = Daemon::start(&config(&callback, &app, &[&first, &second])).await;
+    let body = notification_body(&[&first, &second]);
+    let signature = sign(&app.secret, body.as_bytes());
+    let signed = [
+        ("Content-Type", "application/json"),
+        ("X-Dropbox-Signature", signature.as_str()),
+    ];
+
+    let plain = post_raw(&d.ingest_url(), &signed, body.clone().into_bytes())
+        .await
+        .expect("POST");
+    assert_eq!(plain.status, 200);
+    assert!(
+        plain
+            .headers
+            .get_all("hookrelay-event")
+            .iter()
+            .next()
+            .is_none(),
+        "Dropbox's answers carry nothing more: {:?}",
+        plain.headers
+    );
+
+    let asked = [signed[0], signed[1], ("Hookrelay-Report", "events")];
+    let reply = post_raw(&d.ingest_url(), &asked, body.into_bytes())
+        .await
+        .expect("POST");
+    assert_eq!(reply.status, 200);
+    let named: Vec<String> = reply
+        .headers
+        .get_all("hookrelay-event")
+        .iter()
+        .map(|v| v.to_str().expect("ASCII").to_owned())
+        .collect();
+    assert_eq!(named.len(), 2, "{named:?}");
+    let got = callback.wait_for(4, Duration::from_secs(20)).await;
+    for (value, account) in named.iter().zip([&first, &second]) {
+        let parts: Vec<&str> = value.split(' ').collect();
+        assert_eq!(parts[..2], ["acme", account.as_str()], "{value}");
+        assert!(
+            got.iter()
+                .any(|r| r.event_id() == parts[2] && &r.account() == account),
+            "the consumer got the event {value} names: {got:?}"
+        );
+    }
+    d.stop().await;
 }
 
 #[tokio::test]
