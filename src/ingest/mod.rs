@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::header::HeaderName;
 use hyper::{Method, Request, StatusCode};
 use tracing::{debug, info, warn};
 
@@ -35,9 +36,9 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// `<instance> <account> walk` for a change-events pair (docs/protocol.md); only when the
 /// request asked with [`REPORT_HEADER`]` = events`, as `send-test` does. Dropbox never asks, so
 /// its answers cost nothing more.
-pub const EVENT_HEADER: &str = "hookrelay-event";
+pub const EVENT_HEADER: HeaderName = HeaderName::from_static("hookrelay-event");
 /// The request header that asks for the [`EVENT_HEADER`]s, with the value `events`.
-pub const REPORT_HEADER: &str = "hookrelay-report";
+pub const REPORT_HEADER: HeaderName = HeaderName::from_static("hookrelay-report");
 
 /// Everything the handler needs, shared by all connections.
 pub struct Ingest {
@@ -103,7 +104,7 @@ impl Ingest {
         };
         let report = request
             .headers()
-            .get(REPORT_HEADER)
+            .get(&REPORT_HEADER)
             .is_some_and(|value| value.as_bytes() == b"events");
         let limited = Limited::new(request.into_body(), max_body as usize);
         let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
