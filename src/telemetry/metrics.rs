@@ -23,20 +23,16 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The per-instance label: the instance's `name`. Not `instance`, which Prometheus sets to the
+/// scrape target (and would rename ours to `exported_instance`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabel {
-    pub instance: String,
-}
-
-/// The per-instance label of the newer series (`instance` is Prometheus's own target label).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceNameLabel {
     pub instance_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    pub instance: String,
+    pub instance_name: String,
     pub outcome: &'static str,
 }
 
@@ -66,12 +62,12 @@ pub struct Metrics {
     changes_walks: Family<ResultInstanceLabel, Counter>,
     changes_token_refreshes: Family<InstanceLabel, Counter>,
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
-    quarantined: Family<InstanceNameLabel, Counter>,
+    quarantined: Family<InstanceLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultInstanceLabel {
-    pub instance: String,
+    pub instance_name: String,
     pub result: &'static str,
 }
 
@@ -204,7 +200,7 @@ impl Metrics {
     pub fn event_accepted(&self, instance: &str) {
         self.events_accepted
             .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
             })
             .inc();
     }
@@ -212,13 +208,13 @@ impl Metrics {
     pub fn delivery(&self, instance: &str, outcome: &'static str, duration: Duration) {
         self.deliveries
             .get_or_create(&OutcomeLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
                 outcome,
             })
             .inc();
         self.delivery_duration
             .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
             })
             .observe(duration.as_secs_f64());
     }
@@ -241,7 +237,7 @@ impl Metrics {
     pub fn changes_walk(&self, instance: &str, result: &'static str) {
         self.changes_walks
             .get_or_create(&ResultInstanceLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
                 result,
             })
             .inc();
@@ -250,7 +246,7 @@ impl Metrics {
     pub fn changes_token_refresh(&self, instance: &str) {
         self.changes_token_refreshes
             .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
             })
             .inc();
     }
@@ -258,7 +254,7 @@ impl Metrics {
     pub fn set_changes_needs_authorize(&self, instance: &str, needs: bool) {
         self.changes_needs_authorize
             .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
+                instance_name: instance.to_owned(),
             })
             .set(i64::from(needs));
     }
@@ -266,7 +262,7 @@ impl Metrics {
     /// An event whose stored record could not be read was dead-lettered as `corrupt`.
     pub fn quarantined(&self, instance: &str) {
         self.quarantined
-            .get_or_create(&InstanceNameLabel {
+            .get_or_create(&InstanceLabel {
                 instance_name: instance.to_owned(),
             })
             .inc();
@@ -282,7 +278,7 @@ impl Metrics {
         self.store_disk_bytes.set(disk_bytes as i64);
         for figures in queues {
             let label = InstanceLabel {
-                instance: figures.instance.clone(),
+                instance_name: figures.instance.clone(),
             };
             self.queue_depth
                 .get_or_create(&label)
@@ -294,7 +290,7 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(figures.oldest_pending_age_seconds);
             // Present at 0 from the first scrape.
-            drop(self.quarantined.get_or_create(&InstanceNameLabel {
+            drop(self.quarantined.get_or_create(&InstanceLabel {
                 instance_name: figures.instance.clone(),
             }));
         }

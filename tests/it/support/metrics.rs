@@ -76,9 +76,9 @@ hookrelay_config_generation 2
 # TYPE hookrelay_config_reloads_total counter
 hookrelay_config_reloads_total{result=\"ok\"} 1
 hookrelay_config_reloads_total{result=\"error\"} 3
-hookrelay_deliveries_total{instance=\"a\",outcome=\"success\"} 4
-hookrelay_deliveries_total{outcome=\"failure\", instance=\"a\"} 5 1700000000
-hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
+hookrelay_deliveries_total{instance_name=\"a\",outcome=\"success\"} 4
+hookrelay_deliveries_total{outcome=\"failure\", instance_name=\"a\"} 5 1700000000
+hookrelay_deliveries_total{instance_name=\"b,\\\"x\",outcome=\"success\"} 7
 # EOF
 ";
 
@@ -98,11 +98,14 @@ hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
             Some(4.0)
         );
         assert_eq!(
-            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"a\"}"),
+            metric_value(TEXT, "hookrelay_deliveries_total{instance_name=\"a\"}"),
             Some(9.0)
         );
         assert_eq!(
-            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"b,\\\"x\"}"),
+            metric_value(
+                TEXT,
+                "hookrelay_deliveries_total{instance_name=\"b,\\\"x\"}"
+            ),
             Some(7.0)
         );
         assert_eq!(metric_value(TEXT, "hookrelay_config"), None);
