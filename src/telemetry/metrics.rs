@@ -155,6 +155,7 @@ pub struct Metrics {
     changes_token_refreshes: Family<InstanceLabel, Counter>,
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
     quarantined: Family<InstanceLabel, Counter>,
+    outage: Family<InstanceLabel, Gauge>,
     /// The configured instances (name → change events), as of the last `configure`. A
     /// per-instance series is recorded only for them, under the read lock, so that a series
     /// removed by `configure` (under the write lock) is not created again by a late recording.
@@ -195,6 +196,7 @@ impl Metrics {
             changes_token_refreshes: Family::default(),
             changes_needs_authorize: Family::default(),
             quarantined: Family::default(),
+            outage: Family::default(),
             configured: RwLock::default(),
             queue_gauges: Mutex::default(),
             registry: Registry::default(),
@@ -279,6 +281,11 @@ impl Metrics {
             "Events whose stored record could not be read, dead-lettered as `corrupt`, by instance",
             metrics.quarantined.clone(),
         );
+        registry.register(
+            "hookrelay_outage",
+            "1 while an instance is in outage mode; always 0 (there is no outage mode yet)",
+            metrics.outage.clone(),
+        );
         for result in IngestResult::ALL {
             drop(metrics.ingest_requests.get_or_create(&ResultLabel {
                 result: result.as_str(),
@@ -331,6 +338,7 @@ impl Metrics {
         }
         drop(self.delivery_duration.get_or_create(&label));
         drop(self.quarantined.get_or_create(&label));
+        drop(self.outage.get_or_create(&label));
         if changes {
             for result in WalkResult::ALL {
                 drop(self.changes_walks.get_or_create(&walk_label(name, *result)));
@@ -348,6 +356,7 @@ impl Metrics {
         }
         self.delivery_duration.remove(&label);
         self.quarantined.remove(&label);
+        self.outage.remove(&label);
         // The queue gauges too; the next scrape sets them again if the store still holds the
         // instance's events (as `status` shows them).
         self.queue_depth.remove(&label);
@@ -567,6 +576,7 @@ mod tests {
         }
         assert!(text.contains("hookrelay_changes_needs_authorize{instance_name=\"c\"} 0"));
         assert!(!lines_of(&text, "a").iter().any(|l| l.contains("changes")));
+        assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 0"));
         assert!(!text.contains("instance=\""), "{text}");
 
         m.delivery("a", DeliveryOutcome::Delivered, Duration::from_millis(3));
