@@ -91,6 +91,18 @@ label_values! {
     }
 }
 
+/// The build, for `hookrelay_build_info` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `git rev-parse --short=12 HEAD` when built (`build.rs`), or `unknown` outside a git tree.
+pub const COMMIT: &str = env!("HOOKRELAY_COMMIT");
+/// What `hookrelay --version` prints after the name.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HOOKRELAY_COMMIT"),
+    ")"
+);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -118,6 +130,12 @@ pub struct OutcomeLabel {
 pub struct ResultInstanceLabel {
     pub instance_name: String,
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+    pub commit: &'static str,
 }
 
 /// Per-instance queue figures, set just before each scrape.
@@ -156,6 +174,7 @@ pub struct Metrics {
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
     quarantined: Family<InstanceLabel, Counter>,
     outage: Family<InstanceLabel, Gauge>,
+    build_info: Family<BuildLabel, Gauge>,
     /// The configured instances (name → change events), as of the last `configure`. A
     /// per-instance series is recorded only for them, under the read lock, so that a series
     /// removed by `configure` (under the write lock) is not created again by a late recording.
@@ -197,6 +216,7 @@ impl Metrics {
             changes_needs_authorize: Family::default(),
             quarantined: Family::default(),
             outage: Family::default(),
+            build_info: Family::default(),
             configured: RwLock::default(),
             queue_gauges: Mutex::default(),
             registry: Registry::default(),
@@ -286,6 +306,18 @@ impl Metrics {
             "1 while an instance is in outage mode; always 0 (there is no outage mode yet)",
             metrics.outage.clone(),
         );
+        registry.register(
+            "hookrelay_build_info",
+            "Always 1; the labels say which build runs",
+            metrics.build_info.clone(),
+        );
+        metrics
+            .build_info
+            .get_or_create(&BuildLabel {
+                version: VERSION,
+                commit: COMMIT,
+            })
+            .set(1);
         for result in IngestResult::ALL {
             drop(metrics.ingest_requests.get_or_create(&ResultLabel {
                 result: result.as_str(),
@@ -577,6 +609,9 @@ mod tests {
         assert!(text.contains("hookrelay_changes_needs_authorize{instance_name=\"c\"} 0"));
         assert!(!lines_of(&text, "a").iter().any(|l| l.contains("changes")));
         assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 0"));
+        assert!(text.contains(&format!(
+            "hookrelay_build_info{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1"
+        )));
         assert!(!text.contains("instance=\""), "{text}");
 
         m.delivery("a", DeliveryOutcome::Delivered, Duration::from_millis(3));
