@@ -1,5 +1,6 @@
 //! Prometheus metrics (docs/metrics.md), in base units. Counters and histograms are updated where
-//! things happen; queue gauges are read from the store's counters when scraped.
+//! things happen; queue gauges are read from the store's counters when scraped, and the
+//! `process_*` series from `/proc/self` (`process.rs`).
 //!
 //! Every series that can exist is there at 0 from the start: the `result` and `outcome` values
 //! are closed lists (the enums below, which the recording code uses), and [`Metrics::configure`]
@@ -17,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::process::ProcessCollector;
 
 pub use prometheus_text::CONTENT_TYPE;
 
@@ -311,6 +314,7 @@ impl Metrics {
             "Always 1; the labels say which build runs",
             metrics.build_info.clone(),
         );
+        registry.register_collector(Box::new(ProcessCollector));
         metrics
             .build_info
             .get_or_create(&BuildLabel {
