@@ -470,11 +470,12 @@ fn reload(
             None => info!("TLS switched off; new connections are served plain HTTP"),
         }
     }
+    // Before the swap: an instance the new config adds has its series when it is first used.
+    metrics.configure(&instance_series(&config));
     live.store(Arc::new(Live { config, generation }));
     dispatcher.apply_config(&live.load().config, clients);
     metrics.config_reload(ReloadResult::Ok);
     metrics.set_config_generation(generation);
-    metrics.configure(&instance_series(&live.load().config));
     info!(generation, "configuration reloaded");
     true
 }

@@ -340,7 +340,8 @@ impl Metrics {
 
     /// Creates at 0 the series of each of `instances` that it lacks, and removes every series
     /// of an instance no longer among them (and the change-events series of one that is no
-    /// longer a change-events instance). Called at start and after each applied reload.
+    /// longer a change-events instance). Called at start, and at each applied reload just before
+    /// the new configuration is swapped in.
     pub fn configure(&self, instances: &[InstanceSeries]) {
         let mut configured = self
             .configured
@@ -412,11 +413,29 @@ impl Metrics {
 
     /// Runs `record` if `instance` is configured, under the read lock (see `configured`).
     fn for_configured(&self, instance: &str, record: impl FnOnce()) {
+        self.for_instance(instance, |_| true, record);
+    }
+
+    /// Runs `record` if `instance` is a configured change-events instance, which alone has the
+    /// `hookrelay_changes_*` series.
+    fn for_changes(&self, instance: &str, record: impl FnOnce()) {
+        self.for_instance(instance, |changes| changes, record);
+    }
+
+    fn for_instance(
+        &self,
+        instance: &str,
+        wanted: impl FnOnce(bool) -> bool,
+        record: impl FnOnce(),
+    ) {
         let configured = self
             .configured
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        if configured.contains_key(instance) {
+        if configured
+            .get(instance)
+            .is_some_and(|changes| wanted(*changes))
+        {
             record();
         }
     }
@@ -465,7 +484,7 @@ impl Metrics {
 
     /// A change-events walk ended.
     pub fn changes_walk(&self, instance: &str, result: WalkResult) {
-        self.for_configured(instance, || {
+        self.for_changes(instance, || {
             self.changes_walks
                 .get_or_create(&walk_label(instance, result))
                 .inc();
@@ -473,7 +492,7 @@ impl Metrics {
     }
 
     pub fn changes_token_refresh(&self, instance: &str) {
-        self.for_configured(instance, || {
+        self.for_changes(instance, || {
             self.changes_token_refreshes
                 .get_or_create(&instance_label(instance))
                 .inc();
@@ -481,7 +500,7 @@ impl Metrics {
     }
 
     pub fn set_changes_needs_authorize(&self, instance: &str, needs: bool) {
-        self.for_configured(instance, || {
+        self.for_changes(instance, || {
             self.changes_needs_authorize
                 .get_or_create(&instance_label(instance))
                 .set(i64::from(needs));
@@ -626,10 +645,20 @@ mod tests {
         assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
         assert!(!lines_of(&text, "c").iter().any(|l| l.contains("changes")));
         assert!(text.contains("hookrelay_events_accepted_total{instance_name=\"d\"} 0"));
-        // A late recording for a removed instance creates nothing.
+        // A late recording for a removed instance creates nothing, nor a change-events one for
+        // an instance that is not one.
         m.delivery("a", DeliveryOutcome::Error, Duration::from_millis(3));
         m.quarantined("a");
-        assert_eq!(lines_of(&m.render(&[], 0, 0), "a"), Vec::<String>::new());
+        m.changes_walk("c", WalkResult::Error);
+        m.set_changes_needs_authorize("d", false);
+        let text = m.render(&[], 0, 0);
+        assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
+        for name in ["c", "d"] {
+            assert!(
+                !lines_of(&text, name).iter().any(|l| l.contains("changes")),
+                "{text}"
+            );
+        }
     }
 
     #[test]
