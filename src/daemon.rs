@@ -22,13 +22,13 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::changes::Walker;
-use crate::config::{self, Config, ConfigError, Live, LiveConfig};
+use crate::config::{self, Config, ConfigError, EventsMode, Live, LiveConfig};
 use crate::deliver::Dispatcher;
 use crate::http::{self, Limits};
 use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
 use crate::store::{self, OpenMode, PreviousRun, Store, StoreOptions};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{InstanceSeries, Metrics, ReloadResult};
 use crate::time;
 
 use sd_notify::Notifier;
@@ -90,6 +90,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let live = config::new_live(config);
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_generation(1);
+    metrics.configure(&instance_series(&live.load().config));
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         live.clone(),
@@ -406,6 +407,18 @@ async fn control_loop(signals: &mut Signals, c: &Controls<'_>) -> Result<(), Dae
     }
 }
 
+/// The configured instances, as the metrics need them.
+fn instance_series(config: &Config) -> Vec<InstanceSeries> {
+    config
+        .instances
+        .iter()
+        .map(|i| InstanceSeries {
+            name: i.name.clone(),
+            changes: i.events == EventsMode::Changes,
+        })
+        .collect()
+}
+
 /// Re-reads the file through the same path as start-up; on any problem the old config stays.
 /// Returns whether the new one was applied.
 fn reload(
@@ -436,7 +449,7 @@ fn reload(
         Ok(config) => config,
         Err(problems) => {
             error!("reload rejected: {problems}");
-            metrics.config_reload(false);
+            metrics.config_reload(ReloadResult::Error);
             return false;
         }
     };
@@ -444,7 +457,7 @@ fn reload(
         Ok(clients) => clients,
         Err(err) => {
             error!(error = %err, "reload rejected: cannot build HTTP clients");
-            metrics.config_reload(false);
+            metrics.config_reload(ReloadResult::Error);
             return false;
         }
     };
@@ -457,9 +470,11 @@ fn reload(
             None => info!("TLS switched off; new connections are served plain HTTP"),
         }
     }
+    // Before the swap: an instance the new config adds has its series when it is first used.
+    metrics.configure(&instance_series(&config));
     live.store(Arc::new(Live { config, generation }));
     dispatcher.apply_config(&live.load().config, clients);
-    metrics.config_reload(true);
+    metrics.config_reload(ReloadResult::Ok);
     metrics.set_config_generation(generation);
     info!(generation, "configuration reloaded");
     true

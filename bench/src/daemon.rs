@@ -263,7 +263,7 @@ events = "notify"
         let text = self.metrics().await.ok()?;
         metric_value(
             &text,
-            &format!("hookrelay_queue_depth{{instance=\"{INSTANCE}\"}}"),
+            &format!("hookrelay_queue_depth{{instance_name=\"{INSTANCE}\"}}"),
         )
         .map(|v| v as u64)
     }
@@ -395,7 +395,7 @@ impl Sampler {
                 let depth = match get(admin, "/metrics").await {
                     Ok((200, body)) => metric_value(
                         &String::from_utf8_lossy(&body),
-                        &format!("hookrelay_queue_depth{{instance=\"{INSTANCE}\"}}"),
+                        &format!("hookrelay_queue_depth{{instance_name=\"{INSTANCE}\"}}"),
                     ),
                     _ => None,
                 };

@@ -20,7 +20,7 @@ use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
 use crate::deliver::Dispatcher;
 use crate::retry;
 use crate::store::{self, Store, WalkPage, record::ObjectV1};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, WalkResult};
 use crate::time;
 
 /// Test-only override of every polling interval (a duration such as `1s`), read once at start.
@@ -235,10 +235,10 @@ fn request(inner: &Arc<Inner>, instance: &str, account: &str) {
         loop {
             let result = walk(&inner, &key.0, &key.1).await;
             let label = match &result {
-                Ok(()) => "done",
-                Err(WalkError::Reset) => "reset",
-                Err(WalkError::NeedsAuthorize) => "needs_authorize",
-                Err(_) => "error",
+                Ok(()) => WalkResult::Done,
+                Err(WalkError::Reset) => WalkResult::Reset,
+                Err(WalkError::NeedsAuthorize) => WalkResult::NeedsAuthorize,
+                Err(_) => WalkResult::Error,
             };
             inner.metrics.changes_walk(&key.0, label);
             if let Err(err) = &result {

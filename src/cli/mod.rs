@@ -39,7 +39,12 @@ pub const EXIT_CONFIG: u8 = 78;
 
 /// Self-hosted relay for Dropbox webhooks: verifies, queues durably, delivers re-signed events.
 #[derive(Debug, Parser)]
-#[command(name = "hookrelay", version, about, propagate_version = true)]
+#[command(
+    name = "hookrelay",
+    version = crate::telemetry::metrics::LONG_VERSION,
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Configuration file [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/config.toml]
     #[arg(long, global = true, value_name = "PATH", env = "HOOKRELAY_CONFIG")]

@@ -88,7 +88,7 @@ pub async fn run(
     let outcome = send(ctx, instance, event).await;
     slot.release();
     ctx.metrics
-        .delivery(&instance.name, outcome.label(), started.elapsed());
+        .delivery(&instance.name, outcome.kind(), started.elapsed());
     let attempts = event.attempts.saturating_add(1);
     match outcome {
         Outcome::Delivered { status } => {

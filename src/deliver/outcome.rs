@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::ssrf::ForbiddenDestination;
 use crate::retry::parse_retry_after;
+use crate::telemetry::metrics::DeliveryOutcome;
 
 /// The longest error text kept for an attempt (logs, `status`, dead letters).
 const MAX_ERROR_CHARS: usize = 200;
@@ -158,21 +159,26 @@ impl Outcome {
     /// `failed` (any other status), `refused` (no connection made) or `error` (a timeout, reset
     /// or body error: the consumer may have taken it).
     pub fn label(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The same as a value of the metric's closed list.
+    pub fn kind(&self) -> DeliveryOutcome {
         match self {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Gone { .. } => "gone",
+            Outcome::Delivered { .. } => DeliveryOutcome::Delivered,
+            Outcome::Gone { .. } => DeliveryOutcome::Gone,
             Outcome::Failed {
                 status: Some(300..=399),
                 ..
-            } => "redirect",
+            } => DeliveryOutcome::Redirect,
             Outcome::Failed {
                 status: Some(_), ..
-            } => "failed",
+            } => DeliveryOutcome::Failed,
             Outcome::Failed {
                 definite_refusal: true,
                 ..
-            } => "refused",
-            Outcome::Failed { .. } => "error",
+            } => DeliveryOutcome::Refused,
+            Outcome::Failed { .. } => DeliveryOutcome::Error,
         }
     }
 }

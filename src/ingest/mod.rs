@@ -21,7 +21,7 @@ use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::sign;
 use crate::store::{IngestTarget, Placed, Store};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{IngestResult, Metrics};
 use crate::time;
 
 pub use notification::{Accounts, parse_accounts};
@@ -76,18 +76,21 @@ impl Ingest {
         }
     }
 
-    async fn route(&self, request: Request<Incoming>) -> (Reply, &'static str) {
+    async fn route(&self, request: Request<Incoming>) -> (Reply, IngestResult) {
         if request.uri().path() != PATH {
-            return (Reply::Empty(StatusCode::NOT_FOUND), "not_found");
+            return (Reply::Empty(StatusCode::NOT_FOUND), IngestResult::NotFound);
         }
         match *request.method() {
             Method::GET => challenge(request.uri().query()),
             Method::POST => self.notification(request).await,
-            _ => (Reply::Empty(StatusCode::METHOD_NOT_ALLOWED), "bad_method"),
+            _ => (
+                Reply::Empty(StatusCode::METHOD_NOT_ALLOWED),
+                IngestResult::BadMethod,
+            ),
         }
     }
 
-    async fn notification(&self, request: Request<Incoming>) -> (Reply, &'static str) {
+    async fn notification(&self, request: Request<Incoming>) -> (Reply, IngestResult) {
         let live = self.live.load_full();
         let config = &live.config;
         let max_body = config.server.max_body_bytes;
@@ -97,10 +100,16 @@ impl Ingest {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > max_body) {
-            return (Reply::Empty(StatusCode::PAYLOAD_TOO_LARGE), "too_large");
+            return (
+                Reply::Empty(StatusCode::PAYLOAD_TOO_LARGE),
+                IngestResult::TooLarge,
+            );
         }
         let Some(signature) = request.headers().get("x-dropbox-signature").cloned() else {
-            return (Reply::Empty(StatusCode::FORBIDDEN), "bad_signature");
+            return (
+                Reply::Empty(StatusCode::FORBIDDEN),
+                IngestResult::BadSignature,
+            );
         };
         let report = request
             .headers()
@@ -110,19 +119,27 @@ impl Ingest {
         let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-                return (Reply::Empty(StatusCode::PAYLOAD_TOO_LARGE), "too_large");
+                return (
+                    Reply::Empty(StatusCode::PAYLOAD_TOO_LARGE),
+                    IngestResult::TooLarge,
+                );
             }
-            _ => return (Reply::Empty(StatusCode::BAD_REQUEST), "bad_body"),
+            _ => return (Reply::Empty(StatusCode::BAD_REQUEST), IngestResult::BadBody),
         };
         let apps = verified_apps(config, &body, signature.as_bytes());
         if apps.is_empty() {
             debug!("notification with a wrong signature refused");
-            return (Reply::Empty(StatusCode::FORBIDDEN), "bad_signature");
+            return (
+                Reply::Empty(StatusCode::FORBIDDEN),
+                IngestResult::BadSignature,
+            );
         }
         let accounts = match parse_accounts(&body) {
             Accounts::Listed(accounts) => accounts,
-            Accounts::Team => return (Reply::Empty(StatusCode::OK), "unrouted"),
-            Accounts::Invalid => return (Reply::Empty(StatusCode::BAD_REQUEST), "bad_body"),
+            Accounts::Team => return (Reply::Empty(StatusCode::OK), IngestResult::Unrouted),
+            Accounts::Invalid => {
+                return (Reply::Empty(StatusCode::BAD_REQUEST), IngestResult::BadBody);
+            }
         };
         let targets = targets(config, &apps, &accounts);
         if targets.is_empty() {
@@ -130,7 +147,7 @@ impl Ingest {
                 accounts = accounts.len(),
                 "notification matches no enabled instance"
             );
-            return (Reply::Empty(StatusCode::OK), "unrouted");
+            return (Reply::Empty(StatusCode::OK), IngestResult::Unrouted);
         }
         self.store_and_hand_off(config, body, targets, report).await
     }
@@ -143,11 +160,11 @@ impl Ingest {
         body: Bytes,
         targets: Vec<IngestTarget>,
         report: bool,
-    ) -> (Reply, &'static str) {
+    ) -> (Reply, IngestResult) {
         if self.store.failure().is_some() {
             return (
                 Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
-                "store_failed",
+                IngestResult::StoreFailed,
             );
         }
         if self.store.total_bytes() >= config.storage.max_bytes {
@@ -155,7 +172,10 @@ impl Ingest {
                 limit = config.storage.max_bytes,
                 "storage.max_bytes reached; answering 503 until the queue shrinks"
             );
-            return (Reply::Empty(StatusCode::SERVICE_UNAVAILABLE), "store_full");
+            return (
+                Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
+                IngestResult::StoreFull,
+            );
         }
         let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
         let accounts: Vec<String> = match report {
@@ -168,7 +188,7 @@ impl Ingest {
                 warn!(error = %err, "could not store a notification; answered 503");
                 return (
                     Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
-                    "store_failed",
+                    IngestResult::StoreFailed,
                 );
             }
         };
@@ -208,7 +228,7 @@ impl Ingest {
             }
         }
         info!(events = created, merged, walks, instances = ?instances, "notification accepted");
-        (Reply::Accepted(events), "accepted")
+        (Reply::Accepted(events), IngestResult::Accepted)
     }
 }
 
@@ -220,7 +240,7 @@ enum Reply {
 }
 
 /// `GET ?challenge=X`: X echoed verbatim (≤ 1 KiB), else 400.
-fn challenge(query: Option<&str>) -> (Reply, &'static str) {
+fn challenge(query: Option<&str>) -> (Reply, IngestResult) {
     let value = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -229,10 +249,14 @@ fn challenge(query: Option<&str>) -> (Reply, &'static str) {
             (name == "challenge").then_some(value)
         });
     match value.map(percent_decode) {
-        Some(Some(value)) if value.len() <= MAX_CHALLENGE_BYTES => {
-            (Reply::Challenge(Bytes::from(value)), "challenge")
-        }
-        _ => (Reply::Empty(StatusCode::BAD_REQUEST), "bad_challenge"),
+        Some(Some(value)) if value.len() <= MAX_CHALLENGE_BYTES => (
+            Reply::Challenge(Bytes::from(value)),
+            IngestResult::Challenge,
+        ),
+        _ => (
+            Reply::Empty(StatusCode::BAD_REQUEST),
+            IngestResult::BadChallenge,
+        ),
     }
 }
 

@@ -1,6 +1,14 @@
 //! Prometheus metrics (docs/metrics.md), in base units. Counters and histograms are updated where
-//! things happen; queue gauges are read from the store's counters when scraped.
+//! things happen; queue gauges are read from the store's counters when scraped, and the
+//! `process_*` series from `/proc/self` (`process.rs`).
+//!
+//! Every series that can exist is there at 0 from the start: the `result` and `outcome` values
+//! are closed lists (the enums below, which the recording code uses), and [`Metrics::configure`]
+//! creates the series of each configured instance and removes those of an instance a reload
+//! took away, so that `increase()` and `rate()` see a fresh daemon's first events.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,7 +19,92 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::process::ProcessCollector;
+
 pub use prometheus_text::CONTENT_TYPE;
+
+/// Declares the closed list of values of one label: an enum, its text and `ALL`, from one list,
+/// so that a value added for recording is also created at 0.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            /// Every value, in the order of the list.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `hookrelay_ingest_requests_total{result}`: how a Dropbox-facing request ended.
+    IngestResult {
+        Accepted => "accepted",
+        Unrouted => "unrouted",
+        Challenge => "challenge",
+        BadSignature => "bad_signature",
+        TooLarge => "too_large",
+        BadBody => "bad_body",
+        BadChallenge => "bad_challenge",
+        BadMethod => "bad_method",
+        NotFound => "not_found",
+        StoreFull => "store_full",
+        StoreFailed => "store_failed",
+    }
+}
+
+label_values! {
+    /// `hookrelay_deliveries_total{outcome}`: how a delivery attempt ended.
+    DeliveryOutcome {
+        Delivered => "delivered",
+        Gone => "gone",
+        Redirect => "redirect",
+        Failed => "failed",
+        Refused => "refused",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `hookrelay_config_reloads_total{result}`.
+    ReloadResult {
+        Ok => "ok",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `hookrelay_changes_walks_total{result}`: how a change-events walk ended.
+    WalkResult {
+        Done => "done",
+        Reset => "reset",
+        NeedsAuthorize => "needs_authorize",
+        Error => "error",
+    }
+}
+
+/// The build, for `hookrelay_build_info` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `git rev-parse --short=12 HEAD` when built (`build.rs`), or `unknown` outside a git tree.
+pub const COMMIT: &str = env!("HOOKRELAY_COMMIT");
+/// What `hookrelay --version` prints after the name.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("HOOKRELAY_COMMIT"),
+    ")"
+);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -23,21 +116,29 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// The per-instance label: the instance's `name`. Not `instance`, which Prometheus sets to the
+/// scrape target (and would rename ours to `exported_instance`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabel {
-    pub instance: String,
-}
-
-/// The per-instance label of the newer series (`instance` is Prometheus's own target label).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceNameLabel {
     pub instance_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    pub instance: String,
+    pub instance_name: String,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultInstanceLabel {
+    pub instance_name: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+    pub commit: &'static str,
 }
 
 /// Per-instance queue figures, set just before each scrape.
@@ -47,6 +148,14 @@ pub struct QueueFigures {
     pub queued: u64,
     pub dead: u64,
     pub oldest_pending_age_seconds: f64,
+}
+
+/// What [`Metrics::configure`] needs of one configured instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSeries {
+    pub name: String,
+    /// A change-events instance: it has the `hookrelay_changes_*` series too.
+    pub changes: bool,
 }
 
 pub struct Metrics {
@@ -66,13 +175,15 @@ pub struct Metrics {
     changes_walks: Family<ResultInstanceLabel, Counter>,
     changes_token_refreshes: Family<InstanceLabel, Counter>,
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
-    quarantined: Family<InstanceNameLabel, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultInstanceLabel {
-    pub instance: String,
-    pub result: &'static str,
+    quarantined: Family<InstanceLabel, Counter>,
+    outage: Family<InstanceLabel, Gauge>,
+    build_info: Family<BuildLabel, Gauge>,
+    /// The configured instances (name → change events), as of the last `configure`. A
+    /// per-instance series is recorded only for them, under the read lock, so that a series
+    /// removed by `configure` (under the write lock) is not created again by a late recording.
+    configured: RwLock<BTreeMap<String, bool>>,
+    /// The instances whose queue gauges the last scrape set; held through a scrape.
+    queue_gauges: Mutex<Vec<String>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -107,6 +218,10 @@ impl Metrics {
             changes_token_refreshes: Family::default(),
             changes_needs_authorize: Family::default(),
             quarantined: Family::default(),
+            outage: Family::default(),
+            build_info: Family::default(),
+            configured: RwLock::default(),
+            queue_gauges: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -189,44 +304,174 @@ impl Metrics {
             "Events whose stored record could not be read, dead-lettered as `corrupt`, by instance",
             metrics.quarantined.clone(),
         );
+        registry.register(
+            "hookrelay_outage",
+            "1 while an instance is in outage mode; always 0 (there is no outage mode yet)",
+            metrics.outage.clone(),
+        );
+        registry.register(
+            "hookrelay_build_info",
+            "Always 1; the labels say which build runs",
+            metrics.build_info.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        metrics
+            .build_info
+            .get_or_create(&BuildLabel {
+                version: VERSION,
+                commit: COMMIT,
+            })
+            .set(1);
+        for result in IngestResult::ALL {
+            drop(metrics.ingest_requests.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            }));
+        }
+        for result in ReloadResult::ALL {
+            drop(metrics.config_reloads.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            }));
+        }
         Metrics {
             registry,
             ..metrics
         }
     }
 
-    pub fn ingest_request(&self, result: &'static str) {
+    /// Creates at 0 the series of each of `instances` that it lacks, and removes every series
+    /// of an instance no longer among them (and the change-events series of one that is no
+    /// longer a change-events instance). Called at start, and at each applied reload just before
+    /// the new configuration is swapped in.
+    pub fn configure(&self, instances: &[InstanceSeries]) {
+        let mut configured = self
+            .configured
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let wanted: BTreeMap<String, bool> = instances
+            .iter()
+            .map(|i| (i.name.clone(), i.changes))
+            .collect();
+        for (name, changes) in configured.iter() {
+            match wanted.get(name) {
+                None => self.remove_instance(name),
+                Some(false) if *changes => self.remove_changes(name),
+                Some(_) => {}
+            }
+        }
+        for (name, changes) in &wanted {
+            self.create_instance(name, *changes);
+        }
+        *configured = wanted;
+    }
+
+    fn create_instance(&self, name: &str, changes: bool) {
+        let label = instance_label(name);
+        drop(self.events_accepted.get_or_create(&label));
+        for outcome in DeliveryOutcome::ALL {
+            drop(
+                self.deliveries
+                    .get_or_create(&outcome_label(name, *outcome)),
+            );
+        }
+        drop(self.delivery_duration.get_or_create(&label));
+        drop(self.quarantined.get_or_create(&label));
+        drop(self.outage.get_or_create(&label));
+        if changes {
+            for result in WalkResult::ALL {
+                drop(self.changes_walks.get_or_create(&walk_label(name, *result)));
+            }
+            drop(self.changes_token_refreshes.get_or_create(&label));
+            drop(self.changes_needs_authorize.get_or_create(&label));
+        }
+    }
+
+    fn remove_instance(&self, name: &str) {
+        let label = instance_label(name);
+        self.events_accepted.remove(&label);
+        for outcome in DeliveryOutcome::ALL {
+            self.deliveries.remove(&outcome_label(name, *outcome));
+        }
+        self.delivery_duration.remove(&label);
+        self.quarantined.remove(&label);
+        self.outage.remove(&label);
+        // The queue gauges too; the next scrape sets them again if the store still holds the
+        // instance's events (as `status` shows them).
+        self.queue_depth.remove(&label);
+        self.dead_letters.remove(&label);
+        self.oldest_pending_age.remove(&label);
+        self.remove_changes(name);
+    }
+
+    fn remove_changes(&self, name: &str) {
+        let label = instance_label(name);
+        for result in WalkResult::ALL {
+            self.changes_walks.remove(&walk_label(name, *result));
+        }
+        self.changes_token_refreshes.remove(&label);
+        self.changes_needs_authorize.remove(&label);
+    }
+
+    /// Runs `record` if `instance` is configured, under the read lock (see `configured`).
+    fn for_configured(&self, instance: &str, record: impl FnOnce()) {
+        self.for_instance(instance, |_| true, record);
+    }
+
+    /// Runs `record` if `instance` is a configured change-events instance, which alone has the
+    /// `hookrelay_changes_*` series.
+    fn for_changes(&self, instance: &str, record: impl FnOnce()) {
+        self.for_instance(instance, |changes| changes, record);
+    }
+
+    fn for_instance(
+        &self,
+        instance: &str,
+        wanted: impl FnOnce(bool) -> bool,
+        record: impl FnOnce(),
+    ) {
+        let configured = self
+            .configured
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if configured
+            .get(instance)
+            .is_some_and(|changes| wanted(*changes))
+        {
+            record();
+        }
+    }
+
+    pub fn ingest_request(&self, result: IngestResult) {
         self.ingest_requests
-            .get_or_create(&ResultLabel { result })
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
             .inc();
     }
 
     pub fn event_accepted(&self, instance: &str) {
-        self.events_accepted
-            .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
-            })
-            .inc();
+        self.for_configured(instance, || {
+            self.events_accepted
+                .get_or_create(&instance_label(instance))
+                .inc();
+        });
     }
 
-    pub fn delivery(&self, instance: &str, outcome: &'static str, duration: Duration) {
-        self.deliveries
-            .get_or_create(&OutcomeLabel {
-                instance: instance.to_owned(),
-                outcome,
-            })
-            .inc();
-        self.delivery_duration
-            .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
-            })
-            .observe(duration.as_secs_f64());
+    pub fn delivery(&self, instance: &str, outcome: DeliveryOutcome, duration: Duration) {
+        self.for_configured(instance, || {
+            self.deliveries
+                .get_or_create(&outcome_label(instance, outcome))
+                .inc();
+            self.delivery_duration
+                .get_or_create(&instance_label(instance))
+                .observe(duration.as_secs_f64());
+        });
     }
 
-    pub fn config_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+    pub fn config_reload(&self, result: ReloadResult) {
         self.config_reloads
-            .get_or_create(&ResultLabel { result })
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
             .inc();
     }
 
@@ -237,53 +482,64 @@ impl Metrics {
             .inc();
     }
 
-    /// A change-events walk ended (`done`, `reset`, `needs_authorize`, `error`).
-    pub fn changes_walk(&self, instance: &str, result: &'static str) {
-        self.changes_walks
-            .get_or_create(&ResultInstanceLabel {
-                instance: instance.to_owned(),
-                result,
-            })
-            .inc();
+    /// A change-events walk ended.
+    pub fn changes_walk(&self, instance: &str, result: WalkResult) {
+        self.for_changes(instance, || {
+            self.changes_walks
+                .get_or_create(&walk_label(instance, result))
+                .inc();
+        });
     }
 
     pub fn changes_token_refresh(&self, instance: &str) {
-        self.changes_token_refreshes
-            .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
-            })
-            .inc();
+        self.for_changes(instance, || {
+            self.changes_token_refreshes
+                .get_or_create(&instance_label(instance))
+                .inc();
+        });
     }
 
     pub fn set_changes_needs_authorize(&self, instance: &str, needs: bool) {
-        self.changes_needs_authorize
-            .get_or_create(&InstanceLabel {
-                instance: instance.to_owned(),
-            })
-            .set(i64::from(needs));
+        self.for_changes(instance, || {
+            self.changes_needs_authorize
+                .get_or_create(&instance_label(instance))
+                .set(i64::from(needs));
+        });
     }
 
     /// An event whose stored record could not be read was dead-lettered as `corrupt`.
     pub fn quarantined(&self, instance: &str) {
-        self.quarantined
-            .get_or_create(&InstanceNameLabel {
-                instance_name: instance.to_owned(),
-            })
-            .inc();
+        self.for_configured(instance, || {
+            self.quarantined
+                .get_or_create(&instance_label(instance))
+                .inc();
+        });
     }
 
     pub fn set_config_generation(&self, generation: u64) {
         self.config_generation.set(generation as i64);
     }
 
-    /// Renders the text exposition, after setting the scrape-time gauges.
+    /// Renders the text exposition, after setting the scrape-time gauges: the queue gauges of
+    /// the instances in `queues` (the configured ones, and any other the store holds events
+    /// of), those of an instance no longer there removed.
     pub fn render(&self, queues: &[QueueFigures], store_bytes: u64, disk_bytes: u64) -> String {
+        let mut previous = self
+            .queue_gauges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.store_bytes.set(store_bytes as i64);
         self.store_disk_bytes.set(disk_bytes as i64);
+        for name in previous.iter() {
+            if !queues.iter().any(|f| f.instance == *name) {
+                let label = instance_label(name);
+                self.queue_depth.remove(&label);
+                self.dead_letters.remove(&label);
+                self.oldest_pending_age.remove(&label);
+            }
+        }
         for figures in queues {
-            let label = InstanceLabel {
-                instance: figures.instance.clone(),
-            };
+            let label = instance_label(&figures.instance);
             self.queue_depth
                 .get_or_create(&label)
                 .set(figures.queued as i64);
@@ -293,13 +549,138 @@ impl Metrics {
             self.oldest_pending_age
                 .get_or_create(&label)
                 .set(figures.oldest_pending_age_seconds);
-            // Present at 0 from the first scrape.
-            drop(self.quarantined.get_or_create(&InstanceNameLabel {
-                instance_name: figures.instance.clone(),
-            }));
         }
+        *previous = queues.iter().map(|f| f.instance.clone()).collect();
         let mut out = String::new();
         let _ = prometheus_text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn instance_label(name: &str) -> InstanceLabel {
+    InstanceLabel {
+        instance_name: name.to_owned(),
+    }
+}
+
+fn outcome_label(name: &str, outcome: DeliveryOutcome) -> OutcomeLabel {
+    OutcomeLabel {
+        instance_name: name.to_owned(),
+        outcome: outcome.as_str(),
+    }
+}
+
+fn walk_label(name: &str, result: WalkResult) -> ResultInstanceLabel {
+    ResultInstanceLabel {
+        instance_name: name.to_owned(),
+        result: result.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(name: &str, changes: bool) -> InstanceSeries {
+        InstanceSeries {
+            name: name.to_owned(),
+            changes,
+        }
+    }
+
+    fn lines_of(text: &str, instance: &str) -> Vec<String> {
+        let label = format!("instance_name=\"{instance}\"");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_value_is_there_at_zero_and_goes_with_its_instance() {
+        let m = Metrics::new();
+        m.configure(&[series("a", false), series("c", true)]);
+        let text = m.render(&[], 0, 0);
+        for result in IngestResult::ALL {
+            let line = format!(
+                "hookrelay_ingest_requests_total{{result=\"{}\"}} 0",
+                result.as_str()
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        for result in ReloadResult::ALL {
+            let line = format!(
+                "hookrelay_config_reloads_total{{result=\"{}\"}} 0",
+                result.as_str()
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        for outcome in DeliveryOutcome::ALL {
+            let line = format!(
+                "hookrelay_deliveries_total{{instance_name=\"a\",outcome=\"{}\"}} 0",
+                outcome.as_str()
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        for result in WalkResult::ALL {
+            let line = format!(
+                "hookrelay_changes_walks_total{{instance_name=\"c\",result=\"{}\"}} 0",
+                result.as_str()
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(text.contains("hookrelay_changes_needs_authorize{instance_name=\"c\"} 0"));
+        assert!(!lines_of(&text, "a").iter().any(|l| l.contains("changes")));
+        assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 0"));
+        assert!(text.contains(&format!(
+            "hookrelay_build_info{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1"
+        )));
+        assert!(!text.contains("instance=\""), "{text}");
+
+        m.delivery("a", DeliveryOutcome::Delivered, Duration::from_millis(3));
+        m.changes_walk("c", WalkResult::Done);
+        // c stops being a change-events instance; a goes.
+        m.configure(&[series("c", false), series("d", false)]);
+        let text = m.render(&[], 0, 0);
+        assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
+        assert!(!lines_of(&text, "c").iter().any(|l| l.contains("changes")));
+        assert!(text.contains("hookrelay_events_accepted_total{instance_name=\"d\"} 0"));
+        // A late recording for a removed instance creates nothing, nor a change-events one for
+        // an instance that is not one.
+        m.delivery("a", DeliveryOutcome::Error, Duration::from_millis(3));
+        m.quarantined("a");
+        m.changes_walk("c", WalkResult::Error);
+        m.set_changes_needs_authorize("d", false);
+        let text = m.render(&[], 0, 0);
+        assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
+        for name in ["c", "d"] {
+            assert!(
+                !lines_of(&text, name).iter().any(|l| l.contains("changes")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn queue_gauges_follow_the_figures() {
+        let m = Metrics::new();
+        m.configure(&[series("a", false)]);
+        let figures = |name: &str, queued| QueueFigures {
+            instance: name.to_owned(),
+            queued,
+            dead: 0,
+            oldest_pending_age_seconds: 0.0,
+        };
+        let text = m.render(&[figures("a", 0), figures("held", 4)], 0, 0);
+        assert!(
+            text.contains("hookrelay_queue_depth{instance_name=\"held\"} 4"),
+            "{text}"
+        );
+        let text = m.render(&[figures("a", 1)], 0, 0);
+        assert_eq!(lines_of(&text, "held"), Vec::<String>::new());
+        assert!(
+            text.contains("hookrelay_queue_depth{instance_name=\"a\"} 1"),
+            "{text}"
+        );
     }
 }

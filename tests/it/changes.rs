@@ -341,7 +341,7 @@ async fn a_revoked_refresh_token_shows_needs_authorize_and_keeps_the_walk_pendin
     })
     .await;
     assert_eq!(
-        d.metric("hookrelay_changes_needs_authorize{instance=\"files\"}")
+        d.metric("hookrelay_changes_needs_authorize{instance_name=\"files\"}")
             .await,
         Some(1.0)
     );

@@ -34,15 +34,15 @@ async fn counter(d: &Daemon, selector: &str) -> f64 {
 }
 
 fn delivered(name: &str) -> String {
-    format!("hookrelay_deliveries_total{{instance=\"{name}\",outcome=\"delivered\"}}")
+    format!("hookrelay_deliveries_total{{instance_name=\"{name}\",outcome=\"delivered\"}}")
 }
 
 fn failed_attempts(name: &str) -> String {
-    format!("hookrelay_deliveries_total{{instance=\"{name}\",outcome=\"error\"}}")
+    format!("hookrelay_deliveries_total{{instance_name=\"{name}\",outcome=\"error\"}}")
 }
 
 fn queue_depth(name: &str) -> String {
-    format!("hookrelay_queue_depth{{instance=\"{name}\"}}")
+    format!("hookrelay_queue_depth{{instance_name=\"{name}\"}}")
 }
 
 /// Checks every delivery a callback recorded: both signatures verify, the envelope names the
@@ -334,7 +334,7 @@ async fn slow_and_sliced_links_deliver_every_event_at_the_first_attempt() {
         .await;
         let faulty_lag = acked.elapsed();
         assert_eq!(
-            counter(&s.d, "hookrelay_deliveries_total{instance=\"faulty\"}").await,
+            counter(&s.d, "hookrelay_deliveries_total{instance_name=\"faulty\"}").await,
             n as f64,
             "{mode:?}: attempts other than one success per event"
         );

@@ -15,6 +15,7 @@ mod faults;
 mod first_hour;
 mod ingest;
 mod lifecycle;
+mod metrics_names;
 mod policy;
 mod powerfs;
 mod proxy;

@@ -150,7 +150,7 @@ async fn dead_letters_are_listed_replayed_and_purged_through_the_api() {
     assert!(relay.dead().await.is_empty());
     let (_, metrics) = relay.admin("GET", "/metrics", None).await;
     assert!(
-        metrics.contains(r#"hookrelay_dead_letters{instance="acme"} 0"#),
+        metrics.contains(r#"hookrelay_dead_letters{instance_name="acme"} 0"#),
         "{metrics}"
     );
 }

@@ -36,10 +36,28 @@ fn parse_series(s: &str) -> (String, Vec<(String, String)>) {
     (name, labels)
 }
 
-/// The sum of the samples in Prometheus/OpenMetrics `text` matching `selector`.
-pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
-    let (want_name, want_labels) = parse_series(selector);
-    let mut total = None;
+/// One sample line of an exposition: the name, the labels in their order, the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every sample of Prometheus/OpenMetrics `text` (comments and blank lines skipped; a line whose
+/// value is not a number is left out).
+pub fn samples(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -55,19 +73,30 @@ pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
             continue;
         };
         let (name, labels) = parse_series(series);
-        if name != want_name || !want_labels.iter().all(|l| labels.contains(l)) {
-            continue;
-        }
-        if let Ok(v) = value.parse::<f64>() {
-            *total.get_or_insert(0.0) += v;
+        if let Ok(value) = value.parse::<f64>() {
+            samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
         }
     }
-    total
+    samples
+}
+
+/// The sum of the samples in Prometheus/OpenMetrics `text` matching `selector`.
+pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
+    let (want_name, want_labels) = parse_series(selector);
+    samples(text)
+        .into_iter()
+        .filter(|s| s.name == want_name && want_labels.iter().all(|l| s.labels.contains(l)))
+        .map(|s| s.value)
+        .reduce(|a, b| a + b)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::metric_value;
+    use super::{metric_value, samples};
 
     const TEXT: &str = "\
 # HELP hookrelay_config_generation Config generation.
@@ -76,9 +105,9 @@ hookrelay_config_generation 2
 # TYPE hookrelay_config_reloads_total counter
 hookrelay_config_reloads_total{result=\"ok\"} 1
 hookrelay_config_reloads_total{result=\"error\"} 3
-hookrelay_deliveries_total{instance=\"a\",outcome=\"success\"} 4
-hookrelay_deliveries_total{outcome=\"failure\", instance=\"a\"} 5 1700000000
-hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
+hookrelay_deliveries_total{instance_name=\"a\",outcome=\"success\"} 4
+hookrelay_deliveries_total{outcome=\"failure\", instance_name=\"a\"} 5 1700000000
+hookrelay_deliveries_total{instance_name=\"b,\\\"x\",outcome=\"success\"} 7
 # EOF
 ";
 
@@ -98,11 +127,14 @@ hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
             Some(4.0)
         );
         assert_eq!(
-            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"a\"}"),
+            metric_value(TEXT, "hookrelay_deliveries_total{instance_name=\"a\"}"),
             Some(9.0)
         );
         assert_eq!(
-            metric_value(TEXT, "hookrelay_deliveries_total{instance=\"b,\\\"x\"}"),
+            metric_value(
+                TEXT,
+                "hookrelay_deliveries_total{instance_name=\"b,\\\"x\"}"
+            ),
             Some(7.0)
         );
         assert_eq!(metric_value(TEXT, "hookrelay_config"), None);
@@ -110,5 +142,16 @@ hookrelay_deliveries_total{instance=\"b,\\\"x\",outcome=\"success\"} 7
             metric_value(TEXT, "hookrelay_config_reloads_total{result=\"other\"}"),
             None
         );
+    }
+
+    #[test]
+    fn samples_keep_every_label() {
+        let all = samples(TEXT);
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[4].name, "hookrelay_deliveries_total");
+        assert_eq!(all[4].label("outcome"), Some("failure"));
+        assert_eq!(all[4].label("instance_name"), Some("a"));
+        assert_eq!(all[4].value, 5.0);
+        assert_eq!(all[5].label("instance_name"), Some("b,\"x"));
     }
 }
