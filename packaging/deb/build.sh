@@ -66,9 +66,17 @@ install -m 0644 README.md "$doc/README.md"
 install -d -m 0755 "$doc/docs"
 for page in docs/*.md; do install -m 0644 "$page" "$doc/docs/$(basename "$page")"; done
 install -m 0644 config.example.toml "$doc/examples/config.example.toml"
-# Reverse-proxy examples (nginx, Caddy), when the tree has them.
+# Reverse-proxy examples (nginx, Caddy), when the tree has them (files only: the monitoring
+# examples below are in subfolders).
 for example in deploy/*; do
   if [ -f "$example" ]; then install -m 0644 "$example" "$doc/examples/$(basename "$example")"; fi
+done
+# Monitoring examples (docs/metrics.md), under their folder names and uncompressed, so that they
+# load as they are: Prometheus alert rules and their promtool tests, a Grafana dashboard.
+for example in deploy/prometheus/alerts.yml deploy/prometheus/alerts_test.yml deploy/grafana/hookrelay.json; do
+  folder="$doc/examples/$(basename "$(dirname "$example")")"
+  install -d -m 0755 "$folder"
+  install -m 0644 "$example" "$folder/$(basename "$example")"
 done
 install -d -m 0755 "$root/usr/share/lintian/overrides"
 install -m 0644 "$here/lintian-overrides" "$root/usr/share/lintian/overrides/hookrelay"

@@ -128,7 +128,10 @@ LC_ALL=C sort -k3 - "$work/expected-docs" >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/copyright
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/Caddyfile
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/config.example.toml.gz
+-rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/grafana/hookrelay.json
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/nginx.conf
+-rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/prometheus/alerts.yml
+-rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/prometheus/alerts_test.yml
 -rw-r--r-- root/root ./usr/share/lintian/overrides/hookrelay
 EOF
 diff -u "$work/expected" "$work/files" || fail "package files, modes or owners differ (- expected, + package)"
