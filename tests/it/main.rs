@@ -9,6 +9,7 @@ mod abuse;
 mod changes;
 mod cli_config;
 mod crash;
+mod dashboard;
 mod dead_scale;
 mod delivery;
 mod faults;
