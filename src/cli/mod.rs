@@ -290,7 +290,7 @@ where
 
 fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     private_files();
-    logging::init(log_format);
+    let stderr = logging::init(log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -298,19 +298,19 @@ fn run(path: &Path, log_format: LogFormat) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("hookrelay: cannot start the runtime: {err}");
+            stderr.error(&format!("hookrelay: cannot start the runtime: {err}"));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(daemon::run(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(DaemonError::Config(err)) => {
-            eprintln!("hookrelay: {err}");
+            stderr.error(&format!("hookrelay: {err}"));
             ExitCode::from(EXIT_CONFIG)
         }
         Err(err) => {
             tracing::error!("{err}");
-            eprintln!("hookrelay: {err}");
+            stderr.error(&format!("hookrelay: {err}"));
             ExitCode::from(EXIT_FAILURE)
         }
     }

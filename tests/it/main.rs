@@ -15,6 +15,7 @@ mod delivery;
 mod faults;
 mod first_hour;
 mod ingest;
+mod journal;
 mod lifecycle;
 mod metrics_names;
 mod policy;

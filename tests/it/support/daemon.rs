@@ -19,6 +19,9 @@ use super::metrics::metric_value;
 /// Bound for the daemon to answer `/readyz` 200 after a start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The daemon's stderr, in its temp dir.
+const STDERR_LOG: &str = "daemon.stderr.log";
+
 /// Where `--config` goes on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigArg {
@@ -36,6 +39,9 @@ pub struct Daemon {
     starts: u32,
     /// Extra environment variables for every later start (see [`Daemon::set_env`]).
     env: Vec<(String, String)>,
+    /// Extra arguments after `run --config PATH` for every later start (see
+    /// [`Daemon::set_run_args`]).
+    run_args: Vec<String>,
     /// A command line the binary runs under (empty: none).
     wrapper: Vec<String>,
     /// The running child is the wrapper, not hookrelay itself.
@@ -141,6 +147,7 @@ impl Daemon {
             child: None,
             starts: 0,
             env: Vec::new(),
+            run_args: Vec::new(),
             wrapper: wrapper.to_vec(),
             wrapped: false,
         };
@@ -179,7 +186,7 @@ impl Daemon {
         self.starts += 1;
         let marker = format!("===== start #{} =====\n", self.starts);
         let out = self.log_file("daemon.stdout.log", &marker);
-        let err = self.log_file("daemon.stderr.log", &marker);
+        let err = self.log_file(STDERR_LOG, &marker);
         let config = self.config_path();
         let binary = env!("CARGO_BIN_EXE_hookrelay");
         let mut cmd = match self.wrapper.split_first() {
@@ -194,6 +201,7 @@ impl Daemon {
             ConfigArg::AfterCommand => cmd.arg("run").arg("--config").arg(&config),
             ConfigArg::BeforeCommand => cmd.arg("--config").arg(&config).arg("run"),
         };
+        cmd.args(&self.run_args);
         cmd.current_dir(self.dir.path())
             .env("RUST_LOG", "hookrelay=debug")
             .env_remove("HOOKRELAY_CONFIG")
@@ -378,6 +386,19 @@ impl Daemon {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Extra arguments after `run --config PATH` for the daemon's later starts (e.g.
+    /// `--log-format json`), replacing earlier ones.
+    pub fn set_run_args(&mut self, args: &[&str]) {
+        self.run_args = args.iter().map(|&a| a.to_owned()).collect();
+    }
+
+    /// The file the daemon's stderr is appended to (every start; each begins with a
+    /// `===== start #N =====` line the harness writes). It exists once the daemon was started,
+    /// and a test may create it before, e.g. to know its device and inode.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join(STDERR_LOG)
+    }
+
     /// Undoes [`Daemon::set_env`] for `key` (later starts run without it).
     pub fn remove_env(&mut self, key: &str) {
         self.env.retain(|(k, _)| k != key);
@@ -446,7 +467,7 @@ impl Daemon {
         format!(
             "----- hookrelay stdout -----\n{}\n----- hookrelay stderr -----\n{}\n----- end -----",
             read("daemon.stdout.log"),
-            read("daemon.stderr.log")
+            read(STDERR_LOG)
         )
     }
 }
