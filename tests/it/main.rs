@@ -13,6 +13,7 @@ mod dead_scale;
 mod delivery;
 mod faults;
 mod first_hour;
+mod generate;
 mod ingest;
 mod lifecycle;
 mod metrics_names;
