@@ -92,28 +92,26 @@ while IFS= read -r line; do
   fi
 done <"$here/copyright.in" >"$work/copyright"
 install -m 0644 "$work/copyright" "$doc/copyright"
-# --help of the command and of every subcommand, as built.
-{
-  echo "hookrelay $deb_version: --help of every command (generated at build time)"
-  list_commands() { # the names under "Commands:" in a --help text, except help
-    sed -n '/^Commands:/,/^$/ s/^  \([a-z][a-z-]*\) .*/\1/p' | grep -vx help || true
-  }
-  help_of() {
-    echo
-    echo "\$ hookrelay $* --help"
-    # shellcheck disable=SC2068 # word splitting of the command path is intended
-    env -u HOOKRELAY_CONFIG "$binary" $@ --help
-  }
-  help_of
-  for cmd in $("$binary" --help | list_commands); do
-    help_of "$cmd"
-    for sub in $("$binary" "$cmd" --help | list_commands); do
-      help_of "$cmd" "$sub"
-    done
-  done
-} >"$doc/commands.txt"
-chmod 0644 "$doc/commands.txt"
-for f in README.md commands.txt changelog.Debian examples/config.example.toml docs/*.md; do
+# Man pages and shell completions, generated from the command line by the binary's hidden
+# `generate` command (src/cli/generate.rs), and hookrelay.toml(5), written by hand; dated with
+# the changelog entry.
+man_date="$(date -u -d "@$source_date_epoch" +%Y-%m-%d)"
+generated="$work/generated"
+env -u HOOKRELAY_CONFIG "$binary" generate man --date "$man_date" "$generated/man" >/dev/null
+env -u HOOKRELAY_CONFIG "$binary" generate completions "$generated/completions" >/dev/null
+man1="$root/usr/share/man/man1"
+man5="$root/usr/share/man/man5"
+install -d -m 0755 "$man1" "$man5" "$root/usr/share/bash-completion/completions" \
+  "$root/usr/share/zsh/vendor-completions" "$root/usr/share/fish/vendor_completions.d"
+for page in "$generated"/man/hookrelay*.1; do install -m 0644 "$page" "$man1/$(basename "$page")"; done
+sed "s/^\.TH \([^ ]*\) 5 \"\"/.TH \1 5 \"$man_date\"/" docs/man/hookrelay.toml.5 >"$man5/hookrelay.toml.5"
+chmod 0644 "$man5/hookrelay.toml.5"
+gzip -9n "$man1"/*.1 "$man5/hookrelay.toml.5"
+install -m 0644 "$generated/completions/hookrelay.bash" "$root/usr/share/bash-completion/completions/hookrelay"
+install -m 0644 "$generated/completions/_hookrelay" "$root/usr/share/zsh/vendor-completions/_hookrelay"
+install -m 0644 "$generated/completions/hookrelay.fish" \
+  "$root/usr/share/fish/vendor_completions.d/hookrelay.fish"
+for f in README.md changelog.Debian examples/config.example.toml docs/*.md; do
   if [ "$f" = changelog.Debian ] || [ "$(stat -c %s "$doc/$f")" -gt 4096 ]; then
     gzip -9n "$doc/$f"
   fi

@@ -6,8 +6,10 @@
 # reinstalls it (the upgrade path), removes and purges it, and checks what each step leaves.
 # A trap purges the package and deletes the user it created, even on failure.
 #
-# Installs dpkg-dev (dpkg-shlibdeps), binutils (strip) and shellcheck with apt-get when they
-# are missing; it does not remove them afterwards. Refuses to run where hookrelay is already
+# Runs lintian on the .deb (no errors, no warnings; overrides only in packaging/deb/lintian-overrides)
+# and checks the man pages with man and lexgrog. Installs dpkg-dev (dpkg-shlibdeps), binutils
+# (strip), shellcheck and lintian (which brings man-db) with apt-get when they are missing; it
+# does not remove them afterwards. Refuses to run where hookrelay is already
 # installed or /etc/hookrelay or /var/lib/hookrelay exist: purging would delete them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -43,6 +45,8 @@ need=()
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 { command -v strip && command -v objdump && command -v readelf; } >/dev/null 2>&1 || need+=(binutils)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
+{ command -v man && command -v lexgrog; } >/dev/null 2>&1 || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -124,7 +128,6 @@ LC_ALL=C sort -k3 - "$work/expected-docs" >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./usr/lib/sysusers.d/hookrelay.conf
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/README.md.gz
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/changelog.Debian.gz
--rw-r--r-- root/root ./usr/share/doc/hookrelay/commands.txt.gz
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/copyright
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/Caddyfile
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/config.example.toml.gz
@@ -132,7 +135,23 @@ LC_ALL=C sort -k3 - "$work/expected-docs" >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/nginx.conf
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/prometheus/alerts.yml
 -rw-r--r-- root/root ./usr/share/doc/hookrelay/examples/prometheus/alerts_test.yml
+-rw-r--r-- root/root ./usr/share/bash-completion/completions/hookrelay
+-rw-r--r-- root/root ./usr/share/fish/vendor_completions.d/hookrelay.fish
 -rw-r--r-- root/root ./usr/share/lintian/overrides/hookrelay
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-authorize.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-check.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-dead-list.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-dead-purge.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-dead-replay.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-dead.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-doctor.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-import-instance.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-run.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-send-test.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-status.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay.1.gz
+-rw-r--r-- root/root ./usr/share/man/man5/hookrelay.toml.5.gz
+-rw-r--r-- root/root ./usr/share/zsh/vendor-completions/_hookrelay
 EOF
 diff -u "$work/expected" "$work/files" || fail "package files, modes or owners differ (- expected, + package)"
 ok "files, modes and owners as expected"
@@ -148,11 +167,26 @@ ok "/usr/bin/hookrelay stripped ($(stat -c %s "$work/hookrelay") bytes)"
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/systemd/system/hookrelay.service >"$work/unit"
 grep -q '^ExecStart=/usr/bin/hookrelay ' "$work/unit" || fail "unit's ExecStart is not /usr/bin/hookrelay"
 ok "unit ExecStart=/usr/bin/hookrelay"
-dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/share/doc/hookrelay/commands.txt.gz | gzip -d >"$work/commands.txt"
-for cmd in run check status "dead list" "dead replay" "dead purge" import-instance; do
-  grep -q "^\$ hookrelay $cmd --help$" "$work/commands.txt" || fail "commands.txt lacks '$cmd --help'"
+# The man pages: each renders without groff warnings and has a NAME line mandb can index;
+# hookrelay(1) names every command's page.
+mkdir -p "$work/tree"
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work/tree" ./usr/share/man
+for page in "$work"/tree/usr/share/man/man*/*.gz; do
+  warnings="$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z "$page" 2>&1 >/dev/null)"
+  [ -z "$warnings" ] || fail "$(basename "$page"): $warnings"
+  lexgrog "$page" >/dev/null || fail "$(basename "$page"): lexgrog finds no NAME section"
 done
-ok "commands.txt has --help of run, check, status, dead list/replay/purge, import-instance"
+ok "man pages render cleanly and have NAME sections"
+MANWIDTH=80 man -l "$work/tree/usr/share/man/man1/hookrelay.1.gz" 2>/dev/null | sed "s/.\x08//g" >"$work/hookrelay.1.txt"
+for cmd in run check status dead import-instance authorize doctor send-test; do
+  grep -q "hookrelay-$cmd(1)" "$work/hookrelay.1.txt" || fail "hookrelay(1) does not name hookrelay-$cmd(1)"
+done
+ok "hookrelay(1) names every command's page"
+
+echo "== lintian"
+# Errors and warnings fail; overrides, each with its reason, are in packaging/deb/lintian-overrides.
+lintian --fail-on error,warning --display-info "$deb" || fail "lintian reported errors or warnings (above)"
+ok "lintian: no errors or warnings"
 
 echo "== dpkg -i (systemd as PID 1: $([ -d /run/systemd/system ] && echo yes || echo no))"
 dpkg -i "$deb"

@@ -7,12 +7,14 @@
 //! - `authorize` ([`authorize`]) the same way, or on a store it creates;
 //! - `import-instance` ([`import`]) needs no configuration at all;
 //! - `doctor` ([`doctor`]) checks an installation; `send-test` ([`send_test`]) pushes one
-//!   signed notification through the running daemon.
+//!   signed notification through the running daemon;
+//! - the hidden `generate` ([`generate`]) writes the man pages and shell completions.
 
 mod access;
 mod authorize;
 mod dead;
 mod doctor;
+pub mod generate;
 mod import;
 mod send_test;
 mod status;
@@ -21,7 +23,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ulid::Ulid;
 
 use crate::config::{Config, ConfigError};
@@ -189,11 +191,48 @@ impl Failure {
     }
 }
 
+/// The command line as users see it, without the hidden `generate`: what `--help`, the man
+/// pages and the completions describe.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// One of the commands users see.
+    Cli(Cli),
+    /// The hidden `generate`.
+    Hidden(generate::Hidden),
+}
+
+/// Parses the process's arguments: [`command`] plus the hidden `generate`. Exits with a usage
+/// message (code 2) when they do not parse, as clap does.
+pub fn parse() -> Invocation {
+    let mut cmd = generate::Hidden::augment_subcommands(command());
+    let matches = cmd.get_matches_mut();
+    let parsed = match matches.subcommand_name() {
+        Some(name) if generate::Hidden::has_subcommand(name) => {
+            generate::Hidden::from_arg_matches(&matches).map(Invocation::Hidden)
+        }
+        _ => Cli::from_arg_matches(&matches).map(Invocation::Cli),
+    };
+    parsed.unwrap_or_else(|err| err.format(&mut cmd).exit())
+}
+
 impl Cli {
     fn config_path(&self) -> PathBuf {
         self.config
             .clone()
             .unwrap_or_else(|| PathBuf::from("/etc/hookrelay/config.toml"))
+    }
+}
+
+/// Runs what [`parse`] returned and returns the process exit code.
+pub fn dispatch(invocation: Invocation) -> ExitCode {
+    match invocation {
+        Invocation::Cli(cli) => main(cli),
+        Invocation::Hidden(hidden) => generate::main(hidden),
     }
 }
 

@@ -14,6 +14,7 @@ mod dead_scale;
 mod delivery;
 mod faults;
 mod first_hour;
+mod generate;
 mod ingest;
 mod journal;
 mod lifecycle;
