@@ -23,6 +23,7 @@ use std::ops::Bound::{Included, Unbounded};
 
 use serde_json::{Value, json};
 
+use crate::config::ChangeFilter;
 use crate::store::record::ObjectV1;
 use crate::store::{MapWrite, NewEnvelope};
 
@@ -364,6 +365,33 @@ impl RecentPaths {
     }
 }
 
+/// The events `filter` keeps, in order (a move when its new or its previous path matches), and
+/// how many Dropbox entries went with the others. Applied after mapping, so that the object
+/// maps learn of every entry, delivered or not.
+pub fn filter(events: Vec<MappedEvent>, filter: &ChangeFilter) -> (Vec<MappedEvent>, u64) {
+    if filter.keeps_all() {
+        return (events, 0);
+    }
+    let mut filtered = 0u64;
+    let kept = events
+        .into_iter()
+        .filter(|mapped| {
+            let event = &mapped.event;
+            let event_type = event["eventType"].as_str().unwrap_or_default();
+            let paths: Vec<&str> = ["path", "previousPath"]
+                .iter()
+                .filter_map(|key| event.get(*key).and_then(Value::as_str))
+                .collect();
+            let keep = filter.keeps(event_type, &paths);
+            if !keep {
+                filtered += mapped.entries.len() as u64;
+            }
+            keep
+        })
+        .collect();
+    (kept, filtered)
+}
+
 /// Groups events in order into envelopes of at most `max_events` events and (unless one event
 /// alone is larger) `max_bytes` bytes; each envelope's `raw` is `{"entries": [...]}` with
 /// exactly the entries of its events.
@@ -423,3 +451,6 @@ fn path_lower(entry: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod filter_tests;

@@ -354,6 +354,8 @@ async fn walk(inner: &Inner, instance_name: &str, account: &str) -> Result<(), W
         };
         pages += 1;
         let (events, writes) = mapper.map_page(&objects, &page.entries);
+        // Filtered-out entries still move the cursor and the object maps (committed below).
+        let (events, filtered) = mapping::filter(events, &instance.filter);
         let count = events.len();
         let envelopes =
             mapping::envelopes(events, mapping::MAX_EVENTS, mapping::MAX_ENVELOPE_BYTES);
@@ -369,9 +371,14 @@ async fn walk(inner: &Inner, instance_name: &str, account: &str) -> Result<(), W
             date_ms,
         )
         .await?;
+        if filtered > 0 {
+            inner
+                .metrics
+                .change_entries_filtered(instance_name, filtered);
+        }
         // The store holds the page's object maps now: lookups go there.
         mapper.committed();
-        debug!(instance = %instance_name, account, page = pages, entries = page.entries.len(), events = count, "walk page committed");
+        debug!(instance = %instance_name, account, page = pages, entries = page.entries.len(), events = count, filtered, "walk page committed");
         cursor = page.cursor;
         if !page.has_more {
             return Ok(());

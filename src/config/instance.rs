@@ -10,7 +10,7 @@ use super::document::InstanceSections;
 use super::keys::key_path;
 use super::problem::{child, quoted};
 use super::raw::{RawInstance, RawText};
-use super::{Delivery, EventsMode, Instance, Secret, delivery};
+use super::{ChangeFilter, ChangeType, Delivery, EventsMode, Instance, PathGlob, Secret, delivery};
 
 /// The element every instance must be: hookrelay speaks Dropbox only.
 const ELEMENT: &str = "dropbox";
@@ -57,6 +57,7 @@ fn one(
     let tags = tags(c, main.tags.as_deref(), &child(path, "tags"));
     let accounts = accounts(c, main.accounts.as_deref(), &child(path, "accounts"));
     let events = events(c, main, path);
+    let filter = filter(c, main, path, events);
     let configuration = child(path, "configuration");
     let credentials = configuration::credentials(c, &raw.configuration, &configuration);
     let notification = configuration::notification(c, &raw.configuration, &configuration);
@@ -86,6 +87,7 @@ fn one(
             tags: tags?,
             accounts: accounts?,
             events: events?,
+            filter: filter?,
             app_key: credentials.app_key,
             app_secret: credentials.app_secret,
             oauth_callback_url: credentials.oauth_callback_url,
@@ -147,6 +149,73 @@ fn events(c: &mut Checker, raw: &RawInstance, path: &str) -> Result<EventsMode, 
         _ => Err("must be \"notify\" or \"changes\"".to_owned()),
     })
     .map(|events| events.unwrap_or(EventsMode::Notify))
+}
+
+/// `paths` and `event_types`: change events only; each, when set, a non-empty list of valid
+/// entries.
+fn filter(
+    c: &mut Checker,
+    raw: &RawInstance,
+    path: &str,
+    events: Result<EventsMode, Reported>,
+) -> Result<ChangeFilter, Reported> {
+    let paths = filter_list(
+        c,
+        raw.paths.as_deref(),
+        &child(path, "paths"),
+        "glob",
+        PathGlob::parse,
+    );
+    let event_types = filter_list(
+        c,
+        raw.event_types.as_deref(),
+        &child(path, "event_types"),
+        "event type",
+        ChangeType::parse,
+    );
+    let mut misplaced = Ok(());
+    if events == Ok(EventsMode::Notify) {
+        for (key, set) in [
+            ("paths", raw.paths.is_some()),
+            ("event_types", raw.event_types.is_some()),
+        ] {
+            if set {
+                let rule = "applies only with events = \"changes\"";
+                misplaced = Err(c.report(&child(path, key), rule, None));
+            }
+        }
+    }
+    misplaced?;
+    Ok(ChangeFilter {
+        paths: paths?,
+        event_types: event_types?,
+    })
+}
+
+/// A filter list: absent, or at least one entry, each parsed by `parse` (whose error is the
+/// rule broken).
+fn filter_list<T>(
+    c: &mut Checker,
+    raw: Option<&[RawText]>,
+    path: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<Vec<T>>, Reported> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.is_empty() {
+        let rule = format!("must list at least one {what}; omit the key to keep every event");
+        return Err(c.report(path, rule, Some("[]".to_owned())));
+    }
+    let checked: Vec<Result<T, Reported>> = raw
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let key = format!("{path}[{index}]");
+            let parsed = c.parsed(Some(entry), &key, &parse);
+            c.required(parsed, &key)
+        })
+        .collect();
+    checked.into_iter().collect::<Result<_, _>>().map(Some)
 }
 
 fn tags(c: &mut Checker, raw: Option<&[RawText]>, path: &str) -> Result<Vec<String>, Reported> {

@@ -17,6 +17,7 @@ mod defaults;
 mod delivery;
 mod document;
 mod file_value;
+mod filter;
 mod grammar;
 mod instance;
 mod keys;
@@ -38,6 +39,7 @@ pub use reqwest::Url;
 use crate::tls::TlsIdentity;
 pub(crate) use keys::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
 
+pub use filter::{ChangeFilter, ChangeType, PathGlob};
 pub use grammar::{parse_duration, parse_rate, parse_size};
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
@@ -253,6 +255,9 @@ pub struct Instance {
     /// `None`: every account of the app.
     pub accounts: Option<Vec<String>>,
     pub events: EventsMode,
+    /// `paths` and `event_types`: the change events delivered (change events only; keeps all
+    /// when neither is set).
+    pub filter: ChangeFilter,
     /// `oauth.api.key`: instances sharing it belong to one Dropbox app.
     pub app_key: String,
     /// `oauth.api.secret`: verifies `X-Dropbox-Signature`.

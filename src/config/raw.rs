@@ -91,6 +91,8 @@ pub(crate) struct RawInstance {
     pub tags: Option<Vec<RawText>>,
     pub accounts: Option<Vec<RawText>>,
     pub events: Option<RawText>,
+    pub paths: Option<Vec<RawText>>,
+    pub event_types: Option<Vec<RawText>>,
     pub configuration: Option<toml::Table>,
     pub delivery: Option<toml::Table>,
 }

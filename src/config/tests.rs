@@ -2,6 +2,7 @@
 
 mod configuration;
 mod files;
+mod filters;
 mod grammar;
 mod instances;
 mod load;

@@ -175,6 +175,7 @@ pub struct Metrics {
     changes_walks: Family<ResultInstanceLabel, Counter>,
     changes_token_refreshes: Family<InstanceLabel, Counter>,
     changes_needs_authorize: Family<InstanceLabel, Gauge>,
+    change_entries_filtered: Family<InstanceLabel, Counter>,
     quarantined: Family<InstanceLabel, Counter>,
     outage: Family<InstanceLabel, Gauge>,
     build_info: Family<BuildLabel, Gauge>,
@@ -217,6 +218,7 @@ impl Metrics {
             changes_walks: Family::default(),
             changes_token_refreshes: Family::default(),
             changes_needs_authorize: Family::default(),
+            change_entries_filtered: Family::default(),
             quarantined: Family::default(),
             outage: Family::default(),
             build_info: Family::default(),
@@ -298,6 +300,11 @@ impl Metrics {
             "hookrelay_changes_needs_authorize",
             "1 while a change-events instance needs `authorize` (its refresh token was refused)",
             metrics.changes_needs_authorize.clone(),
+        );
+        registry.register(
+            "hookrelay_change_entries_filtered",
+            "Dropbox entries of a change-events instance that its `paths` or `event_types` kept from delivery",
+            metrics.change_entries_filtered.clone(),
         );
         registry.register(
             "hookrelay_quarantined",
@@ -382,6 +389,7 @@ impl Metrics {
             }
             drop(self.changes_token_refreshes.get_or_create(&label));
             drop(self.changes_needs_authorize.get_or_create(&label));
+            drop(self.change_entries_filtered.get_or_create(&label));
         }
     }
 
@@ -409,6 +417,7 @@ impl Metrics {
         }
         self.changes_token_refreshes.remove(&label);
         self.changes_needs_authorize.remove(&label);
+        self.change_entries_filtered.remove(&label);
     }
 
     /// Runs `record` if `instance` is configured, under the read lock (see `configured`).
@@ -504,6 +513,16 @@ impl Metrics {
             self.changes_needs_authorize
                 .get_or_create(&instance_label(instance))
                 .set(i64::from(needs));
+        });
+    }
+
+    /// `entries` Dropbox entries of a committed walk page were kept from delivery by the
+    /// instance's filter.
+    pub fn change_entries_filtered(&self, instance: &str, entries: u64) {
+        self.for_changes(instance, || {
+            self.change_entries_filtered
+                .get_or_create(&instance_label(instance))
+                .inc_by(entries);
         });
     }
 
@@ -630,6 +649,8 @@ mod tests {
             assert!(text.contains(&line), "{line}\n{text}");
         }
         assert!(text.contains("hookrelay_changes_needs_authorize{instance_name=\"c\"} 0"));
+        assert!(text.contains("hookrelay_change_entries_filtered_total{instance_name=\"c\"} 0"));
+        assert!(!lines_of(&text, "a").iter().any(|l| l.contains("filtered")));
         assert!(!lines_of(&text, "a").iter().any(|l| l.contains("changes")));
         assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 0"));
         assert!(text.contains(&format!(
@@ -639,11 +660,17 @@ mod tests {
 
         m.delivery("a", DeliveryOutcome::Delivered, Duration::from_millis(3));
         m.changes_walk("c", WalkResult::Done);
+        m.change_entries_filtered("c", 3);
+        assert!(
+            m.render(&[], 0, 0)
+                .contains("hookrelay_change_entries_filtered_total{instance_name=\"c\"} 3")
+        );
         // c stops being a change-events instance; a goes.
         m.configure(&[series("c", false), series("d", false)]);
         let text = m.render(&[], 0, 0);
         assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
         assert!(!lines_of(&text, "c").iter().any(|l| l.contains("changes")));
+        assert!(!lines_of(&text, "c").iter().any(|l| l.contains("filtered")));
         assert!(text.contains("hookrelay_events_accepted_total{instance_name=\"d\"} 0"));
         // A late recording for a removed instance creates nothing, nor a change-events one for
         // an instance that is not one.
@@ -651,11 +678,14 @@ mod tests {
         m.quarantined("a");
         m.changes_walk("c", WalkResult::Error);
         m.set_changes_needs_authorize("d", false);
+        m.change_entries_filtered("c", 1);
         let text = m.render(&[], 0, 0);
         assert_eq!(lines_of(&text, "a"), Vec::<String>::new());
         for name in ["c", "d"] {
             assert!(
-                !lines_of(&text, name).iter().any(|l| l.contains("changes")),
+                !lines_of(&text, name)
+                    .iter()
+                    .any(|l| l.contains("changes") || l.contains("filtered")),
                 "{text}"
             );
         }

@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod change_filters;
 mod changes;
 mod cli_config;
 mod crash;

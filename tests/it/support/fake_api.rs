@@ -38,6 +38,8 @@ struct Inner {
     rate_limit_next: bool,
     fail_next: u32,
     calls: BTreeMap<String, u64>,
+    /// The cursor of each answered `list_folder/continue`, in order.
+    continued_from: Vec<String>,
     /// The code `issue_code` handed out and the redirect URI it is bound to; spent on use.
     code: Option<(String, String)>,
     /// Refresh tokens granted by code exchanges.
@@ -87,6 +89,11 @@ impl FakeDropboxApi {
     /// How many times a route was called (`2/files/list_folder/continue`, `oauth2/token`, …).
     pub fn calls(&self, route: &str) -> u64 {
         self.with(|i| i.calls.get(route).copied().unwrap_or(0))
+    }
+
+    /// The cursors `list_folder/continue` was answered for, in order (`c<N>`: after N entries).
+    pub fn continued_from(&self) -> Vec<String> {
+        self.with(|i| i.continued_from.clone())
     }
 
     pub fn set_page_size(&self, size: usize) {
@@ -415,6 +422,7 @@ async fn handle(state: Arc<Mutex<Inner>>, req: Request<Incoming>) -> TestRespons
                 .and_then(|c| c.strip_prefix('c'))
                 .and_then(|n| n.parse().ok())
                 .expect("a fake cursor");
+            i.continued_from.push(format!("c{from}"));
             let end = (from + i.page_size).min(i.feed.len());
             let entries = i.feed[from.min(end)..end].to_vec();
             Ok(reply(
