@@ -2,7 +2,7 @@
 //! follow sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
 //!
 //! - `run` and `check` are here;
-//! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or
+//! - `status` ([`status`]), `dead …` ([`dead`]) and `retry` ([`retry`]) reach the daemon through its admin API, or
 //!   the store directly when the daemon is stopped ([`access`]);
 //! - `authorize` ([`authorize`]) the same way, or on a store it creates;
 //! - `import-instance` ([`import`]) needs no configuration at all;
@@ -16,6 +16,7 @@ mod dead;
 mod doctor;
 pub mod generate;
 mod import;
+mod retry;
 mod send_test;
 mod status;
 
@@ -78,6 +79,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Make events waiting for a retry due now; their attempt counts stay as they are
+    Retry(RetryArgs),
     /// Turn a Cloud Elements instance JSON into an [[instance]] block on stdout
     ImportInstance {
         /// The instance JSON (as POSTed to /elements/api-v2/instances)
@@ -153,6 +156,21 @@ pub struct SelectArgs {
     pub all: bool,
     #[command(flatten)]
     pub window: WindowArgs,
+}
+
+/// Which waiting events `retry` makes due now: by id, by instance, or all.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("selector").required(true).args(["ids", "instance", "all"])))]
+pub struct RetryArgs {
+    /// These events (repeat --id, or give several ids after it)
+    #[arg(long = "id", value_name = "ID", num_args = 1.., value_parser = event_id)]
+    pub ids: Vec<Ulid>,
+    /// Every waiting event of this instance
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Every waiting event
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `--since` / `--until`: when the events were dead-lettered.
@@ -259,6 +277,12 @@ pub fn main(cli: Cli) -> ExitCode {
                 DeadCommand::Purge(select) => dead::purge(&config, select).await,
             }
         }),
+        Command::Retry(args) => {
+            with_config(
+                &path,
+                |config| async move { retry::run(&config, args).await },
+            )
+        }
         Command::ImportInstance {
             file,
             id,

@@ -10,11 +10,12 @@
 //! | `GET /admin/dead?instance=&since=&until=` | `[EventSummary…]`, oldest death first |
 //! | `POST /admin/dead/replay` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` (+ `since`, `until`) | `{"count": N, "not_found": […]}` |
 //! | `POST /admin/dead/purge` (the same body) | `{"count": N, "held": M, "not_found": […]}` |
+//! | `POST /admin/retry` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` | `{"count": N, "not_found": […]}`: waiting events due now, attempt counts unchanged |
 //! | `POST /admin/authorize` `{"instance": "x", "code": "…"}` | `{"instance", "account", "cursor_taken"}`; 404 unknown instance, 400 not change events or code refused, 502 Dropbox failed |
 //!
 //! Times are Unix ms or RFC 3339 (an age such as `2h` works too). A purge by `instance`
 //! without a time window also drops the held pending events of an instance that is no longer
-//! configured (`held`). After a replay the affected lanes are poked to look at the store.
+//! configured (`held`). After a replay or a retry the affected lanes are poked to look at the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,7 @@ use crate::deliver::Dispatcher;
 use crate::http::{HttpResponse, respond};
 use crate::ops::cross_site;
 use crate::ops::dead::{self, Selection, SelectionBody};
+use crate::ops::retry::{self, RetryBody};
 use crate::ops::status;
 use crate::store::{self, Store};
 use crate::telemetry::metrics::{self, Metrics, QueueFigures};
@@ -171,13 +173,45 @@ impl Admin {
                     Err(err) => store_error(&err),
                 }
             }
+            (&Method::POST, "/admin/retry") => self.retry(request).await,
             (&Method::POST, "/admin/authorize") => authorize(&self.walker, request).await,
             (
                 _,
                 "/admin/status" | "/admin/dead" | "/admin/dead/replay" | "/admin/dead/purge"
-                | "/admin/authorize",
+                | "/admin/retry" | "/admin/authorize",
             ) => method_not_allowed(),
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    /// `POST /admin/retry`: waiting events due now, then their lanes poked.
+    async fn retry(&self, request: Request<Incoming>) -> HttpResponse {
+        let body: RetryBody = match read_json(request).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let target = match body.into_target() {
+            Ok(target) => target,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
+        match retry::retry(&self.store, &target).await {
+            Ok(outcome) => {
+                self.poke_retried(&outcome.instances);
+                info!(
+                    count = outcome.count,
+                    "waiting events made due now (admin API)"
+                );
+                json(StatusCode::OK, &outcome)
+            }
+            Err(err) => store_error(&err),
+        }
+    }
+
+    /// What a retry wakes: the lanes of `instances` look at the store at once, instead of at
+    /// their next timer.
+    fn poke_retried(&self, instances: &std::collections::BTreeSet<String>) {
+        for instance in instances {
+            self.dispatcher.poke(instance);
         }
     }
 

@@ -85,6 +85,7 @@
 //! | `durable.rs` | the replaceable sync, and the folder entries and modes made durable at open |
 //! | `keys.rs`, `record.rs`, `run.rs` | the key layout, the records, the runs |
 //! | `inspect.rs` | read-only views for `status` and `dead list` |
+//! | `retry.rs` | `retry`: waiting events made due now, found a page at a time in the due index |
 //! | `error.rs` | the store's error |
 //! | `testing.rs`, `tests.rs` | support for the tests, and the unit tests |
 
@@ -98,6 +99,7 @@ mod keys;
 mod open;
 mod reads;
 pub mod record;
+mod retry;
 mod run;
 mod schema;
 mod types;
@@ -125,6 +127,7 @@ pub use error::Error;
 pub use journal::{JOURNAL_BYTES as DEFAULT_JOURNAL_BYTES, JOURNAL_FILE};
 pub use open::{create_offline, open_offline};
 pub use record::{AuthorizationV1, Counters, EventKind};
+pub use retry::{Retried, RetryTarget};
 pub use types::{
     Claimed, Cutoffs, DeadLetter, Event, IngestTarget, MapWrite, NewEnvelope, OpenMode, Placed,
     PreviousRun, Retry, StoreOptions, WalkPage,

@@ -24,6 +24,7 @@ mod policy;
 mod powerfs;
 mod proxy;
 mod reload_load;
+mod retry_command;
 mod secrets;
 mod storage_faults;
 mod store_modes;

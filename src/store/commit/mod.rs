@@ -6,7 +6,7 @@
 //! answered, which may wait ([`OUTCOME_SYNC_DELAY`]), and that a batch is answered only once it
 //! is as durable as its requests need. Each request is an [`Operation`] with its own reply type,
 //! in the file of its concern: [`ingest`], [`outcome`] (what delivery reports), [`dead`]
-//! (replay and purge of dead letters), [`walk`] (change events), [`maintenance`]; [`pending`]
+//! (replay and purge of dead letters), [`retry`] (waiting events due now), [`walk`] (change events), [`maintenance`]; [`pending`]
 //! and [`counters`] are the bookkeeping they share, [`view`] the batch they read and write.
 
 mod counters;
@@ -15,6 +15,7 @@ mod ingest;
 mod maintenance;
 mod outcome;
 mod pending;
+mod retry;
 mod view;
 mod walk;
 
@@ -36,6 +37,7 @@ pub(super) use dead::{PurgeDead, ReplayDead};
 pub(super) use ingest::Ingest;
 pub(super) use maintenance::{CatchUp, Close, ExpireDead, ForgetInstance, Heartbeat, PurgePending};
 pub(super) use outcome::{Claim, Delivered, MoveToDead, Quarantine, Reschedule};
+pub(super) use retry::{RetriedPage, RetryWaiting};
 pub(super) use walk::{Authorize, CommitWalkPage, MarkWalk, SetCursor};
 
 use view::BatchView;
