@@ -2,8 +2,8 @@
 //! follow sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
 //!
 //! - `run` and `check` are here;
-//! - `status` ([`status`]) and `dead …` ([`dead`]) reach the daemon through its admin API, or
-//!   the store directly when the daemon is stopped ([`access`]);
+//! - `status` ([`status`]), `dead …` ([`dead`]) and `events …` ([`events`]) reach the daemon
+//!   through its admin API, or the store directly when the daemon is stopped ([`access`]);
 //! - `authorize` ([`authorize`]) the same way, or on a store it creates;
 //! - `import-instance` ([`import`]) needs no configuration at all;
 //! - `doctor` ([`doctor`]) checks an installation; `send-test` ([`send_test`]) pushes one
@@ -14,6 +14,7 @@ mod access;
 mod authorize;
 mod dead;
 mod doctor;
+mod events;
 pub mod generate;
 mod import;
 mod send_test;
@@ -77,6 +78,12 @@ pub enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// See events in any state (pending, retrying, held, dead, delivered), one event's
+    /// attempts and envelope, and send delivered events again
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
     },
     /// Turn a Cloud Elements instance JSON into an [[instance]] block on stdout
     ImportInstance {
@@ -258,6 +265,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 DeadCommand::Replay(select) => dead::replay(&config, select).await,
                 DeadCommand::Purge(select) => dead::purge(&config, select).await,
             }
+        }),
+        Command::Events { command } => with_config(&path, |config| async move {
+            events::main(&config, command).await
         }),
         Command::ImportInstance {
             file,

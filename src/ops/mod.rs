@@ -5,4 +5,5 @@
 pub mod admin;
 pub mod cross_site;
 pub mod dead;
+pub mod events;
 pub mod status;
