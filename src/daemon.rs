@@ -312,7 +312,10 @@ fn spawn_housekeeping(
                     let _ = store.heartbeat().await;
                     notifier.status(&status_line("ready", &live, &store));
                 }
-                _ = retention.tick() => expire_dead_letters(&store, &live).await,
+                _ = retention.tick() => {
+                    expire_dead_letters(&store, &live).await;
+                    expire_history(&store, &live).await;
+                }
                 _ = watchdog.tick(), if watchdog_every.is_some() => {
                     // Half the ping interval for the check, so a slow answer still leaves
                     // the next ping inside WatchdogSec.
@@ -359,6 +362,38 @@ async fn expire_dead_letters(store: &Store, live: &LiveConfig) {
         Ok(0) => {}
         Ok(count) => info!(count, "deleted dead letters past dead_letter_ttl"),
         Err(err) => warn!(error = %err, "dead-letter retention failed"),
+    }
+}
+
+/// Deletes delivered history accepted longer ago than its instance's `history` (all of it for
+/// `history = "0s"`); a removed instance's is kept for the longest configured `history`, until
+/// `dead purge --instance` forgets it.
+async fn expire_history(store: &Store, live: &LiveConfig) {
+    let now = time::now_ms();
+    let cutoff = |kept: Duration| now.saturating_sub(kept.as_millis() as u64);
+    let live = live.load();
+    let instances = &live.config.instances;
+    let longest = instances.iter().map(|i| i.delivery.history).max();
+    let cutoffs = store::Cutoffs {
+        by_instance: instances
+            .iter()
+            .map(|i| (i.name.clone(), cutoff(i.delivery.history)))
+            .collect(),
+        otherwise: cutoff(longest.unwrap_or(Duration::from_secs(7 * 86_400))),
+    };
+    let with_history: Vec<String> = store
+        .counters()
+        .iter()
+        .filter(|(_, counters)| counters.history_events > 0)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if with_history.is_empty() {
+        return;
+    }
+    match store.expire_history(cutoffs, with_history).await {
+        Ok(0) => {}
+        Ok(count) => info!(count, "deleted delivered history past history"),
+        Err(err) => warn!(error = %err, "history retention failed"),
     }
 }
 

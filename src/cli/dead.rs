@@ -191,8 +191,8 @@ pub async fn purge(config: &Config, select: SelectArgs) -> Result<(), Failure> {
         && let Target::Instance(name) = &selection.target
     {
         println!(
-            "removed {} other record(s) of {name} (seen accounts, cursors, object maps, \
-             change queues, credentials)",
+            "removed {} other record(s) of {name} (delivered history, seen accounts, cursors, \
+             object maps, change queues, credentials)",
             outcome.forgotten
         );
     }

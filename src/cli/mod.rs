@@ -2,8 +2,9 @@
 //! follow sysexits: 0 ok, 1 failure, 2 usage, 69 daemon unreachable, 77 token rejected, 78 config.
 //!
 //! - `run` and `check` are here;
-//! - `status` ([`status`]), `dead …` ([`dead`]) and `retry` ([`retry`]) reach the daemon through its admin API, or
-//!   the store directly when the daemon is stopped ([`access`]);
+//! - `status` ([`status`]), `dead …` ([`dead`]), `events …` ([`events`]) and `retry`
+//!   ([`retry`]) reach the daemon through its admin API, or the store directly when the daemon
+//!   is stopped ([`access`]);
 //! - `authorize` ([`authorize`]) the same way, or on a store it creates;
 //! - `import-instance` ([`import`]) needs no configuration at all;
 //! - `doctor` ([`doctor`]) checks an installation; `send-test` ([`send_test`]) pushes one
@@ -14,6 +15,7 @@ mod access;
 mod authorize;
 mod dead;
 mod doctor;
+mod events;
 pub mod generate;
 mod import;
 mod retry;
@@ -81,6 +83,12 @@ pub enum Command {
     },
     /// Make events waiting for a retry due now; their attempt counts stay as they are
     Retry(RetryArgs),
+    /// See events in any state (pending, retrying, held, dead, delivered), one event's
+    /// attempts and envelope, and send delivered events again
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Turn a Cloud Elements instance JSON into an [[instance]] block on stdout
     ImportInstance {
         /// The instance JSON (as POSTed to /elements/api-v2/instances)
@@ -283,6 +291,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 |config| async move { retry::run(&config, args).await },
             )
         }
+        Command::Events { command } => with_config(&path, |config| async move {
+            events::main(&config, command).await
+        }),
         Command::ImportInstance {
             file,
             id,

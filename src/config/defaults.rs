@@ -54,6 +54,8 @@ impl Default for Delivery {
             allow_private_destinations: false,
             paused: false,
             proxy: None,
+            history: Duration::from_secs(7 * DAY),
+            history_max_bytes: 256 * MIB,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::check::{Checker, Reported};
 use super::problem::child;
-use super::raw::RawDelivery;
+use super::raw::{RawDelivery, RawText};
 use super::{Delivery, grammar};
 
 /// `raw` (the table at key path `path`) over `base`: `[delivery]` over the defaults
@@ -54,6 +54,12 @@ pub(crate) fn check(
         &key("max_queued_bytes"),
         base.max_queued_bytes,
     );
+    let history = history_duration(c, raw.history.as_ref(), &key("history"), base.history);
+    let history_max_bytes = c.size(
+        raw.history_max_bytes.as_ref(),
+        &key("history_max_bytes"),
+        base.history_max_bytes,
+    );
     let proxy = c
         .url(raw.proxy.as_ref(), &key("proxy"))
         .map(|proxy| proxy.or_else(|| base.proxy.clone()));
@@ -81,7 +87,24 @@ pub(crate) fn check(
             .unwrap_or(base.allow_private_destinations),
         paused: raw.paused.unwrap_or(base.paused),
         proxy: proxy?,
+        history: history?,
+        history_max_bytes: history_max_bytes?,
     })
+}
+
+/// `history`: a duration, where `"0s"` turns the history off; at most 365 days.
+fn history_duration(
+    c: &mut Checker,
+    raw: Option<&RawText>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, Reported> {
+    const MAX: Duration = Duration::from_secs(365 * 86_400);
+    let parsed = c.parsed(raw, key, |text| match grammar::parse_duration(text)? {
+        duration if duration > MAX => Err("must be at most 365d".to_owned()),
+        duration => Ok(duration),
+    })?;
+    Ok(parsed.unwrap_or(default))
 }
 
 fn multiplier(

@@ -216,6 +216,10 @@ pub struct Delivery {
     pub allow_private_destinations: bool,
     pub paused: bool,
     pub proxy: Option<Url>,
+    /// How long delivered events are kept for `events` (from their acceptance); zero: not kept.
+    pub history: Duration,
+    /// The most bytes of delivered history kept for the instance; the oldest goes first.
+    pub history_max_bytes: u64,
 }
 
 /// A rate such as `100/s`: `count` events per `per`.

@@ -70,6 +70,8 @@ pub(crate) struct RawDelivery {
     pub allow_private_destinations: Option<bool>,
     pub paused: Option<bool>,
     pub proxy: Option<RawText>,
+    pub history: Option<RawText>,
+    pub history_max_bytes: Option<RawIntOrText>,
 }
 
 /// `[dropbox]`.

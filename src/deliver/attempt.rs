@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -14,7 +15,7 @@ use super::{Context, LaneStats, envelope, ssrf};
 use crate::config::{Delivery, Instance};
 use crate::retry::{self, RetryPolicy};
 use crate::sign::{self, WebhookSecret};
-use crate::store::{DeadLetter, Event, Retry};
+use crate::store::{Attempt, DeadLetter, DeliveredOutcome, Event, Retry};
 use crate::time;
 
 /// What the lane learns when an attempt is over and its outcome is committed.
@@ -82,19 +83,38 @@ pub async fn run(
             last_status: None,
             last_error: None,
         };
-        return give_up(ctx, instance, event, dead).await;
+        return give_up(ctx, instance, event, dead, None).await;
     }
     let started = Instant::now();
-    let outcome = send(ctx, instance, event).await;
+    let (outcome, envelope) = send(ctx, instance, event).await;
     slot.release();
+    let elapsed = started.elapsed();
     ctx.metrics
-        .delivery(&instance.name, outcome.kind(), started.elapsed());
+        .delivery(&instance.name, outcome.kind(), elapsed);
+    let tried = |status: Option<u16>, error: Option<String>| Attempt {
+        at_ms: now_ms,
+        duration_ms: u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX),
+        status,
+        error,
+    };
     let attempts = event.attempts.saturating_add(1);
     match outcome {
         Outcome::Delivered { status } => {
             debug!(instance = %instance.name, event = %event.id, status, attempts, "delivered");
             stats.record_success();
-            match ctx.store.delivered(&instance.name, event.id).await {
+            // The history's write: in the batch that removes the event (see
+            // `Store::delivered_with`).
+            let delivered = DeliveredOutcome {
+                delivered_ms: time::now_ms(),
+                attempt: Some(tried(Some(status), None)),
+                envelope,
+                keep: keeps_history(delivery),
+            };
+            match ctx
+                .store
+                .delivered_with(&instance.name, event.id, delivered)
+                .await
+            {
                 // The next change envelope of the pair is due now: the lane looks for it.
                 Ok(promoted) => promoted,
                 Err(err) => {
@@ -112,7 +132,8 @@ pub async fn run(
             };
             // `status` shows it as the instance's last error.
             stats.record_error(&dead.reason);
-            give_up(ctx, instance, event, dead).await
+            let attempt = tried(Some(status), Some(dead.reason.clone()));
+            give_up(ctx, instance, event, dead, Some(attempt)).await
         }
         Outcome::Failed {
             status,
@@ -122,6 +143,7 @@ pub async fn run(
         } => {
             stats.record_error(&error);
             debug!(instance = %instance.name, event = %event.id, ?status, %error, attempts, "attempt failed");
+            let attempt = tried(status, Some(error.clone()));
             if retry::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
                 let reason = if attempts >= delivery.max_attempts {
                     "max_attempts reached"
@@ -134,7 +156,7 @@ pub async fn run(
                     last_status: status,
                     last_error: Some(error),
                 };
-                return give_up(ctx, instance, event, dead).await;
+                return give_up(ctx, instance, event, dead, Some(attempt)).await;
             }
             let delay = retry_delay(delivery, attempts, retry_after);
             let due_ms = time::now_ms().saturating_add(retry::millis(delay));
@@ -145,7 +167,11 @@ pub async fn run(
                 last_status: status,
                 last_error: Some(error),
             };
-            match ctx.store.reschedule(&instance.name, event.id, retry).await {
+            let rescheduled = ctx
+                .store
+                .reschedule_after(&instance.name, event.id, retry, attempt)
+                .await;
+            match rescheduled {
                 Ok(()) => Some(due_ms),
                 Err(err) => {
                     warn!(instance = %instance.name, event = %event.id, error = %err, "could not reschedule");
@@ -154,6 +180,11 @@ pub async fn run(
             }
         }
     }
+}
+
+/// `Some(history_max_bytes)` when the instance keeps delivered events (`history` above 0s).
+pub fn keeps_history(delivery: &Delivery) -> Option<u64> {
+    (!delivery.history.is_zero()).then_some(delivery.history_max_bytes)
 }
 
 fn retry_delay(delivery: &Delivery, attempts: u32, retry_after: Option<Duration>) -> Duration {
@@ -172,6 +203,7 @@ async fn give_up(
     instance: &Instance,
     event: &Event,
     dead: DeadLetter,
+    attempt: Option<Attempt>,
 ) -> Option<u64> {
     info!(
         instance = %instance.name,
@@ -183,7 +215,11 @@ async fn give_up(
         reason = %dead.reason,
         "dead-lettered"
     );
-    match ctx.store.dead_letter(&instance.name, event.id, dead).await {
+    let dead_lettered = ctx
+        .store
+        .dead_letter_after(&instance.name, event.id, dead, attempt)
+        .await;
+    match dead_lettered {
         Ok(promoted) => promoted,
         Err(err) => {
             warn!(instance = %instance.name, event = %event.id, error = %err, "could not dead-letter");
@@ -192,10 +228,11 @@ async fn give_up(
     }
 }
 
-/// Sends the signed envelope and classifies the answer.
-async fn send(ctx: &Context, instance: &Instance, event: &Event) -> Outcome {
+/// Sends the signed envelope and classifies the answer; also answers the envelope, if it was
+/// sent.
+async fn send(ctx: &Context, instance: &Instance, event: &Event) -> (Outcome, Option<Bytes>) {
     let Some(url) = instance.callback_url.as_ref() else {
-        return refused("no callback URL configured".into());
+        return (refused("no callback URL configured".into()), None);
     };
     if !instance.delivery.allow_private_destinations {
         // Through a proxy the name is resolved and checked here (the proxy connects); without
@@ -207,20 +244,23 @@ async fn send(ctx: &Context, instance: &Instance, event: &Event) -> Outcome {
             None => ssrf::check_literal(url).map_err(|e| e.to_string()),
         };
         if let Err(err) = checked {
-            return refused(err);
+            return (refused(err), None);
         }
     }
     let Some(client) = ctx.clients.load().get(&instance.delivery).cloned() else {
-        return refused("no HTTP client for this instance's settings".into());
+        return (
+            refused("no HTTP client for this instance's settings".into()),
+            None,
+        );
     };
-    let body = envelope::build(event, instance);
+    let body = Bytes::from(envelope::build(event, instance));
     let headers = headers(instance, event, &body);
     let request = client
         .post(url.clone())
         .headers(headers)
         .timeout(instance.delivery.timeout)
-        .body(body);
-    match request.send().await {
+        .body(body.clone());
+    let outcome = match request.send().await {
         Ok(response) => {
             let header = |name| {
                 response
@@ -239,7 +279,8 @@ async fn send(ctx: &Context, instance: &Instance, event: &Event) -> Outcome {
             )
         }
         Err(err) => outcome::from_transport_error(&err),
-    }
+    };
+    (outcome, Some(body))
 }
 
 fn refused(error: String) -> Outcome {

@@ -11,6 +11,9 @@
 //! | `POST /admin/dead/replay` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` (+ `since`, `until`) | `{"count": N, "not_found": […]}` |
 //! | `POST /admin/dead/purge` (the same body) | `{"count": N, "held": M, "not_found": […]}` |
 //! | `POST /admin/retry` `{"ids": […]} \| {"instance": "x"} \| {"all": true}` | `{"count": N, "not_found": […]}`: waiting events due now, attempt counts unchanged |
+//! | `GET /admin/events?instance=&account=&state=&since=&until=&limit=&cursor=` | `{"events": [EventRow…], "next": cursor \| null}`, newest first |
+//! | `GET /admin/events/{id}` | `{"event", "attempts", "envelope"}`; 404 unknown |
+//! | `POST /admin/events/replay` `{"ids": […]} \| {"instance": "x"}` (+ `since`, `until`) | `{"count": N, "not_found": […]}` |
 //! | `POST /admin/authorize` `{"instance": "x", "code": "…"}` | `{"instance", "account", "cursor_taken"}`; 404 unknown instance, 400 not change events or code refused, 502 Dropbox failed |
 //!
 //! Times are Unix ms or RFC 3339 (an age such as `2h` works too). A purge by `instance`
@@ -39,6 +42,7 @@ use crate::http::{HttpResponse, respond};
 use crate::ops::cross_site;
 use crate::ops::dead::{self, Selection, SelectionBody};
 use crate::ops::retry::{self, RetryBody};
+use crate::ops::events;
 use crate::ops::status;
 use crate::store::{self, Store};
 use crate::telemetry::metrics::{self, Metrics, QueueFigures};
@@ -175,11 +179,30 @@ impl Admin {
             }
             (&Method::POST, "/admin/retry") => self.retry(request).await,
             (&Method::POST, "/admin/authorize") => authorize(&self.walker, request).await,
+            (&Method::GET, "/admin/events") => {
+                let query = match events::ListQuery::parse(request.uri().query(), time::now_ms()) {
+                    Ok(query) => query,
+                    Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+                };
+                let this = self.clone();
+                blocking(move || events::list(&this.store, &this.live.load().config, &query)).await
+            }
+            (&Method::POST, "/admin/events/replay") => self.replay_events(request).await,
             (
                 _,
-                "/admin/status" | "/admin/dead" | "/admin/dead/replay" | "/admin/dead/purge"
-                | "/admin/retry" | "/admin/authorize",
+                "/admin/status"
+                | "/admin/dead"
+                | "/admin/dead/replay"
+                | "/admin/dead/purge"
+                | "/admin/retry"
+                | "/admin/authorize"
+                | "/admin/events"
+                | "/admin/events/replay",
             ) => method_not_allowed(),
+            (&Method::GET, path) if path.starts_with("/admin/events/") => {
+                let id = &path["/admin/events/".len()..];
+                self.show_event(id).await
+            }
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
     }
@@ -200,6 +223,49 @@ impl Admin {
                 info!(
                     count = outcome.count,
                     "waiting events made due now (admin API)"
+                );
+                json(StatusCode::OK, &outcome)
+            }
+            Err(err) => store_error(&err),
+        }
+    }
+
+    /// `GET /admin/events/{id}`: 404 for an id the store does not hold.
+    async fn show_event(self: Arc<Self>, id: &str) -> HttpResponse {
+        let Ok(id) = id.parse::<ulid::Ulid>() else {
+            return error(StatusCode::NOT_FOUND, &format!("{id:?} is not an event id"));
+        };
+        let this = self.clone();
+        let shown = tokio::task::spawn_blocking(move || {
+            events::show(&this.store, &this.live.load().config, id)
+        })
+        .await;
+        match shown {
+            Ok(Ok(Some(detail))) => json(StatusCode::OK, &detail),
+            Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("no event {id}")),
+            Ok(Err(err)) => store_error(&err),
+            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+        }
+    }
+
+    /// `POST /admin/events/replay`: delivered events queued again, their lanes poked.
+    async fn replay_events(&self, request: Request<Incoming>) -> HttpResponse {
+        let body: events::ReplayBody = match read_json(request).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let (target, window) = match body.into_target(time::now_ms()) {
+            Ok(selected) => selected,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
+        match events::replay(&self.store, &target, window).await {
+            Ok(outcome) => {
+                for instance in &outcome.instances {
+                    self.dispatcher.poke(instance);
+                }
+                info!(
+                    count = outcome.count,
+                    "delivered events replayed (admin API)"
                 );
                 json(StatusCode::OK, &outcome)
             }

@@ -6,4 +6,5 @@ pub mod admin;
 pub mod cross_site;
 pub mod dead;
 pub mod retry;
+pub mod events;
 pub mod status;

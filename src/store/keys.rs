@@ -49,6 +49,39 @@ pub const QUEUE: &[u8] = b"q/";
 /// ([`super::record::AuthorizationV1`]).
 pub const AUTHORIZATION: &[u8] = b"a/";
 
+/// `y/<instance>\0<event id>`: the last attempts of a pending event or a dead letter
+/// ([`super::history`]); absent before the first failed attempt.
+pub const ATTEMPTS: &[u8] = b"y/";
+/// `h/<instance>\0<event id>`: a delivered event kept for `events` ([`super::history`]).
+pub const HISTORY: &[u8] = b"h/";
+/// `g/<instance>\0<account>\0<event id>`: the history by account (empty values).
+pub const HISTORY_BY_ACCOUNT: &[u8] = b"g/";
+
+pub fn attempts(instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(ATTEMPTS, instance);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+pub fn history(instance: &str, id: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(HISTORY, instance);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+/// The prefix of one account's history index entries: `g/<instance>\0<account>\0`.
+pub fn history_account_prefix(instance: &str, account: &str) -> Vec<u8> {
+    let mut key = pair(HISTORY_BY_ACCOUNT, instance, account);
+    key.push(0);
+    key
+}
+
+pub fn history_by_account(instance: &str, account: &str, id: Ulid) -> Vec<u8> {
+    let mut key = history_account_prefix(instance, account);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
 pub fn meta(name: &str) -> Vec<u8> {
     [META, name.as_bytes()].concat()
 }
@@ -212,8 +245,8 @@ pub fn instance_of(family: &[u8], key: &[u8]) -> Option<String> {
 
 /// The families of an instance's records that are neither events nor dead letters, counted as
 /// its `other_bytes` against `storage.max_bytes`: seen accounts, walk markers, cursors, object
-/// maps, change queues.
-pub const OTHER_FAMILIES: [&[u8]; 5] = [SEEN, WALK, CURSOR, OBJECT, QUEUE];
+/// maps, change queues, and the attempts kept of waiting events and dead letters.
+pub const OTHER_FAMILIES: [&[u8]; 6] = [SEEN, WALK, CURSOR, OBJECT, QUEUE, ATTEMPTS];
 
 #[cfg(test)]
 mod tests {

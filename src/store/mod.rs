@@ -45,7 +45,10 @@
 //! | `p/<instance>\0<account>` | the event a new notification of that pair may merge into |
 //! | `x/<instance>\0<event>` | [`record::DeadRecord`]: a dead letter |
 //! | `t/<dead at ms><instance>\0<event>` | dead letters by age, for `dead_letter_ttl` |
-//! | `c/<instance>` | [`record::Counters`]: pending and dead events and bytes |
+//! | `c/<instance>` | [`record::Counters`]: pending and dead events and bytes, the history's |
+//! | `y/<instance>\0<event>` | [`history`]: the last 20 attempts of a waiting event or dead letter |
+//! | `h/<instance>\0<event>` | [`history::HistoryV1`]: a delivered event kept for `events` (attempts, envelope as sent) |
+//! | `g/<instance>\0<account>\0<event>` | the history by account (empty) |
 //! | `s/<instance>\0<account>` | first time a pair was seen, for catch-up |
 //! | `w/<instance>\0<account>` | change events: a walk is owed; value a token replaced by each new request |
 //! | `k/<instance>\0<account>` | change events: the pair's `list_folder` cursor |
@@ -84,6 +87,8 @@
 //! | `journal.rs` | the journal's file format and recovery rule |
 //! | `durable.rs` | the replaceable sync, and the folder entries and modes made durable at open |
 //! | `keys.rs`, `record.rs`, `run.rs` | the key layout, the records, the runs |
+//! | `history.rs` | the records of attempts and of delivered events |
+//! | `events.rs` | reads of events in any state: one by id, pages by time, account and state |
 //! | `inspect.rs` | read-only views for `status` and `dead list` |
 //! | `retry.rs` | `retry`: waiting events made due now, found a page at a time in the due index |
 //! | `error.rs` | the store's error |
@@ -93,6 +98,8 @@ mod commit;
 mod disk;
 mod durable;
 mod error;
+mod events;
+pub mod history;
 pub mod inspect;
 mod journal;
 mod keys;
@@ -124,13 +131,15 @@ use commit::{Committer, Operation, Request, Shared};
 pub use commit::MAX_BATCH;
 pub use durable::{SyncFn, fdatasync};
 pub use error::Error;
+pub use events::{EventQuery, EventState, HistoryAudit, Page, StoredEvent, audit_history};
+pub use history::Attempt;
 pub use journal::{JOURNAL_BYTES as DEFAULT_JOURNAL_BYTES, JOURNAL_FILE};
 pub use open::{create_offline, open_offline};
 pub use record::{AuthorizationV1, Counters, EventKind};
 pub use retry::{Retried, RetryTarget};
 pub use types::{
-    Claimed, Cutoffs, DeadLetter, Event, IngestTarget, MapWrite, NewEnvelope, OpenMode, Placed,
-    PreviousRun, Retry, StoreOptions, WalkPage,
+    Claimed, Cutoffs, DeadLetter, DeliveredOutcome, Event, IngestTarget, MapWrite, NewEnvelope,
+    OpenMode, Placed, PreviousRun, Retry, StoreOptions, WalkPage,
 };
 
 /// Records one maintenance request (a purge, an expiry, a page of a replay) changes at most:
@@ -229,9 +238,23 @@ impl Store {
     /// Removes a delivered event. For a change envelope, the next one of its pair becomes due
     /// now: the answer is that due time, so that the lane looks for it.
     pub async fn delivered(&self, instance: &str, id: Ulid) -> Result<Option<u64>, Error> {
+        self.delivered_with(instance, id, DeliveredOutcome::default())
+            .await
+    }
+
+    /// [`Store::delivered`], keeping the event in the instance's history (`h/`) when
+    /// `outcome.keep` says so, with its attempts and the envelope as sent, in the same batch
+    /// that removes it; the oldest records past `history_max_bytes` go in that batch too.
+    pub async fn delivered_with(
+        &self,
+        instance: &str,
+        id: Ulid,
+        outcome: DeliveredOutcome,
+    ) -> Result<Option<u64>, Error> {
         self.request(commit::Delivered {
             instance: instance.to_owned(),
             id,
+            outcome,
         })
         .await
     }
@@ -287,6 +310,24 @@ impl Store {
             instance: instance.to_owned(),
             id,
             retry,
+            attempt: None,
+        })
+        .await
+    }
+
+    /// [`Store::reschedule`], keeping the failed attempt with the event in the same batch.
+    pub async fn reschedule_after(
+        &self,
+        instance: &str,
+        id: Ulid,
+        retry: Retry,
+        attempt: Attempt,
+    ) -> Result<(), Error> {
+        self.request(commit::Reschedule {
+            instance: instance.to_owned(),
+            id,
+            retry,
+            attempt: Some(attempt),
         })
         .await
     }
@@ -298,11 +339,23 @@ impl Store {
         id: Ulid,
         dead: DeadLetter,
     ) -> Result<Option<u64>, Error> {
+        self.dead_letter_after(instance, id, dead, None).await
+    }
+
+    /// [`Store::dead_letter`], keeping the last attempt (if there was one) with the letter.
+    pub async fn dead_letter_after(
+        &self,
+        instance: &str,
+        id: Ulid,
+        dead: DeadLetter,
+        attempt: Option<Attempt>,
+    ) -> Result<Option<u64>, Error> {
         self.request(commit::MoveToDead {
             instance: instance.to_owned(),
             id,
             dead,
             now_ms: now_ms(),
+            attempt,
         })
         .await
     }
@@ -346,6 +399,31 @@ impl Store {
         self.request(commit::ReplayDead {
             letters,
             now_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Puts delivered events back on the queue from the history, with their ids, a fresh
+    /// attempt count and age (they leave the history until delivered again). Returns how many.
+    pub async fn replay_history(&self, events: Vec<(String, Ulid)>) -> Result<u64, Error> {
+        self.request(commit::ReplayHistory {
+            events,
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Deletes the history records of `instances` accepted before their cutoff, a page of
+    /// [`MAINTENANCE_PAGE`] per batch. Returns how many.
+    pub async fn expire_history(
+        &self,
+        cutoffs: Cutoffs,
+        instances: Vec<String>,
+    ) -> Result<u64, Error> {
+        self.paged(|limit| commit::ExpireHistory {
+            cutoffs: cutoffs.clone(),
+            instances: instances.clone(),
+            limit,
         })
         .await
     }

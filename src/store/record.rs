@@ -414,22 +414,35 @@ pub struct Counters {
     /// Bytes (keys and values) of the instance's records that are neither events nor dead
     /// letters: seen accounts, walk markers, cursors, object maps, change queues.
     pub other_bytes: u64,
+    /// Delivered events kept in the history (`h/`), and the bytes they are charged
+    /// ([`super::history::charged_bytes`]).
+    pub history_events: u64,
+    pub history_bytes: u64,
 }
 
 impl Counters {
-    /// Version 2: the four event and dead-letter figures, then `other_bytes`. Version 1 (a
-    /// store before `other_bytes`) lacks the last; [`Counters::decode`] reads it as 0, and the
-    /// open of such a store counts those records once.
+    /// Version 3: the four event and dead-letter figures, `other_bytes`, then the history's
+    /// events and bytes. Version 2 lacks the last two (a store before the history: read as 0),
+    /// version 1 also `other_bytes`; [`Counters::decode`] reads it as 0, and the open of such
+    /// a store counts those records once.
+    ///
+    /// Without a history the record stays version 2, which a build from before the history
+    /// still reads (a rollback).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(41);
-        out.push(2);
-        for value in [
+        let with_history = self.history_events != 0 || self.history_bytes != 0;
+        let mut out = Vec::with_capacity(57);
+        out.push(if with_history { 3 } else { 2 });
+        let fields = [
             self.pending_events,
             self.pending_bytes,
             self.dead_events,
             self.dead_bytes,
             self.other_bytes,
-        ] {
+            self.history_events,
+            self.history_bytes,
+        ];
+        let count = if with_history { 7 } else { 5 };
+        for value in &fields[..count] {
             out.extend_from_slice(&value.to_be_bytes());
         }
         out
@@ -439,6 +452,7 @@ impl Counters {
         let fields = match (bytes.first(), bytes.len()) {
             (Some(1), 33) => 4,
             (Some(2), 41) => 5,
+            (Some(3), 57) => 7,
             _ => return Err(Error::Corrupt("counters record".into())),
         };
         let field = |i: usize| {
@@ -452,7 +466,9 @@ impl Counters {
             pending_bytes: field(1),
             dead_events: field(2),
             dead_bytes: field(3),
-            other_bytes: if fields == 5 { field(4) } else { 0 },
+            other_bytes: if fields >= 5 { field(4) } else { 0 },
+            history_events: if fields == 7 { field(5) } else { 0 },
+            history_bytes: if fields == 7 { field(6) } else { 0 },
         })
     }
 
@@ -461,6 +477,7 @@ impl Counters {
         self.pending_bytes
             .saturating_add(self.dead_bytes)
             .saturating_add(self.other_bytes)
+            .saturating_add(self.history_bytes)
     }
 }
 
@@ -521,6 +538,8 @@ mod tests {
             dead_events: 3,
             dead_bytes: 4,
             other_bytes: 5,
+            history_events: 6,
+            history_bytes: 7,
         };
         assert_eq!(Counters::decode(&counters.encode()).ok(), Some(counters));
         // A version 1 record (before `other_bytes`) still reads, with 0 there.
@@ -532,6 +551,8 @@ mod tests {
             Counters::decode(&v1).ok(),
             Some(Counters {
                 other_bytes: 0,
+                history_events: 0,
+                history_bytes: 0,
                 ..counters
             })
         );

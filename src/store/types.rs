@@ -194,3 +194,17 @@ pub(super) fn to_event(id: Ulid, instance: &str, event: &EventV1, raw: Option<By
         refused_only: event.refused_only,
     }
 }
+
+/// What a delivery leaves behind: the attempt that delivered, and whether and how the
+/// instance keeps delivered events ([`super::Store::delivered_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveredOutcome {
+    /// When the 2xx came in, Unix ms.
+    pub delivered_ms: u64,
+    /// The delivering attempt.
+    pub attempt: Option<super::history::Attempt>,
+    /// The envelope exactly as sent.
+    pub envelope: Option<Bytes>,
+    /// `Some(history_max_bytes)` when the instance keeps a history (`history` above 0s).
+    pub keep: Option<u64>,
+}

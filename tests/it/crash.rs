@@ -573,6 +573,7 @@ async fn fault_loop(fault: Fault, cycles: usize) {
     let undelivered_files = walks.undelivered();
     let walk_pages = walks.api.calls("2/files/list_folder/continue");
     d.stop().await;
+    history_holds_every_delivery(&store_path, &instances).await;
 
     // The history check: every (acked marker, instance) delivered or dead-lettered.
     let dead_pairs = marked_pairs(&dead(&store_path));
@@ -702,5 +703,41 @@ async fn dead_letters(d: &Daemon, action: &str) {
         200,
         "POST /admin/dead/{action}: {}",
         String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// The delivered history after the faults: its counters equal the sum of its records, and every
+/// event a consumer answered 2xx is in it, or (its removal undone by the fault) pending or dead
+/// again, to be delivered again.
+async fn history_holds_every_delivery(
+    store_path: &std::path::Path,
+    instances: &[(&str, &Recorder)],
+) {
+    let audits = hookrelay::store::audit_history(store_path).expect("auditing the history");
+    for audit in &audits {
+        assert_eq!(audit.counted_events, audit.records, "{audit:?}");
+        assert_eq!(audit.counted_bytes, audit.bytes, "{audit:?}");
+        assert_eq!(audit.index_entries, audit.records, "{audit:?}");
+    }
+    let store = hookrelay::store::open_offline(store_path).expect("opening the store");
+    let mut missing = Vec::new();
+    for (name, recorder) in instances {
+        let ids: Vec<String> = {
+            let deliveries = recorder.state.deliveries.lock().unwrap();
+            deliveries.ids.values().flatten().cloned().collect()
+        };
+        for id in ids {
+            let found = store
+                .event(id.parse().expect("a ULID"))
+                .expect("reading an event");
+            if found.is_none_or(|event| event.instance != *name) {
+                missing.push((name.to_string(), id));
+            }
+        }
+    }
+    store.close().await.expect("closing the store");
+    assert!(
+        missing.is_empty(),
+        "delivered, then neither kept nor queued again: {missing:?}"
     );
 }

@@ -13,6 +13,7 @@ mod crash;
 mod dashboard;
 mod dead_scale;
 mod delivery;
+mod events;
 mod faults;
 mod first_hour;
 mod generate;

@@ -21,6 +21,8 @@
 //! - the store's pending events (with their due times: a change queue's head due, the others
 //!   waiting without a due entry), dead letters (with their death time), due index, counters,
 //!   cursors and object maps equal the model's;
+//! - the delivered history holds exactly the deliveries not undone (a cut undoes a removal and
+//!   its history record together), and its counters equal the sum of its records;
 //! - every pending event and dead letter still has its notification body.
 //!
 //! CI: 64 cases × ≤ 40 steps; `HOOKRELAY_LONG_TESTS=1`: 1,000 cases.
@@ -31,8 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use hookrelay::store::{
-    self, Cutoffs, DeadLetter, EventKind, IngestTarget, MapWrite, NewEnvelope, OpenMode, Placed,
-    Retry, Store, StoreOptions, WalkPage, record::ObjectV1,
+    self, Cutoffs, DeadLetter, DeliveredOutcome, EventKind, EventQuery, EventState, IngestTarget,
+    MapWrite, NewEnvelope, OpenMode, Placed, Retry, Store, StoreOptions, WalkPage,
+    record::ObjectV1,
 };
 use hookrelay::time;
 use powerfs::{Loss, PowerFs};
@@ -334,6 +337,8 @@ struct Model {
     covered: Vec<(u64, String, String, Ulid)>,
     /// Delivered event → the marker it carried when delivered.
     delivered: BTreeMap<Ulid, u64>,
+    /// Delivered events the history keeps → their instance.
+    history: BTreeMap<Ulid, String>,
     /// Claims and deliveries since the last batch that was synced.
     unsynced: Vec<Unsynced>,
     next_marker: u64,
@@ -479,6 +484,7 @@ impl Model {
                 && !self.pending.contains_key(&undone.id)
             {
                 self.delivered.remove(&undone.id);
+                self.history.remove(&undone.id);
                 self.add_pending(undone.id, event.clone());
                 if let Some(queue) = &undone.queue {
                     if queue[0] == undone.id
@@ -684,12 +690,19 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             };
             let instance = model.pending[&id].instance.clone();
             let lo = time::now_ms();
+            let outcome = DeliveredOutcome {
+                delivered_ms: lo,
+                attempt: None,
+                envelope: Some(Bytes::from_static(br#"{"message":{"raw":{},"events":[]}}"#)),
+                keep: Some(1 << 40),
+            };
             let promoted = store
-                .delivered(&instance, id)
+                .delivered_with(&instance, id, outcome)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("delivered: {e}")))?;
             let hi = time::now_ms();
             model.answered_unsynced(id, true);
+            model.history.insert(id, instance.clone());
             let (event, next) = model.remove_pending(id);
             model.promote(next, promoted, (lo, hi))?;
             model.delivered.insert(id, event.marker);
@@ -1089,7 +1102,8 @@ async fn forget_instance(
             .map(|(_, o)| o.by_id.len() + o.by_path.len())
             .sum::<usize>()
         + model.sequenced.iter().filter(|p| mine(p)).count()
-        + model.pairs.keys().filter(|p| mine(p)).count();
+        + model.pairs.keys().filter(|p| mine(p)).count()
+        + model.history.values().filter(|i| *i == instance).count();
     let forgotten = store
         .forget_instance(instance)
         .await
@@ -1101,6 +1115,7 @@ async fn forget_instance(
         instance
     );
     model.seen.retain(|p| !mine(p));
+    model.history.retain(|_, i| i != instance);
     model.cursors.retain(|p, _| !mine(p));
     model.objects.retain(|p, _| !mine(p));
     model.sequenced.retain(|p| !mine(p));
@@ -1328,6 +1343,39 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
             due.iter().copied().collect::<BTreeSet<_>>(),
             wanted.into_iter().collect::<BTreeSet<_>>()
         );
+    }
+
+    // The delivered history: exactly the deliveries not undone, counted exactly.
+    for instance in INSTANCES {
+        let query = EventQuery {
+            instances: vec![instance.to_owned()],
+            account: None,
+            states: vec![EventState::Delivered],
+            since_ms: None,
+            until_ms: None,
+            before: None,
+            limit: 1 << 20,
+            budget: 1 << 20,
+        };
+        let page = store
+            .events_page(&query)
+            .map_err(|e| TestCaseError::fail(format!("events_page: {e}")))?;
+        let kept: BTreeSet<Ulid> = page.events.iter().map(|e| e.id).collect();
+        let wanted: BTreeSet<Ulid> = model
+            .history
+            .iter()
+            .filter(|(_, i)| *i == instance)
+            .map(|(id, _)| *id)
+            .collect();
+        prop_assert_eq!(kept, wanted, "history of {}", instance);
+    }
+    let audits = store
+        .history_audit()
+        .map_err(|e| TestCaseError::fail(format!("history_audit: {e}")))?;
+    for audit in audits {
+        prop_assert_eq!(audit.counted_events, audit.records, "{:?}", audit);
+        prop_assert_eq!(audit.counted_bytes, audit.bytes, "{:?}", audit);
+        prop_assert_eq!(audit.index_entries, audit.records, "{:?}", audit);
     }
 
     // Counters.

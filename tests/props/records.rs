@@ -1,6 +1,7 @@
 //! Store record decoders (`store::record`): arbitrary bytes never panic, and every record
 //! round-trips through its encoding.
 
+use hookrelay::store::history::{self, Attempt, HistoryV1};
 use hookrelay::store::record::{
     ChangesV1, Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
 };
@@ -49,6 +50,52 @@ fn event() -> impl Strategy<Value = EventV1> {
         )
 }
 
+fn attempt() -> impl Strategy<Value = Attempt> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        proptest::option::of(any::<u16>()),
+        proptest::option::of(".{0,60}"),
+    )
+        .prop_map(|(at_ms, duration_ms, status, error)| Attempt {
+            at_ms,
+            duration_ms,
+            status,
+            error,
+        })
+}
+
+fn history_record() -> impl Strategy<Value = HistoryV1> {
+    (
+        ".{0,40}",
+        prop_oneof![
+            Just(EventKind::Notify),
+            Just(EventKind::Unknown),
+            Just(EventKind::Changes)
+        ],
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(attempt(), 0..25),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    )
+        .prop_map(
+            |(account, kind, date_ms, delivered_ms, attempts, envelope)| {
+                let mut kept = Vec::new();
+                for attempt in attempts {
+                    history::push_attempt(&mut kept, attempt);
+                }
+                HistoryV1 {
+                    account,
+                    kind,
+                    date_ms,
+                    delivered_ms,
+                    attempts: kept,
+                    envelope,
+                }
+            },
+        )
+}
+
 /// Bytes that look a little like records: JSON-ish text or a version byte and a header.
 fn record_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -73,8 +120,12 @@ proptest! {
         let counters = Counters::decode(&bytes);
         prop_assert_eq!(
             counters.is_ok(),
-            (bytes.len() == 33 && bytes[0] == 1) || (bytes.len() == 41 && bytes[0] == 2)
+            (bytes.len() == 33 && bytes[0] == 1)
+                || (bytes.len() == 41 && bytes[0] == 2)
+                || (bytes.len() == 57 && bytes[0] == 3)
         );
+        let _ = HistoryV1::decode(&bytes);
+        let _ = history::decode_attempts(&bytes);
     }
 
     #[test]
@@ -104,23 +155,33 @@ proptest! {
             dead_events: counters.2,
             dead_bytes: counters.3,
             other_bytes: counters.0 ^ counters.3,
+            history_events: counters.1 ^ counters.2,
+            history_bytes: counters.2 ^ counters.3,
         };
         prop_assert_eq!(Counters::decode(&c.encode()).ok(), Some(c));
     }
 
     #[test]
-    fn a_truncated_or_flipped_record_never_panics(
-        event in event(),
+    fn history_and_attempts_round_trip_and_never_panic_when_cut_or_flipped(
+        kept in history_record(),
         cut in any::<prop::sample::Index>(),
         flip in any::<prop::sample::Index>(),
         byte in any::<u8>(),
     ) {
-        let mut bytes = EventRecord::encode(&event);
-        let at = flip.index(bytes.len());
-        bytes[at] = byte;
-        let _ = EventRecord::decode(&bytes);
-        let _ = DeadRecord::decode(&bytes);
-        let cut = cut.index(bytes.len());
-        let _ = EventRecord::decode(&bytes[..cut]);
+        let bytes = kept.encode();
+        prop_assert_eq!(HistoryV1::decode(&bytes).ok(), Some(kept.clone()));
+        let attempts = history::encode_attempts(&kept.attempts);
+        prop_assert_eq!(history::decode_attempts(&attempts).ok(), Some(kept.attempts.clone()));
+        prop_assert!(kept.attempts.len() <= history::ATTEMPTS_KEPT);
+        for record in [&bytes, &attempts] {
+            let mut flipped = record.clone();
+            let at = flip.index(flipped.len());
+            flipped[at] = byte;
+            let _ = HistoryV1::decode(&flipped);
+            let _ = history::decode_attempts(&flipped);
+        }
+        let _ = HistoryV1::decode(&bytes[..cut.index(bytes.len())]);
+        // An attempts record cut short is an error, never a shorter list.
+        prop_assert!(history::decode_attempts(&attempts[..cut.index(attempts.len())]).is_err());
     }
 }

@@ -66,6 +66,8 @@ impl Committer {
             );
             return Ok(false);
         }
+        // A fresh attempt count: the attempts kept go with the old one.
+        view.remove(keys::attempts(instance, id));
         let mut event = dead.event;
         if let Some(changes) = event.changes.as_mut() {
             // A replayed change envelope is delivered on its own, outside its pair's queue.
@@ -88,6 +90,7 @@ impl Committer {
             return Ok(false);
         };
         self.release_notification_of(view, &dead.event)?;
+        view.remove(keys::attempts(instance, id));
         Ok(true)
     }
 

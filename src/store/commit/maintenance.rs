@@ -41,8 +41,9 @@ impl Operation for ExpireDead {
     }
 }
 
-/// Deletes at most `limit` of a removed instance's other records: seen pairs, walk markers,
-/// cursors, object maps, change queues, merge targets and credentials. Answers how many.
+/// Deletes at most `limit` of a removed instance's other records: its delivered history first,
+/// then seen pairs, walk markers, cursors, object maps, change queues, kept attempts, merge
+/// targets and credentials. Answers how many.
 pub(in crate::store) struct ForgetInstance {
     pub instance: String,
     pub limit: usize,
@@ -190,13 +191,15 @@ impl Committer {
         instance: &str,
         limit: usize,
     ) -> Result<u64, Error> {
+        let history = self.forget_history(view, instance, limit)?;
+        let limit = limit.saturating_sub(history as usize);
         let families = keys::OTHER_FAMILIES.into_iter().chain([keys::PAIR]);
         let mut doomed = instance_keys(view, families, instance, limit)?;
         let credentials = keys::authorization(instance);
         if doomed.len() < limit && view.get(&credentials)?.is_some() {
             doomed.push(credentials);
         }
-        let count = doomed.len() as u64;
+        let count = history + doomed.len() as u64;
         for key in doomed {
             view.remove(key);
         }

@@ -11,6 +11,7 @@
 
 mod counters;
 mod dead;
+mod history;
 mod ingest;
 mod maintenance;
 mod outcome;
@@ -34,6 +35,7 @@ use super::journal::Appended;
 use super::record::Counters;
 
 pub(super) use dead::{PurgeDead, ReplayDead};
+pub(super) use history::{ExpireHistory, ReplayHistory};
 pub(super) use ingest::Ingest;
 pub(super) use maintenance::{CatchUp, Close, ExpireDead, ForgetInstance, Heartbeat, PurgePending};
 pub(super) use outcome::{Claim, Delivered, MoveToDead, Quarantine, Reschedule};

@@ -8,18 +8,20 @@ use super::pending::{EVENT_OVERHEAD_BYTES, find_pending, pair_key, remove_record
 use super::view::BatchView;
 use super::{Committer, Operation};
 use crate::store::error::Error;
+use crate::store::history::Attempt;
 use crate::store::keys;
 use crate::store::record::{
     DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord, QUARANTINED,
 };
 use crate::store::run;
-use crate::store::types::{Claimed, DeadLetter, Retry, to_event};
+use crate::store::types::{Claimed, DeadLetter, DeliveredOutcome, Retry, to_event};
 
 /// Removes a delivered event. Answers, for a change envelope, the due time of the next one of
 /// its pair, now its queue's head.
 pub(in crate::store) struct Delivered {
     pub instance: String,
     pub id: Ulid,
+    pub outcome: DeliveredOutcome,
 }
 
 impl Operation for Delivered {
@@ -31,7 +33,7 @@ impl Operation for Delivered {
         view: &mut BatchView<'_>,
     ) -> Result<Option<u64>, Error> {
         committer.promoted.clear();
-        committer.remove_pending(view, &self.instance, self.id)?;
+        committer.deliver_into_history(view, &self.instance, self.id, self.outcome)?;
         Ok(committer.promoted.drain(..).min())
     }
 
@@ -50,13 +52,20 @@ pub(in crate::store) struct Reschedule {
     pub instance: String,
     pub id: Ulid,
     pub retry: Retry,
+    /// The failed attempt, kept with the event (`y/`).
+    pub attempt: Option<Attempt>,
 }
 
 impl Operation for Reschedule {
     type Reply = ();
 
     fn apply(self, committer: &mut Committer, view: &mut BatchView<'_>) -> Result<(), Error> {
-        committer.reschedule(view, &self.instance, self.id, self.retry)
+        if committer.reschedule(view, &self.instance, self.id, self.retry)?
+            && let Some(attempt) = self.attempt
+        {
+            committer.record_attempt(view, &self.instance, self.id, attempt)?;
+        }
+        Ok(())
     }
 }
 
@@ -66,6 +75,8 @@ pub(in crate::store) struct MoveToDead {
     pub id: Ulid,
     pub dead: DeadLetter,
     pub now_ms: u64,
+    /// The last attempt, kept with the dead letter (`y/`); none when it was not tried again.
+    pub attempt: Option<Attempt>,
 }
 
 impl Operation for MoveToDead {
@@ -77,7 +88,11 @@ impl Operation for MoveToDead {
         view: &mut BatchView<'_>,
     ) -> Result<Option<u64>, Error> {
         committer.promoted.clear();
-        committer.dead_letter(view, &self.instance, self.id, self.dead, self.now_ms)?;
+        if committer.dead_letter(view, &self.instance, self.id, self.dead, self.now_ms)?
+            && let Some(attempt) = self.attempt
+        {
+            committer.record_attempt(view, &self.instance, self.id, attempt)?;
+        }
         Ok(committer.promoted.drain(..).min())
     }
 }
@@ -128,9 +143,9 @@ impl Committer {
         instance: &str,
         id: Ulid,
         retry: Retry,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Some((location, mut event)) = find_pending(view, instance, id)? else {
-            return Ok(());
+            return Ok(false);
         };
         // It waits now: an `e/` record with a due-index entry.
         remove_record(view, instance, id, location, event.due_ms)?;
@@ -148,7 +163,7 @@ impl Committer {
         event.last_status = retry.last_status;
         event.last_error = retry.last_error;
         view.insert(event_key, EventRecord::encode(&event));
-        Ok(())
+        Ok(true)
     }
 
     fn dead_letter(
@@ -158,9 +173,9 @@ impl Committer {
         id: Ulid,
         dead: DeadLetter,
         now_ms: u64,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Some(mut event) = self.take_pending(view, instance, id)? else {
-            return Ok(());
+            return Ok(false);
         };
         event.attempts = dead.attempts;
         event.last_status = dead.last_status;
@@ -176,7 +191,7 @@ impl Committer {
         };
         view.insert(keys::dead(instance, id), DeadRecord::encode(&record));
         view.insert(keys::dead_by_time(now_ms, instance, id), Vec::new());
-        Ok(())
+        Ok(true)
     }
 
     /// The events of `ids` that are still pending, and those whose record or notification body

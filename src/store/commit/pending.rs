@@ -110,6 +110,9 @@ impl Committer {
             return Ok(false);
         };
         self.release_notification_of(view, &event)?;
+        if event.attempts > 0 {
+            view.remove(keys::attempts(instance, id));
+        }
         Ok(true)
     }
 
