@@ -54,6 +54,9 @@ impl Default for Delivery {
             allow_private_destinations: false,
             paused: false,
             proxy: None,
+            headers: Default::default(),
+            client_identity: None,
+            extra_roots: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   below, through `check::Checker`, which reads `{ file = … }` values (`file_value`), applies
 //!   the `grammar`s and the `defaults`, and records each `problem`.
 
+mod callback_tls;
 mod check;
 mod configuration;
 mod defaults;
@@ -18,6 +19,7 @@ mod delivery;
 mod document;
 mod file_value;
 mod grammar;
+mod headers;
 mod instance;
 mod keys;
 mod live;
@@ -36,9 +38,11 @@ use std::time::Duration;
 pub use reqwest::Url;
 
 use crate::tls::TlsIdentity;
+use crate::tls::client::{ClientIdentity, ExtraRoots};
 pub(crate) use keys::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
 
 pub use grammar::{parse_duration, parse_rate, parse_size};
+pub use headers::CallbackHeaders;
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
 
@@ -214,6 +218,12 @@ pub struct Delivery {
     pub allow_private_destinations: bool,
     pub paused: bool,
     pub proxy: Option<Url>,
+    /// `headers`: added to every request, built once at load (values never shown).
+    pub headers: CallbackHeaders,
+    /// `client_cert` and `client_key`, loaded and checked: the certificate callbacks see.
+    pub client_identity: Option<ClientIdentity>,
+    /// `ca_file`: roots trusted for callbacks in addition to the system's.
+    pub extra_roots: Option<ExtraRoots>,
 }
 
 /// A rate such as `100/s`: `count` events per `per`.

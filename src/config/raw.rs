@@ -6,6 +6,7 @@
 //! `{ file = "PATH" }` reference ([`RawText::File`]). Integers are `i64` (TOML's integer) so
 //! that range rules produce our messages rather than serde's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -70,6 +71,11 @@ pub(crate) struct RawDelivery {
     pub allow_private_destinations: Option<bool>,
     pub paused: Option<bool>,
     pub proxy: Option<RawText>,
+    /// Header name → value, as written (names are checked by `headers.rs`).
+    pub headers: Option<BTreeMap<String, RawText>>,
+    pub client_cert: Option<RawText>,
+    pub client_key: Option<RawText>,
+    pub ca_file: Option<RawText>,
 }
 
 /// `[dropbox]`.
