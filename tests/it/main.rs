@@ -8,6 +8,7 @@ mod support;
 mod abuse;
 mod changes;
 mod cli_config;
+mod consumer_tls;
 mod crash;
 mod dashboard;
 mod dead_scale;
