@@ -32,7 +32,7 @@ pub(crate) fn identity(
         (Some(_), None) => Err(c.report(&key_key, both, None)),
         (None, Some(_)) => Err(c.report(&cert_key, both, None)),
         (Some(cert), Some(key)) => {
-            let cert = read_path(c, Some(cert), &cert_key);
+            let cert = read_path(c, Some(cert), &cert_key, false);
             let key = private_key(c, key, &key_key);
             let (Some((cert_path, cert_pem)), Some((key_pem, source))) = (cert?, key?) else {
                 return Err(Reported);
@@ -52,7 +52,7 @@ pub(crate) fn roots(
     inherited: Option<&ExtraRoots>,
 ) -> Result<Option<ExtraRoots>, Reported> {
     let key = child(path, CA_FILE);
-    match read_path(c, raw.ca_file.as_ref(), &key)? {
+    match read_path(c, raw.ca_file.as_ref(), &key, false)? {
         None => Ok(inherited.cloned()),
         Some((file, bytes)) => ExtraRoots::from_pem(&file, &bytes)
             .map(Some)
@@ -64,21 +64,27 @@ fn report(c: &mut Checker, path: &str, err: &ClientTlsError) -> Reported {
     c.report(&child(path, err.key()), err.to_string(), None)
 }
 
-/// The file a path key names (from the config's folder), and its bytes.
+/// The file a path key names (from the config's folder), and its bytes. Problems show the
+/// path as written unless `secret` (a key written inline by mistake must not be echoed).
 fn read_path(
     c: &mut Checker,
     raw: Option<&RawText>,
     key: &str,
+    secret: bool,
 ) -> Result<Option<(PathBuf, Vec<u8>)>, Reported> {
     let Some(text) = c.text(raw, key)? else {
         return Ok(None);
     };
     if text.is_empty() {
-        return Err(c.report(key, "must not be empty", Some(quoted(&text))));
+        return Err(c.report(key, "must not be empty", None));
     }
     let file = c.context().base_dir.join(&text);
     match std::fs::read(&file) {
         Ok(bytes) => Ok(Some((file, bytes))),
+        Err(err) if secret => {
+            let rule = format!("cannot read the file it names: {}", err.kind());
+            Err(c.report(key, rule, None))
+        }
         Err(err) => {
             let rule = format!("cannot read file {}: {err}", file.display());
             Err(c.report(key, rule, Some(quoted(&text))))
@@ -100,7 +106,7 @@ fn private_key(
             Ok(secret.map(|pem| (pem.expose().as_bytes().to_vec(), source)))
         }
         RawText::Inline(_) => {
-            let Some((file, bytes)) = read_path(c, Some(raw), key)? else {
+            let Some((file, bytes)) = read_path(c, Some(raw), key, true)? else {
                 return Ok(None);
             };
             c.warnings

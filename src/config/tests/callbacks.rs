@@ -220,6 +220,23 @@ fn a_matching_pair_loads_from_paths_or_a_key_file_reference() {
 }
 
 #[test]
+fn a_key_written_inline_by_mistake_is_not_echoed() {
+    let pair = pair();
+    let text = with_delivery(&format!(
+        "client_cert = \"client.pem\"\nclient_key = {:?}",
+        pair.key_pem
+    ));
+    let found = problems(&text);
+    let key_problem = found
+        .iter()
+        .find(|p| p.key == "delivery.client_key")
+        .unwrap_or_else(|| panic!("no client_key problem: {found:#?}"));
+    assert!(key_problem.rule.contains("cannot read"), "{key_problem}");
+    let shown = format!("{found:?}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+}
+
+#[test]
 fn a_world_readable_key_file_draws_a_warning() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pair = pair();
