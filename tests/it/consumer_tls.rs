@@ -3,7 +3,8 @@
 //! `client_key`) and trust in the consumer's own CA (`ca_file`). A consumer that requires a
 //! client certificate is an HTTPS fake built on rustls' `WebPkiClientVerifier`; a wrong or
 //! missing certificate is a failed attempt, retried and shown as the instance's last error. A
-//! reload that adds a header and a certificate applies to the next attempt.
+//! reload that adds a header and a certificate applies to the next attempt. `ca_file` adds to
+//! the system's roots (here `SSL_CERT_FILE`), which stay trusted.
 //!
 //! Each test makes its own CAs with rcgen; certificates name `127.0.0.1` (an IP SAN).
 
@@ -405,6 +406,35 @@ async fn a_consumer_requiring_a_client_certificate_accepts_only_the_right_one() 
         "{} failed handshakes",
         cb.handshake_failures()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_file_adds_roots_to_the_systems_rather_than_replacing_them() {
+    // The "system" store is SSL_CERT_FILE, which the platform verifier reads on Linux.
+    let system_ca = TestCa::new("a CA of the system store");
+    let client_ca = TestCa::new("consumer client CA");
+    let unrelated_ca = TestCa::new("an unrelated CA in ca_file");
+    let dir = tempfile::tempdir().expect("temp dir for certificates");
+    let system_roots = write_file(dir.path(), "system-roots.pem", &system_ca.pem());
+    let extra_roots = write_file(dir.path(), "extra.pem", &unrelated_ca.pem());
+    let client = client_ca.leaf("hookrelay", ExtendedKeyUsagePurpose::ClientAuth);
+    let cert = write_file(dir.path(), "client.crt", &client.cert_pem);
+    let key = write_file(dir.path(), "client.key", &client.key_pem);
+    let acceptor = consumer_acceptor(&system_ca, &client_ca);
+    let cb = FakeCallback::start_tls([], Action::Status(200), acceptor).await;
+    let app = App::new("app-key");
+    let cfg = TestConfig::new().instance(
+        InstanceConfig::new("acme", 1, &app)
+            .callback(&cb.url())
+            .delivery("ca_file", extra_roots.as_str())
+            .delivery("client_cert", cert.as_str())
+            .delivery("client_key", key.as_str()),
+    );
+    let d = Daemon::start_env(&cfg, &[("SSL_CERT_FILE", system_roots.as_str())]).await;
+    notify(&d, &app).await;
+    let delivered = cb.wait_for(1, WAIT).await;
+    assert_eq!(delivered[0].answered, Some(200));
+    assert_eq!(attempts(&d, "acme", Some("delivered")).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
