@@ -8,6 +8,11 @@
 //! problem naming the key and the file. A reload that fails keeps the old configuration, and so
 //! the old certificate; one that succeeds swaps the whole configuration, and the listener takes
 //! the new `ServerConfig` for every connection accepted after the swap.
+//!
+//! `client` holds the other direction: the client certificate and extra roots of the
+//! connections to consumers.
+
+pub mod client;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -122,10 +127,14 @@ impl TlsIdentity {
     /// When the leaf certificate stops being valid, in Unix seconds; `None` when its DER does
     /// not parse as X.509 (rustls served it all the same).
     pub fn leaf_not_after(&self) -> Option<i64> {
-        let leaf = self.chain.first()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-        Some(cert.validity().not_after.timestamp())
+        not_after(self.chain.first()?)
     }
+}
+
+/// When `cert` stops being valid, in Unix seconds; `None` when it does not parse as X.509.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Equal when the same files held the same certificates (the key is not kept apart from

@@ -3,9 +3,10 @@
 //!
 //! The checks: the config (as `check` reads it, `{ file = … }` values included), the store
 //! folder (exists, owner, private, free disk against `storage.max_bytes`), the admin listener
-//! (token unless on loopback), the daemon (reachable, ready), the listener's certificate
-//! (expiry), each enabled callback's host (resolves to an address delivery may use), and each
-//! change-events instance's authorization. docs/operations.md explains each line.
+//! (token unless on loopback), the daemon (reachable, ready), the listener's certificate and
+//! each enabled instance's client certificate (expiry), each enabled callback's host (resolves
+//! to an address delivery may use), and each change-events instance's authorization.
+//! docs/operations.md explains each line.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -114,6 +115,7 @@ pub async fn findings(path: &Path) -> Vec<Finding> {
     out.push(admin_finding(&config));
     out.push(daemon_finding(&config).await);
     out.push(certificate_finding(&config, unix_now()));
+    out.extend(client_certificate_findings(&config, unix_now()));
     for instance in config.instances.iter().filter(|i| i.enabled) {
         let Some(url) = &instance.callback_url else {
             continue;
@@ -367,40 +369,87 @@ fn certificate_finding(config: &Config, now: i64) -> Finding {
              reverse proxy in front must terminate it (docs/https.md)",
         );
     };
-    let file = tls.cert_path().display();
-    let Some(not_after) = tls.leaf_not_after() else {
-        return Finding::new(
-            Verdict::Warn,
-            "certificate",
-            format!("cannot read the expiry date of {file}'s first certificate"),
-        );
+    let expiry = Expiry {
+        check: "certificate".to_owned(),
+        file: tls.cert_path(),
+        not_after: tls.leaf_not_after(),
+        impact: "Dropbox cannot deliver",
+        renew: "(docs/https.md has a renewal hook)",
     };
-    let expires = time::rfc3339(u64::try_from(not_after).unwrap_or(0) * 1000);
-    let days = (not_after - now).div_euclid(86_400);
-    if not_after <= now {
-        Finding::new(
-            Verdict::Fail,
-            "certificate",
-            format!(
-                "{file} expired at {expires}: Dropbox cannot deliver; renew it, then `systemctl \
-                 reload hookrelay`"
-            ),
-        )
-    } else if days < CERT_WARN_DAYS {
-        Finding::new(
-            Verdict::Warn,
-            "certificate",
-            format!(
-                "{file} expires in {days} day(s), at {expires}: renew it, then `systemctl \
-                 reload hookrelay` (docs/https.md has a renewal hook)"
-            ),
-        )
-    } else {
-        Finding::new(
-            Verdict::Ok,
-            "certificate",
-            format!("{file} is valid until {expires} ({days} days)"),
-        )
+    expiry.finding(now)
+}
+
+/// Each client certificate an enabled instance presents to its callback: one line per
+/// instance, since each consumer refuses an expired one.
+fn client_certificate_findings(config: &Config, now: i64) -> Vec<Finding> {
+    config
+        .instances
+        .iter()
+        .filter(|instance| instance.enabled)
+        .filter_map(|instance| {
+            let identity = instance.delivery.client_identity.as_ref()?;
+            let expiry = Expiry {
+                check: format!("client certificate {}", instance.name),
+                file: identity.cert_path(),
+                not_after: identity.leaf_not_after(),
+                impact: "a consumer that checks it refuses every delivery",
+                renew: "(client_cert in docs/configuration.md)",
+            };
+            Some(expiry.finding(now))
+        })
+        .collect()
+}
+
+/// A certificate's expiry, and what to say about it.
+struct Expiry<'a> {
+    check: String,
+    file: &'a Path,
+    /// Unix seconds; `None` when the certificate does not parse as X.509.
+    not_after: Option<i64>,
+    /// What an expired certificate breaks.
+    impact: &'static str,
+    /// Where renewal is explained.
+    renew: &'static str,
+}
+
+impl Expiry<'_> {
+    /// Fails when expired, warns within [`CERT_WARN_DAYS`] of the expiry.
+    fn finding(self, now: i64) -> Finding {
+        let file = self.file.display();
+        let Some(not_after) = self.not_after else {
+            return Finding::new(
+                Verdict::Warn,
+                self.check,
+                format!("cannot read the expiry date of {file}'s first certificate"),
+            );
+        };
+        let expires = time::rfc3339(u64::try_from(not_after).unwrap_or(0).saturating_mul(1000));
+        let days = (not_after - now).div_euclid(86_400);
+        let (verdict, message) = if not_after <= now {
+            (
+                Verdict::Fail,
+                format!(
+                    "{file} expired at {expires}: {}; renew it, then `systemctl reload \
+                     hookrelay`",
+                    self.impact
+                ),
+            )
+        } else if days < CERT_WARN_DAYS {
+            (
+                Verdict::Warn,
+                format!(
+                    "{file} expires in {days} day(s), at {expires}: renew it, then `systemctl \
+                     reload hookrelay` {}",
+                    self.renew
+                ),
+            )
+        } else {
+            (
+                Verdict::Ok,
+                format!("{file} is valid until {expires} ({days} days)"),
+            )
+        };
+        Finding::new(verdict, self.check, message)
     }
 }
 
@@ -549,6 +598,28 @@ async fn authorization_findings(config: &Config) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_fails_once_expired_and_warns_within_fourteen_days() {
+        let now = 1_800_000_000;
+        let verdict = |not_after: Option<i64>| {
+            let expiry = Expiry {
+                check: "client certificate acme".to_owned(),
+                file: Path::new("/etc/hookrelay/client.pem"),
+                not_after,
+                impact: "refused",
+                renew: "",
+            };
+            let finding = expiry.finding(now);
+            assert_eq!(finding.check, "client certificate acme");
+            finding.verdict
+        };
+        assert_eq!(verdict(Some(now)), Verdict::Fail);
+        assert_eq!(verdict(Some(now - 1)), Verdict::Fail);
+        assert_eq!(verdict(Some(now + 13 * 86_400)), Verdict::Warn);
+        assert_eq!(verdict(Some(now + 14 * 86_400)), Verdict::Ok);
+        assert_eq!(verdict(None), Verdict::Warn);
+    }
 
     #[test]
     fn verdicts_print_as_the_report_spells_them() {

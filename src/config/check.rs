@@ -36,6 +36,11 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// Where the configuration comes from (its folder, the credentials directory).
+    pub fn context(&self) -> &LoadContext {
+        self.ctx
+    }
+
     /// Records that `key` breaks `rule`; `shown` is the value as written (never a secret).
     pub fn report(
         &mut self,

@@ -56,6 +56,9 @@ impl Default for Delivery {
             proxy: None,
             history: Duration::from_secs(7 * DAY),
             history_max_bytes: 256 * MIB,
+            headers: Default::default(),
+            client_identity: None,
+            extra_roots: None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::check::{Checker, Reported};
 use super::problem::child;
 use super::raw::{RawDelivery, RawText};
-use super::{Delivery, grammar};
+use super::{Delivery, callback_tls, grammar, headers};
 
 /// `raw` (the table at key path `path`) over `base`: `[delivery]` over the defaults
 /// ([`Delivery::default`]), or `[instance.delivery]` over `[delivery]`.
@@ -63,6 +63,9 @@ pub(crate) fn check(
     let proxy = c
         .url(raw.proxy.as_ref(), &key("proxy"))
         .map(|proxy| proxy.or_else(|| base.proxy.clone()));
+    let headers = headers::check(c, raw.headers.as_ref(), &key("headers"), &base.headers);
+    let client_identity = callback_tls::identity(c, raw, path, base.client_identity.as_ref());
+    let extra_roots = callback_tls::roots(c, raw, path, base.extra_roots.as_ref());
     let retry_max_interval = retry_interval_order(
         c,
         retry_initial?,
@@ -89,6 +92,9 @@ pub(crate) fn check(
         proxy: proxy?,
         history: history?,
         history_max_bytes: history_max_bytes?,
+        headers: headers?,
+        client_identity: client_identity?,
+        extra_roots: extra_roots?,
     })
 }
 

@@ -26,11 +26,24 @@ const SECRET_KEYS: [&str; 4] = [
     "event.notification.signature.previous_key",
 ];
 
-/// Whether key path `key` is a secret's (`admin.token`, a secret configuration key) or inside
-/// one (`admin.token.file`).
+/// `[delivery]` keys (shared or an instance's) whose values may be secrets: every request
+/// header, and the callbacks' client key.
+const SECRET_DELIVERY_KEYS: [&str; 2] = ["delivery.headers", "delivery.client_key"];
+
+/// Whether key path `key` is a secret's (`admin.token`, a secret configuration key, a header
+/// or client key of a `[delivery]` table) or inside one (`admin.token.file`).
 pub(crate) fn is_secret_path(key: &str) -> bool {
     let within = |secret: &str| key == secret || key.starts_with(&format!("{secret}."));
-    within("admin.token")
+    // `instance[N].delivery.…` is checked as `delivery.…`.
+    let in_section = key
+        .strip_prefix("instance[")
+        .and_then(|rest| rest.split_once("]."))
+        .map_or(key, |(_, rest)| rest);
+    let delivery_secret = SECRET_DELIVERY_KEYS
+        .iter()
+        .any(|secret| in_section == *secret || in_section.starts_with(&format!("{secret}.")));
+    delivery_secret
+        || within("admin.token")
         || SECRET_KEYS.iter().any(|name| {
             let quoted_name = quoted(name);
             key.split_once(".configuration.").is_some_and(|(_, rest)| {

@@ -11,6 +11,7 @@
 //!   below, through `check::Checker`, which reads `{ file = … }` values (`file_value`), applies
 //!   the `grammar`s and the `defaults`, and records each `problem`.
 
+mod callback_tls;
 mod check;
 mod configuration;
 mod defaults;
@@ -19,6 +20,7 @@ mod document;
 mod file_value;
 mod filter;
 mod grammar;
+mod headers;
 mod instance;
 mod keys;
 mod live;
@@ -37,10 +39,12 @@ use std::time::Duration;
 pub use reqwest::Url;
 
 use crate::tls::TlsIdentity;
+use crate::tls::client::{ClientIdentity, ExtraRoots};
 pub(crate) use keys::KNOWN_KEYS as KNOWN_CONFIGURATION_KEYS;
 
 pub use filter::{ChangeFilter, ChangeType, PathGlob};
 pub use grammar::{parse_duration, parse_rate, parse_size};
+pub use headers::CallbackHeaders;
 pub use live::{Live, LiveConfig, new_live};
 pub use problem::{ConfigError, Problem};
 
@@ -220,6 +224,12 @@ pub struct Delivery {
     pub history: Duration,
     /// The most bytes of delivered history kept for the instance; the oldest goes first.
     pub history_max_bytes: u64,
+    /// `headers`: added to every request, built once at load (values never shown).
+    pub headers: CallbackHeaders,
+    /// `client_cert` and `client_key`, loaded and checked: the certificate callbacks see.
+    pub client_identity: Option<ClientIdentity>,
+    /// `ca_file`: roots trusted for callbacks in addition to the system's.
+    pub extra_roots: Option<ExtraRoots>,
 }
 
 /// A rate such as `100/s`: `count` events per `per`.

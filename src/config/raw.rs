@@ -6,6 +6,7 @@
 //! `{ file = "PATH" }` reference ([`RawText::File`]). Integers are `i64` (TOML's integer) so
 //! that range rules produce our messages rather than serde's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -72,6 +73,11 @@ pub(crate) struct RawDelivery {
     pub proxy: Option<RawText>,
     pub history: Option<RawText>,
     pub history_max_bytes: Option<RawIntOrText>,
+    /// Header name → value, as written (names are checked by `headers.rs`).
+    pub headers: Option<BTreeMap<String, RawText>>,
+    pub client_cert: Option<RawText>,
+    pub client_key: Option<RawText>,
+    pub ca_file: Option<RawText>,
 }
 
 /// `[dropbox]`.

@@ -292,15 +292,15 @@ fn refused(error: String) -> Outcome {
     }
 }
 
-/// The delivery headers (docs/protocol.md): ids, the attempt's timestamp, and the signatures of
-/// exactly `body`.
+/// The delivery headers (docs/protocol.md): the instance's own (`headers`, none of which is
+/// one of the following), ids, the attempt's timestamp, and the signatures of exactly `body`.
 fn headers(instance: &Instance, event: &Event, body: &[u8]) -> HeaderMap {
     let id = event.id.to_string();
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let mut headers = HeaderMap::new();
+    let mut headers = instance.delivery.headers.map().clone();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut put = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {

@@ -1,6 +1,8 @@
-//! Outbound HTTP clients. One pooled reqwest client per distinct (destination guard, proxy)
-//! setting, so that instances with different settings never share a connection that would
-//! bypass a check. Redirects are never followed; environment proxies are ignored.
+//! Outbound HTTP clients. One pooled reqwest client per distinct (destination guard, proxy,
+//! client certificate, extra roots) setting, so that instances with different settings never
+//! share a connection that would bypass a check or present another certificate. Redirects are
+//! never followed; environment proxies are ignored. Server certificates are checked against
+//! the system's roots (the platform verifier), plus an instance's `ca_file` roots.
 
 use std::collections::HashMap;
 
@@ -8,12 +10,17 @@ use reqwest::Url;
 
 use super::ssrf::GuardedResolver;
 use crate::config::{Config, Delivery};
+use crate::tls::client::MaterialDigest;
 
-/// What makes two instances need different clients.
+/// What makes two instances need different clients. TLS material is known by a hash of its
+/// bytes, so the key holds no secret and a reload that re-reads unchanged files keeps the
+/// client (and its pooled connections).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
     allow_private: bool,
     proxy: Option<Url>,
+    identity: Option<MaterialDigest>,
+    extra_roots: Option<MaterialDigest>,
 }
 
 impl ClientKey {
@@ -21,6 +28,8 @@ impl ClientKey {
         ClientKey {
             allow_private: delivery.allow_private_destinations,
             proxy: delivery.proxy.clone(),
+            identity: delivery.client_identity.as_ref().map(|id| id.digest()),
+            extra_roots: delivery.extra_roots.as_ref().map(|roots| roots.digest()),
         }
     }
 }
@@ -46,7 +55,7 @@ impl Clients {
             }
             let client = match previous.and_then(|p| p.by_key.get(&key)) {
                 Some(client) => client.clone(),
-                None => build(&key)?,
+                None => build(&key, &instance.delivery)?,
             };
             by_key.insert(key, client);
         }
@@ -58,7 +67,9 @@ impl Clients {
     }
 }
 
-fn build(key: &ClientKey) -> Result<reqwest::Client, reqwest::Error> {
+/// A client for `key`, whose TLS material comes from `delivery` (one of the settings with
+/// that key).
+fn build(key: &ClientKey, delivery: &Delivery) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -78,6 +89,18 @@ fn build(key: &ClientKey) -> Result<reqwest::Client, reqwest::Error> {
             builder = builder.dns_resolver(GuardedResolver);
         }
         None => {}
+    }
+    if let Some(identity) = &delivery.client_identity {
+        builder = builder.identity(reqwest::Identity::from_pem(identity.pem())?);
+    }
+    if let Some(roots) = &delivery.extra_roots {
+        let roots = roots
+            .certificates()
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Merged: the system's roots stay trusted.
+        builder = builder.tls_certs_merge(roots);
     }
     builder.build()
 }

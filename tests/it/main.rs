@@ -9,6 +9,7 @@ mod abuse;
 mod change_filters;
 mod changes;
 mod cli_config;
+mod consumer_tls;
 mod crash;
 mod dashboard;
 mod dead_scale;

@@ -113,6 +113,8 @@ struct State {
 pub struct FakeCallback {
     state: Arc<State>,
     server: TestServer,
+    /// `https` when served with TLS ([`FakeCallback::start_tls`]).
+    scheme: &'static str,
 }
 
 impl FakeCallback {
@@ -123,6 +125,24 @@ impl FakeCallback {
 
     /// Answers with `queue` in order, then `default` forever.
     pub async fn start(queue: impl IntoIterator<Item = Action>, default: Action) -> FakeCallback {
+        Self::start_with(queue, default, None).await
+    }
+
+    /// Like [`FakeCallback::start`], over HTTPS through `acceptor`; requests that never got
+    /// past the handshake are not recorded (see [`FakeCallback::handshake_failures`]).
+    pub async fn start_tls(
+        queue: impl IntoIterator<Item = Action>,
+        default: Action,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> FakeCallback {
+        Self::start_with(queue, default, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        queue: impl IntoIterator<Item = Action>,
+        default: Action,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeCallback {
         let state = Arc::new(State {
             inner: Mutex::new(Inner {
                 queue: queue.into_iter().collect(),
@@ -132,18 +152,34 @@ impl FakeCallback {
             arrived: Notify::new(),
         });
         let served = state.clone();
-        let server =
-            TestServer::start("the fake callback", move |req| handle(served.clone(), req)).await;
-        FakeCallback { state, server }
+        let what = "the fake callback";
+        let handler = move |req| handle(served.clone(), req);
+        let (server, scheme) = match tls {
+            None => (TestServer::start(what, handler).await, "http"),
+            Some(acceptor) => (
+                TestServer::start_tls(what, acceptor, handler).await,
+                "https",
+            ),
+        };
+        FakeCallback {
+            state,
+            server,
+            scheme,
+        }
+    }
+
+    /// TLS handshakes that failed (a client certificate refused, say).
+    pub fn handshake_failures(&self) -> usize {
+        self.server.handshake_failures()
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
-    /// `http://127.0.0.1:PORT/hooks/dropbox`.
+    /// `http://127.0.0.1:PORT/hooks/dropbox` (`https://…` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}/hooks/dropbox", self.server.addr())
+        format!("{}://{}/hooks/dropbox", self.scheme, self.server.addr())
     }
 
     /// Replaces the plan: `queue` for the next requests, then `default`.
