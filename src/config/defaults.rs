@@ -54,6 +54,8 @@ impl Default for Delivery {
             allow_private_destinations: false,
             paused: false,
             proxy: None,
+            outage_after: Duration::from_secs(10 * 60),
+            probe_interval: Duration::from_secs(60),
         }
     }
 }

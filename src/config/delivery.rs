@@ -54,6 +54,16 @@ pub(crate) fn check(
         &key("max_queued_bytes"),
         base.max_queued_bytes,
     );
+    let outage_after = c.duration_or_off(
+        raw.outage_after.as_ref(),
+        &key("outage_after"),
+        base.outage_after,
+    );
+    let probe_interval = c.duration(
+        raw.probe_interval.as_ref(),
+        &key("probe_interval"),
+        base.probe_interval,
+    );
     let proxy = c
         .url(raw.proxy.as_ref(), &key("proxy"))
         .map(|proxy| proxy.or_else(|| base.proxy.clone()));
@@ -81,6 +91,8 @@ pub(crate) fn check(
             .unwrap_or(base.allow_private_destinations),
         paused: raw.paused.unwrap_or(base.paused),
         proxy: proxy?,
+        outage_after: outage_after?,
+        probe_interval: probe_interval?,
     })
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct RawDelivery {
     pub allow_private_destinations: Option<bool>,
     pub paused: Option<bool>,
     pub proxy: Option<RawText>,
+    pub outage_after: Option<RawText>,
+    pub probe_interval: Option<RawText>,
 }
 
 /// `[dropbox]`.
