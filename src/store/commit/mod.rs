@@ -6,13 +6,15 @@
 //! answered, which may wait ([`OUTCOME_SYNC_DELAY`]), and that a batch is answered only once it
 //! is as durable as its requests need. Each request is an [`Operation`] with its own reply type,
 //! in the file of its concern: [`ingest`], [`outcome`] (what delivery reports), [`dead`]
-//! (replay and purge of dead letters), [`walk`] (change events), [`maintenance`]; [`pending`]
+//! (replay and purge of dead letters), [`walk`] (change events), [`outage`] (an instance's
+//! outage state), [`maintenance`]; [`pending`]
 //! and [`counters`] are the bookkeeping they share, [`view`] the batch they read and write.
 
 mod counters;
 mod dead;
 mod ingest;
 mod maintenance;
+mod outage;
 mod outcome;
 mod pending;
 mod view;
@@ -35,6 +37,7 @@ use super::record::Counters;
 pub(super) use dead::{PurgeDead, ReplayDead};
 pub(super) use ingest::Ingest;
 pub(super) use maintenance::{CatchUp, Close, ExpireDead, ForgetInstance, Heartbeat, PurgePending};
+pub(super) use outage::SetOutage;
 pub(super) use outcome::{Claim, Delivered, MoveToDead, Quarantine, Reschedule};
 pub(super) use walk::{Authorize, CommitWalkPage, MarkWalk, SetCursor};
 
