@@ -1,5 +1,6 @@
 //! The retry schedule (docs/protocol.md), as pure functions of their inputs: when retry n is due,
-//! how a `Retry-After` header raises it, and when an event is out of attempts or time.
+//! how a `Retry-After` header raises it, and when an event is out of attempts or time (its age
+//! less the time its instance spent in outages).
 //!
 //! Randomness stays at the edge: [`random_jitter`] draws the factor, [`retry_delay`] only uses it.
 
@@ -98,6 +99,22 @@ pub fn millis(duration: Duration) -> u64 {
 /// `max_attempts` attempts, or it is `max_age` old (from acceptance or its last replay).
 pub fn exhausted(attempts_made: u32, max_attempts: u32, age: Duration, max_age: Duration) -> bool {
     attempts_made >= max_attempts || age >= max_age
+}
+
+/// An event's age for `max_age`: the time since `age_base_ms` (acceptance or the last replay)
+/// up to `now_ms`, less the time its instance spent in outages (`[start, end)` Unix ms
+/// intervals, disjoint): an event that waited through an outage is as old as before it.
+pub fn effective_age(
+    age_base_ms: u64,
+    now_ms: u64,
+    outages: impl IntoIterator<Item = (u64, u64)>,
+) -> Duration {
+    let wall = now_ms.saturating_sub(age_base_ms);
+    let credit: u64 = outages
+        .into_iter()
+        .map(|(start, end)| end.min(now_ms).saturating_sub(start.max(age_base_ms)))
+        .fold(0, u64::saturating_add);
+    Duration::from_millis(wall.saturating_sub(credit))
 }
 
 #[cfg(test)]
@@ -318,6 +335,39 @@ mod tests {
         let forever = parse_retry_after(&u64::MAX.to_string(), SystemTime::now());
         let delay = retry_delay(&policy, 1, 1.0, forever);
         assert_eq!(delay, policy.max_interval);
+    }
+
+    #[test]
+    fn outage_time_does_not_count_toward_the_age() {
+        let ms = |d: Duration| millis(d);
+        let accepted = 1_800_000_000_000;
+        let now = accepted + ms(80 * HOUR);
+        // No outage: the wall age.
+        assert_eq!(effective_age(accepted, now, []), 80 * HOUR);
+        // A 3-day outage inside its life: 8 hours old.
+        let outage = (accepted + ms(HOUR), accepted + ms(73 * HOUR));
+        assert_eq!(effective_age(accepted, now, [outage]), 8 * HOUR);
+        // An outage that began before it was accepted counts from its acceptance only.
+        let before = (accepted - ms(HOUR), accepted + ms(2 * HOUR));
+        assert_eq!(effective_age(accepted, now, [before]), 78 * HOUR);
+        // One still going (ends at `now`), and one entirely before it: only the overlap.
+        let going = (accepted + ms(79 * HOUR), now);
+        let earlier = (0, accepted - 1);
+        assert_eq!(
+            effective_age(accepted, now, [earlier, outage, going]),
+            7 * HOUR
+        );
+        // Accepted during the outage that still goes on: no age at all.
+        assert_eq!(
+            effective_age(now - 5, now, [(accepted, now)]),
+            Duration::ZERO
+        );
+        // Odd inputs saturate: a clock behind the base, intervals past `now`, overlaps.
+        assert_eq!(effective_age(now, accepted, [outage]), Duration::ZERO);
+        assert_eq!(
+            effective_age(accepted, now, [(0, u64::MAX), (0, u64::MAX)]),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
         println!("{text}");
     } else {
         println!("daemon: {source}");
-        print!("{}", table(&report.instances, time::now_ms()));
+        let now_ms = time::now_ms();
+        print!("{}", table(&report.instances, now_ms));
+        print!("{}", outages(&report.instances, now_ms));
         if report.instances.iter().any(|i| i.state == "held") {
             println!(
                 "held: events of an instance no longer in the config; they are delivered if it \
@@ -81,6 +83,8 @@ fn offline_figures(config: &Config, offline: &Offline) -> Vec<InstanceStatus> {
                 last_success_ms: None,
                 last_error: None,
                 quarantined: 0,
+                held: 0,
+                outage: None,
             })
             .collect(),
     }
@@ -121,6 +125,28 @@ pub fn table(instances: &[InstanceStatus], now_ms: u64) -> String {
         })
         .collect();
     render(&header, &rows)
+}
+
+/// One line per instance in an outage: since when, the error that began it, what it holds.
+pub fn outages(instances: &[InstanceStatus], now_ms: u64) -> String {
+    let mut out = String::new();
+    for (instance, outage) in instances
+        .iter()
+        .filter_map(|i| i.outage.as_ref().map(|o| (i, o)))
+    {
+        out.push_str(&format!(
+            "outage: {} since {} ({} ago), {} held, one probe per probe_interval; began with: {}\n",
+            instance.instance,
+            time::rfc3339(outage.since_ms),
+            age(now_ms.saturating_sub(outage.since_ms)),
+            instance.held,
+            outage
+                .last_error
+                .as_deref()
+                .map_or_else(|| "-".into(), one_line),
+        ));
+    }
+    out
 }
 
 /// Columns padded to their widest cell, the last one left ragged.
@@ -208,6 +234,8 @@ mod tests {
                 last_success_ms: Some(now - 120_000),
                 last_error: Some("HTTP 503\nService Unavailable".into()),
                 quarantined: 0,
+                held: 0,
+                outage: None,
             },
             InstanceStatus {
                 instance: "old".into(),
@@ -220,6 +248,8 @@ mod tests {
                 last_success_ms: None,
                 last_error: None,
                 quarantined: 0,
+                held: 0,
+                outage: None,
             },
         ];
         let text = table(&instances, now);
@@ -235,6 +265,34 @@ mod tests {
         assert_eq!(
             lines[2],
             "old           held    2       0         0     -               -             -"
+        );
+        assert_eq!(outages(&instances, now), "");
+    }
+
+    #[test]
+    fn an_outage_gets_a_line_of_its_own() {
+        let now = 1_800_000_000_000;
+        let instance = InstanceStatus {
+            instance: "acme-dropbox".into(),
+            state: "outage".into(),
+            queued: 1200,
+            in_retry: 0,
+            queued_bytes: 4096,
+            dead_lettered: 0,
+            oldest_pending_age_seconds: Some(7200.0),
+            last_success_ms: None,
+            last_error: Some("connect error: Connection refused".into()),
+            quarantined: 0,
+            held: 1200,
+            outage: Some(crate::ops::status::OutageStatus {
+                since_ms: now - 3 * 3_600_000 - 12 * 60_000,
+                last_error: Some("HTTP 503 Service Unavailable".into()),
+            }),
+        };
+        assert_eq!(
+            outages(&[instance], now),
+            "outage: acme-dropbox since 2027-01-15T04:48:00Z (3h12m ago), 1200 held, one probe \
+             per probe_interval; began with: HTTP 503 Service Unavailable\n"
         );
     }
 }

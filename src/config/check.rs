@@ -130,6 +130,20 @@ impl<'a> Checker<'a> {
         Ok(parsed.unwrap_or(default))
     }
 
+    /// A duration at most [`MAX_DURATION`], where `"0s"` means "off"; `default` when absent.
+    pub fn duration_or_off(
+        &mut self,
+        raw: Option<&RawText>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, Reported> {
+        let parsed = self.parsed(raw, key, |text| match grammar::parse_duration(text)? {
+            duration if duration > MAX_DURATION => Err(too_long()),
+            duration => Ok(duration),
+        })?;
+        Ok(parsed.unwrap_or(default))
+    }
+
     /// A size in bytes, greater than zero and at most [`MAX_SIZE`]; `default` when absent.
     pub fn size(
         &mut self,

@@ -59,6 +59,8 @@ impl Default for Delivery {
             headers: Default::default(),
             client_identity: None,
             extra_roots: None,
+            outage_after: Duration::from_secs(10 * 60),
+            probe_interval: Duration::from_secs(60),
         }
     }
 }

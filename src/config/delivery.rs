@@ -60,6 +60,16 @@ pub(crate) fn check(
         &key("history_max_bytes"),
         base.history_max_bytes,
     );
+    let outage_after = c.duration_or_off(
+        raw.outage_after.as_ref(),
+        &key("outage_after"),
+        base.outage_after,
+    );
+    let probe_interval = c.duration(
+        raw.probe_interval.as_ref(),
+        &key("probe_interval"),
+        base.probe_interval,
+    );
     let proxy = c
         .url(raw.proxy.as_ref(), &key("proxy"))
         .map(|proxy| proxy.or_else(|| base.proxy.clone()));
@@ -95,6 +105,8 @@ pub(crate) fn check(
         headers: headers?,
         client_identity: client_identity?,
         extra_roots: extra_roots?,
+        outage_after: outage_after?,
+        probe_interval: probe_interval?,
     })
 }
 

@@ -230,6 +230,11 @@ pub struct Delivery {
     pub client_identity: Option<ClientIdentity>,
     /// `ca_file`: roots trusted for callbacks in addition to the system's.
     pub extra_roots: Option<ExtraRoots>,
+    /// No 2xx from the instance for this long while attempts were made: it is in an outage
+    /// (one probe per `probe_interval`, attempts and age not counted). Zero: never.
+    pub outage_after: Duration,
+    /// In an outage, the time between two probes; greater than zero.
+    pub probe_interval: Duration,
 }
 
 /// A rate such as `100/s`: `count` events per `per`.

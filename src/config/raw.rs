@@ -78,6 +78,8 @@ pub(crate) struct RawDelivery {
     pub client_cert: Option<RawText>,
     pub client_key: Option<RawText>,
     pub ca_file: Option<RawText>,
+    pub outage_after: Option<RawText>,
+    pub probe_interval: Option<RawText>,
 }
 
 /// `[dropbox]`.

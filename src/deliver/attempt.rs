@@ -26,11 +26,26 @@ pub struct Done {
     pub next_due_ms: Option<u64>,
 }
 
+/// What an attempt's answer tells the lane about its instance (outage mode, `Retry-After`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A 2xx.
+    Success,
+    /// Anything else, with its error; `hold_until_ms`: a `Retry-After` holds the whole
+    /// instance until then (Unix ms).
+    Failure {
+        error: String,
+        hold_until_ms: Option<u64>,
+    },
+    /// No request went out (the event was out of time, or its instance is gone).
+    Nothing,
+}
+
 /// What an attempt tells its lane, in this order.
 #[derive(Debug)]
 pub enum Progress {
     /// The consumer answered (or the request failed): the delivery slot is free.
-    Answered,
+    Answered(Heard),
     /// The outcome is committed: the lane may forget the id.
     Settled(Done),
 }
@@ -49,23 +64,27 @@ impl Slot {
         }
     }
 
-    /// Frees the delivery slot (the first call only).
-    fn release(&mut self) {
+    /// Frees the delivery slot and tells the lane what was heard (the first call only).
+    fn release(&mut self, heard: Heard) {
         if !self.released {
             self.released = true;
-            let _ = self.lane.send(Progress::Answered);
+            let _ = self.lane.send(Progress::Answered(heard));
         }
     }
 
     /// Reports the committed outcome, freeing the slot first if that has not happened yet.
     pub fn settle(mut self, done: Done) {
-        self.release();
+        self.release(Heard::Nothing);
         let _ = self.lane.send(Progress::Settled(done));
     }
 }
 
 /// Runs one attempt of `event` for `instance` and commits its outcome. The slot is released
 /// when the consumer's answer is in, before the outcome is committed.
+///
+/// The event's age leaves out the time its instance spent in outages; while the instance is
+/// in one, neither its age nor this attempt counts (a failure reschedules it for the next
+/// probe), and neither does an attempt answered with a `Retry-After` (due then instead).
 pub async fn run(
     ctx: &Context,
     stats: &LaneStats,
@@ -75,8 +94,12 @@ pub async fn run(
 ) -> Option<u64> {
     let delivery = &instance.delivery;
     let now_ms = time::now_ms();
-    let age = Duration::from_millis(now_ms.saturating_sub(event.age_base_ms));
-    if age >= delivery.max_age {
+    let (age, in_outage) = {
+        let outage = stats.outage.load();
+        let age = retry::effective_age(event.age_base_ms, now_ms, outage.intervals(now_ms));
+        (age, outage.active())
+    };
+    if age >= delivery.max_age && !in_outage {
         let dead = DeadLetter {
             attempts: event.attempts,
             reason: "max_age reached".into(),
@@ -87,7 +110,8 @@ pub async fn run(
     }
     let started = Instant::now();
     let (outcome, envelope) = send(ctx, instance, event).await;
-    slot.release();
+    let hold = held_for(delivery, &outcome);
+    slot.release(heard(&outcome, hold));
     let elapsed = started.elapsed();
     ctx.metrics
         .delivery(&instance.name, outcome.kind(), elapsed);
@@ -139,12 +163,16 @@ pub async fn run(
             status,
             error,
             definite_refusal,
-            retry_after,
+            retry_after: _,
         } => {
             stats.record_error(&error);
-            debug!(instance = %instance.name, event = %event.id, ?status, %error, attempts, "attempt failed");
+            // In an outage (begun before or while this attempt ran) nothing counts.
+            let in_outage = in_outage || stats.outage.load().active();
+            let counts = !in_outage && hold.is_none();
+            let attempts = if counts { attempts } else { event.attempts };
+            debug!(instance = %instance.name, event = %event.id, ?status, %error, attempts, counts, "attempt failed");
             let attempt = tried(status, Some(error.clone()));
-            if retry::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
+            if counts && retry::exhausted(attempts, delivery.max_attempts, age, delivery.max_age) {
                 let reason = if attempts >= delivery.max_attempts {
                     "max_attempts reached"
                 } else {
@@ -158,7 +186,11 @@ pub async fn run(
                 };
                 return give_up(ctx, instance, event, dead, Some(attempt)).await;
             }
-            let delay = retry_delay(delivery, attempts, retry_after);
+            let delay = match hold {
+                Some(wait) => wait,
+                None if in_outage => delivery.probe_interval,
+                None => retry_delay(delivery, attempts),
+            };
             let due_ms = time::now_ms().saturating_add(retry::millis(delay));
             let retry = Retry {
                 attempts,
@@ -187,13 +219,40 @@ pub fn keeps_history(delivery: &Delivery) -> Option<u64> {
     (!delivery.history.is_zero()).then_some(delivery.history_max_bytes)
 }
 
-fn retry_delay(delivery: &Delivery, attempts: u32, retry_after: Option<Duration>) -> Duration {
+fn retry_delay(delivery: &Delivery, attempts: u32) -> Duration {
     let policy = RetryPolicy {
         initial: delivery.retry_initial,
         multiplier: delivery.retry_multiplier,
         max_interval: delivery.retry_max_interval,
     };
-    retry::retry_delay(&policy, attempts, retry::random_jitter(), retry_after)
+    retry::retry_delay(&policy, attempts, retry::random_jitter(), None)
+}
+
+/// How long a `Retry-After` (on a 429 or 503) holds the instance: capped at
+/// `retry_max_interval`.
+fn held_for(delivery: &Delivery, outcome: &Outcome) -> Option<Duration> {
+    match outcome {
+        Outcome::Failed {
+            retry_after: Some(wait),
+            ..
+        } => Some((*wait).min(delivery.retry_max_interval)),
+        _ => None,
+    }
+}
+
+/// What the lane learns from `outcome`; `hold`: how long a `Retry-After` holds the instance.
+fn heard(outcome: &Outcome, hold: Option<Duration>) -> Heard {
+    match outcome {
+        Outcome::Delivered { .. } => Heard::Success,
+        Outcome::Gone { status } => Heard::Failure {
+            error: format!("callback answered {status} Gone"),
+            hold_until_ms: None,
+        },
+        Outcome::Failed { error, .. } => Heard::Failure {
+            error: error.clone(),
+            hold_until_ms: hold.map(|wait| time::now_ms().saturating_add(retry::millis(wait))),
+        },
+    }
 }
 
 /// Dead-letters `event`; returns when the next change envelope of its pair is due, if one was
@@ -338,15 +397,56 @@ mod tests {
     use super::*;
 
     fn answered(progress: &Progress) -> bool {
-        matches!(progress, Progress::Answered)
+        matches!(progress, Progress::Answered(_))
+    }
+
+    #[test]
+    fn a_retry_after_holds_the_instance_for_at_most_retry_max_interval() {
+        let delivery = Delivery {
+            retry_max_interval: Duration::from_secs(60),
+            ..Delivery::default()
+        };
+        let failed = |retry_after| Outcome::Failed {
+            status: Some(429),
+            error: "HTTP 429 Too Many Requests".into(),
+            definite_refusal: true,
+            retry_after,
+        };
+        let two = failed(Some(Duration::from_secs(2)));
+        assert_eq!(held_for(&delivery, &two), Some(Duration::from_secs(2)));
+        let day = failed(Some(Duration::from_secs(86_400)));
+        assert_eq!(held_for(&delivery, &day), Some(Duration::from_secs(60)));
+        assert_eq!(held_for(&delivery, &failed(None)), None);
+
+        let before = time::now_ms();
+        let Heard::Failure {
+            error,
+            hold_until_ms: Some(until),
+        } = heard(&day, held_for(&delivery, &day))
+        else {
+            panic!("a held failure");
+        };
+        assert_eq!(error, "HTTP 429 Too Many Requests");
+        assert!((before + 60_000..=time::now_ms() + 60_000).contains(&until));
+        assert_eq!(
+            heard(&Outcome::Delivered { status: 204 }, None),
+            Heard::Success
+        );
+        assert_eq!(
+            heard(&Outcome::Gone { status: 410 }, None),
+            Heard::Failure {
+                error: "callback answered 410 Gone".into(),
+                hold_until_ms: None
+            }
+        );
     }
 
     #[test]
     fn a_slot_is_released_once_and_before_the_outcome_is_settled() {
         let (lane, mut heard) = mpsc::unbounded_channel();
         let mut slot = Slot::new(lane.clone());
-        slot.release();
-        slot.release();
+        slot.release(Heard::Success);
+        slot.release(Heard::Nothing);
         slot.settle(Done {
             id: ulid::Ulid::nil(),
             next_due_ms: None,

@@ -9,6 +9,13 @@
 //! waiting for the consumer's answer: an attempt frees its slot when the answer is in, and the
 //! lane stops (at shutdown) only when every outcome is committed. Its attempts are tasks it
 //! owns: when the shutdown deadline ends the lane, it ends them with it.
+//!
+//! The lane also follows what its attempts hear ([`Heard`]): a `Retry-After` holds the whole
+//! instance until then, and an instance with no 2xx for `outage_after` while attempts were made
+//! enters an outage ([`outage`](super::outage)): one attempt, a probe with the oldest due
+//! event, per `probe_interval`, until the first 2xx. The outage state lives in the lane, is
+//! published to [`LaneStats::outage`](super::LaneStats) and stored (`u/`) only when an outage
+//! begins or ends ([`Lane::outage_began`], [`Lane::outage_ended`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -21,10 +28,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, error};
+use tracing::{debug, error, info, warn};
 use ulid::Ulid;
 
-use super::attempt::{self, Done, Progress, Slot};
+use super::attempt::{self, Done, Heard, Progress, Slot};
+use super::outage::{Change, Tracker};
 use super::{Context, LaneHandle};
 use crate::config::{Delivery, Instance, Rate};
 use crate::retry;
@@ -55,6 +63,12 @@ pub struct Lane {
     next_due_ms: Option<u64>,
     limiter: Option<(Rate, NonZeroU32, Arc<DefaultDirectRateLimiter>)>,
     shutdown: watch::Receiver<bool>,
+    /// Outage mode's state (lane-local; published when it changes).
+    outage: Tracker,
+    /// In an outage: when the next probe may go (`None`: at once).
+    next_probe: Option<Instant>,
+    /// A `Retry-After` holds every attempt of the instance until then.
+    hold_until: Option<Instant>,
 }
 
 impl Lane {
@@ -81,11 +95,15 @@ impl Lane {
             next_due_ms: None,
             limiter: None,
             shutdown,
+            outage: Tracker::default(),
+            next_probe: None,
+            hold_until: None,
         }
     }
 
     /// Runs until shutdown, then until its in-flight attempts have committed their outcomes.
     pub async fn run(mut self) {
+        self.restore_outage();
         loop {
             let stopping = *self.shutdown.borrow();
             if stopping && self.flights.unsettled == 0 {
@@ -95,6 +113,10 @@ impl Lane {
             let instance = live.config.instance(&self.name).filter(|i| is_active(i));
             let mut wake_at = None;
             if let (Some(instance), false) = (instance, stopping) {
+                if instance.delivery.outage_after.is_zero() && self.outage.in_outage() {
+                    let change = self.outage.switched_off(time::now_ms());
+                    self.outage_changed(change).await;
+                }
                 if let Err(err) = self.refill().await {
                     self.refill_failed(&err);
                 }
@@ -110,7 +132,7 @@ impl Lane {
                 Some(event) = self.handoff.recv(), if self.ready.len() < READY_CAPACITY && !stopping => {
                     self.accept(event);
                 }
-                Some(progress) = self.done_rx.recv() => self.progress(progress),
+                Some(progress) = self.done_rx.recv() => self.progress(progress).await,
                 Some(ended) = self.attempts.join_next(), if !self.attempts.is_empty() => {
                     if let Err(err) = ended {
                         error!(instance = %self.name, error = %err, "a delivery attempt ended abnormally");
@@ -136,9 +158,12 @@ impl Lane {
         }
     }
 
-    fn progress(&mut self, progress: Progress) {
+    async fn progress(&mut self, progress: Progress) {
         match progress {
-            Progress::Answered => self.flights.answered(),
+            Progress::Answered(heard) => {
+                self.flights.answered();
+                self.heard(heard).await;
+            }
             Progress::Settled(done) => {
                 self.flights.settled();
                 self.held.remove(&done.id);
@@ -149,12 +174,121 @@ impl Lane {
         }
     }
 
+    /// What an attempt's answer says about the instance: a `Retry-After` hold, and outage
+    /// mode's state. The happy path (a 2xx outside an outage) touches lane-local state only.
+    async fn heard(&mut self, heard: Heard) {
+        let now_ms = time::now_ms();
+        let change = match heard {
+            Heard::Nothing => return,
+            Heard::Success => self.outage.succeeded(now_ms),
+            Heard::Failure {
+                error,
+                hold_until_ms,
+            } => {
+                if let Some(until) = hold_until_ms {
+                    let at = instant_at(until);
+                    self.hold_until = Some(self.hold_until.map_or(at, |held| held.max(at)));
+                }
+                let live = self.ctx.live.load();
+                let outage_after = live
+                    .config
+                    .instance(&self.name)
+                    .map_or(Duration::ZERO, |i| i.delivery.outage_after);
+                self.outage.failed(now_ms, &error, outage_after)
+            }
+        };
+        self.outage_changed(change).await;
+    }
+
+    async fn outage_changed(&mut self, change: Change) {
+        match change {
+            Change::Unchanged => {}
+            Change::Began => self.outage_began().await,
+            Change::Ended { lasted_ms } => self.outage_ended(lasted_ms).await,
+        }
+    }
+
+    /// The instance entered an outage (its consumer is treated as down): published, stored,
+    /// logged and counted. Operator alerts about an outage hook in here.
+    async fn outage_began(&mut self) {
+        let state = self.outage.state().clone();
+        let since = state.since_ms.map(time::rfc3339).unwrap_or_default();
+        let last_error = state.last_error.clone().unwrap_or_default();
+        warn!(
+            instance = %self.name,
+            %since,
+            %last_error,
+            "outage: no 2xx from the consumer for outage_after; one probe per probe_interval, attempts and age not counted until a 2xx"
+        );
+        // The first probe goes one interval from now.
+        let probe_interval = self.delivery_setting(|d| d.probe_interval);
+        self.next_probe = probe_interval.map(|every| retry::instant_after(Instant::now(), every));
+        self.publish_outage(state).await;
+    }
+
+    /// The instance's outage ended (a 2xx, or outage mode turned off) after `lasted_ms`:
+    /// published, stored, logged and counted; the backlog drains at the rate limit. Operator
+    /// alerts about a recovery hook in here.
+    async fn outage_ended(&mut self, lasted_ms: u64) {
+        info!(
+            instance = %self.name,
+            duration = %humantime::format_duration(Duration::from_secs(lasted_ms / 1000)),
+            "outage over: the consumer answered 2xx; the backlog drains at the rate limit"
+        );
+        self.next_probe = None;
+        // Events the outage held wait in the store: look there.
+        self.handle.backlog.store(true, Ordering::Release);
+        let state = self.outage.state().clone();
+        self.publish_outage(state).await;
+    }
+
+    /// Makes `state` what attempts, `status` and `/metrics` see, and stores it.
+    async fn publish_outage(&mut self, state: store::OutageV1) {
+        let active = state.active();
+        self.handle.stats.outage.store(Arc::new(state.clone()));
+        self.ctx.metrics.set_outage(&self.name, active);
+        if let Err(err) = self.ctx.store.set_outage(&self.name, state).await {
+            error!(instance = %self.name, error = %err, "cannot store the outage state; it holds until a restart");
+        }
+    }
+
+    /// Takes up the outage state stored for the instance: an outage goes on across restarts.
+    fn restore_outage(&mut self) {
+        match self.ctx.store.outage(&self.name) {
+            Ok(Some(state)) => {
+                if let Some(since) = state.since_ms {
+                    warn!(instance = %self.name, since = %time::rfc3339(since), "still in an outage; probing");
+                }
+                self.ctx.metrics.set_outage(&self.name, state.active());
+                self.handle.stats.outage.store(Arc::new(state.clone()));
+                self.outage = Tracker::new(state);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                error!(instance = %self.name, error = %err, "cannot read the stored outage state; starting without it");
+            }
+        }
+    }
+
+    /// A `[delivery]` setting of the instance, if it is still configured.
+    fn delivery_setting<T>(&self, setting: impl FnOnce(&Delivery) -> T) -> Option<T> {
+        let live = self.ctx.live.load();
+        live.config
+            .instance(&self.name)
+            .map(|i| setting(&i.delivery))
+    }
+
     /// Claims due events from the store when the in-memory queue runs low and there may be some.
+    /// In an outage, the events due first are claimed even before they are due: the probe takes
+    /// the oldest, and the first 2xx sends the rest at once.
     async fn refill(&mut self) -> Result<(), store::Error> {
         if self.ready.len() >= REFILL_BELOW {
             return Ok(());
         }
-        let now = time::now_ms();
+        let now = match self.outage.in_outage() {
+            true => u64::MAX,
+            false => time::now_ms(),
+        };
         let due = self.next_due_ms.is_some_and(|d| d <= now);
         let hinted = self.handle.backlog.swap(false, Ordering::AcqRel);
         if !due && !hinted {
@@ -232,9 +366,30 @@ impl Lane {
         self.next_due_ms = None;
     }
 
-    /// Starts attempts while the concurrency cap and the rate limiter allow. Returns when the
-    /// limiter will allow the next one, if it is what stopped us.
+    /// Starts attempts while the concurrency cap and the rate limiter allow: none while a
+    /// `Retry-After` holds the instance, and in an outage one probe at a time, one per
+    /// `probe_interval`. Returns when to try again, if a wait is what stopped us.
     fn dispatch(&mut self, instance: &Instance) -> Option<Instant> {
+        let now = Instant::now();
+        if let Some(until) = self.hold_until {
+            if now < until {
+                return Some(until);
+            }
+            self.hold_until = None;
+        }
+        let probing = self.outage.in_outage();
+        if self.handle.probe_now.swap(false, Ordering::AcqRel) {
+            self.next_probe = None;
+        }
+        if probing {
+            if let Some(at) = self.next_probe.filter(|at| now < *at) {
+                return Some(at);
+            }
+            if self.flights.sending > 0 {
+                // The answer wakes the lane.
+                return None;
+            }
+        }
         let limiter = self.limiter(&instance.delivery);
         let concurrency = instance.delivery.concurrency.get() as usize;
         while self.flights.has_room(concurrency) && !self.ready.is_empty() {
@@ -262,6 +417,11 @@ impl Lane {
                     next_due_ms,
                 });
             });
+            if probing {
+                let next = retry::instant_after(now, instance.delivery.probe_interval);
+                self.next_probe = Some(next);
+                return Some(next);
+            }
         }
         None
     }

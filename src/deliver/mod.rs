@@ -12,6 +12,7 @@ mod attempt;
 pub mod client;
 pub mod envelope;
 mod lane;
+pub mod outage;
 pub mod outcome;
 pub mod ssrf;
 
@@ -29,7 +30,7 @@ pub use client::Clients;
 pub use lane::is_active;
 
 use crate::config::{Config, LiveConfig};
-use crate::store::{Event, Store};
+use crate::store::{Event, OutageV1, Store};
 use crate::telemetry::metrics::Metrics;
 use crate::time;
 
@@ -50,6 +51,10 @@ pub struct LaneStats {
     pub needs_authorize: AtomicBool,
     /// Events whose stored record could not be read, dead-lettered as `corrupt` since start.
     pub quarantined: AtomicU64,
+    /// The instance's outage state as its lane last changed it (read by attempts for the age
+    /// of events and whether an attempt counts, and by `status`); replaced only when an
+    /// outage begins or ends.
+    pub outage: ArcSwap<OutageV1>,
 }
 
 impl LaneStats {
@@ -70,6 +75,8 @@ pub struct LaneHandle {
     /// Set when the store may hold due events the lane has not seen (a full hand-off queue).
     backlog: AtomicBool,
     wake: Notify,
+    /// Set by [`LaneHandle::probe_now`]: the lane sends its next probe without waiting.
+    probe_now: AtomicBool,
     pub stats: LaneStats,
 }
 
@@ -88,8 +95,22 @@ impl LaneHandle {
             handoff,
             backlog: AtomicBool::new(true),
             wake: Notify::new(),
+            probe_now: AtomicBool::new(false),
             stats: LaneStats::default(),
         }
+    }
+
+    /// Ends the wait for the next probe of an instance in an outage at once and wakes its
+    /// lane, which then probes with the oldest due event (`retry`). Outside an outage it only
+    /// wakes the lane.
+    pub fn probe_now(&self) {
+        self.probe_now.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether the instance is in an outage.
+    pub fn in_outage(&self) -> bool {
+        self.stats.outage.load().active()
     }
 
     /// Hands `event` (already committed) to the lane in memory, unless the lane has a backlog

@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, EventsMode, Instance};
 use crate::deliver::Dispatcher;
-use crate::store::Store;
+use crate::store::{OutageV1, Store};
 use crate::time;
 
 /// One instance's line of `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub instance: String,
-    /// "active", "paused", "disabled", "held" (no longer configured; its events wait) or
+    /// "active", "outage" (active, but its consumer is treated as down: see `outage`),
+    /// "paused", "disabled", "held" (no longer configured; its events wait) or
     /// "needs_authorize" (change events: Dropbox refused the refresh token, or, read offline,
     /// there is none yet: `hookrelay authorize` is needed).
     pub state: String,
@@ -35,6 +36,31 @@ pub struct InstanceStatus {
     /// `dead_lettered` too) since the daemon started.
     #[serde(default)]
     pub quarantined: u64,
+    /// Of `queued`, those an outage holds: all of them while the instance is in one (one
+    /// probe per `probe_interval` goes out), else 0.
+    #[serde(default)]
+    pub held: u64,
+    /// The outage the instance is in, if it is (also known with the daemon stopped).
+    #[serde(default)]
+    pub outage: Option<OutageStatus>,
+}
+
+/// An instance's current outage, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutageStatus {
+    /// Unix ms when it began.
+    pub since_ms: u64,
+    /// The failed attempt's error that began it.
+    pub last_error: Option<String>,
+}
+
+impl OutageStatus {
+    fn of(outage: &OutageV1) -> Option<OutageStatus> {
+        Some(OutageStatus {
+            since_ms: outage.since_ms?,
+            last_error: outage.last_error.clone(),
+        })
+    }
 }
 
 /// Every configured instance in file order, then held ones (pending events or dead letters
@@ -65,7 +91,19 @@ pub fn queue_figures(
                     never_authorized(i) && store.authorization(&name).ok().flatten().is_none()
                 }),
             };
-            let state = state(instance, needs_authorize);
+            let outage = match (lanes, &lane) {
+                (Some(_), Some(l)) => OutageStatus::of(&l.stats.outage.load()),
+                (Some(_), None) => None,
+                (None, _) => store
+                    .outage(&name)
+                    .ok()
+                    .flatten()
+                    .and_then(|o| OutageStatus::of(&o)),
+            };
+            let state = match state(instance, needs_authorize) {
+                "active" if outage.is_some() => "outage",
+                state => state,
+            };
             let oldest = store.oldest_pending_ms(&name).ok().flatten();
             InstanceStatus {
                 state: state.to_owned(),
@@ -85,6 +123,11 @@ pub fn queue_figures(
                 quarantined: lane
                     .as_ref()
                     .map_or(0, |l| l.stats.quarantined.load(Ordering::Relaxed)),
+                held: match outage {
+                    Some(_) => counter.pending_events,
+                    None => 0,
+                },
+                outage,
                 instance: name,
             }
         })

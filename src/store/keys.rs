@@ -48,6 +48,8 @@ pub const QUEUE: &[u8] = b"q/";
 /// `a/<instance>`: the change-events credentials `authorize` obtained
 /// ([`super::record::AuthorizationV1`]).
 pub const AUTHORIZATION: &[u8] = b"a/";
+/// `u/<instance>`: the instance's outage state ([`super::outage::OutageV1`]).
+pub const OUTAGE: &[u8] = b"u/";
 
 /// `y/<instance>\0<event id>`: the last attempts of a pending event or a dead letter
 /// ([`super::history`]); absent before the first failed attempt.
@@ -88,6 +90,10 @@ pub fn meta(name: &str) -> Vec<u8> {
 
 pub fn authorization(instance: &str) -> Vec<u8> {
     [AUTHORIZATION, instance.as_bytes()].concat()
+}
+
+pub fn outage(instance: &str) -> Vec<u8> {
+    [OUTAGE, instance.as_bytes()].concat()
 }
 
 pub fn notification(id: Ulid) -> Vec<u8> {

@@ -55,6 +55,7 @@
 //! | `o/<instance>\0<account>\0i<id>`, `…\0p<path_lower>` | change events: [`record::ObjectV1`] by id and by path |
 //! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
 //! | `a/<instance>` | change events: [`record::AuthorizationV1`], the credentials `authorize` obtained |
+//! | `u/<instance>` | [`outage::OutageV1`]: the outage the instance is in, if any, and its past outages (written only when one begins or ends) |
 //!
 //! An event moves only in the committer, and never into a run: a retry moves it from its run or
 //! `r/` record to `e/` with a `d/` entry; a promotion to its queue's head moves it to `r/`. What is
@@ -89,6 +90,7 @@
 //! | `keys.rs`, `record.rs`, `run.rs` | the key layout, the records, the runs |
 //! | `history.rs` | the records of attempts and of delivered events |
 //! | `events.rs` | reads of events in any state: one by id, pages by time, account and state |
+//! | `outage.rs` | an instance's outage state: its record, read and write |
 //! | `inspect.rs` | read-only views for `status` and `dead list` |
 //! | `retry.rs` | `retry`: waiting events made due now, found a page at a time in the due index |
 //! | `error.rs` | the store's error |
@@ -104,6 +106,7 @@ pub mod inspect;
 mod journal;
 mod keys;
 mod open;
+pub mod outage;
 mod reads;
 pub mod record;
 mod retry;
@@ -135,6 +138,7 @@ pub use events::{EventQuery, EventState, HistoryAudit, Page, StoredEvent, audit_
 pub use history::Attempt;
 pub use journal::{JOURNAL_BYTES as DEFAULT_JOURNAL_BYTES, JOURNAL_FILE};
 pub use open::{create_offline, open_offline};
+pub use outage::OutageV1;
 pub use record::{AuthorizationV1, Counters, EventKind};
 pub use retry::{Retried, RetryTarget};
 pub use types::{
@@ -444,9 +448,9 @@ impl Store {
     }
 
     /// Deletes the records of `instance` that are neither events nor dead letters (seen pairs,
-    /// walk markers, cursors, object maps, change queues, merge targets, credentials), a page
-    /// of [`MAINTENANCE_PAGE`] per batch: for an instance no longer configured whose events and
-    /// dead letters are gone. Returns how many.
+    /// walk markers, cursors, object maps, change queues, merge targets, credentials, outage
+    /// state), a page of [`MAINTENANCE_PAGE`] per batch: for an instance no longer configured
+    /// whose events and dead letters are gone. Returns how many.
     pub async fn forget_instance(&self, instance: &str) -> Result<u64, Error> {
         self.paged(|limit| commit::ForgetInstance {
             instance: instance.to_owned(),

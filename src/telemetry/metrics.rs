@@ -313,7 +313,7 @@ impl Metrics {
         );
         registry.register(
             "hookrelay_outage",
-            "1 while an instance is in outage mode; always 0 (there is no outage mode yet)",
+            "1 while an instance is in an outage (no 2xx for outage_after; one probe per probe_interval), else 0",
             metrics.outage.clone(),
         );
         registry.register(
@@ -535,6 +535,15 @@ impl Metrics {
         });
     }
 
+    /// An instance entered (`true`) or left an outage.
+    pub fn set_outage(&self, instance: &str, in_outage: bool) {
+        self.for_configured(instance, || {
+            self.outage
+                .get_or_create(&instance_label(instance))
+                .set(i64::from(in_outage));
+        });
+    }
+
     pub fn set_config_generation(&self, generation: u64) {
         self.config_generation.set(generation as i64);
     }
@@ -653,6 +662,12 @@ mod tests {
         assert!(!lines_of(&text, "a").iter().any(|l| l.contains("filtered")));
         assert!(!lines_of(&text, "a").iter().any(|l| l.contains("changes")));
         assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 0"));
+        m.set_outage("a", true);
+        m.set_outage("nowhere", true);
+        let text = m.render(&[], 0, 0);
+        assert!(text.contains("hookrelay_outage{instance_name=\"a\"} 1"));
+        assert!(!text.contains("nowhere"), "{text}");
+        m.set_outage("a", false);
         assert!(text.contains(&format!(
             "hookrelay_build_info{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1"
         )));

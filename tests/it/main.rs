@@ -22,6 +22,7 @@ mod ingest;
 mod journal;
 mod lifecycle;
 mod metrics_names;
+mod outage;
 mod policy;
 mod powerfs;
 mod proxy;

@@ -4,13 +4,14 @@
 //! requests (`purge_dead` of some letters, `purge_pending` of an instance, `expire_dead` with
 //! per-instance cutoffs that split the letters by death time), `catch_up` (one `UNKNOWN` event per
 //! pair the store has seen), `commit_walk_page` (a change walk's page: cursor, object-map writes
-//! and envelopes, which queue per pair in FIFO order, only the head due) and a reopen (after a
+//! and envelopes, which queue per pair in FIFO order, only the head due), `set_outage` (an
+//! instance's outage beginning or ending) and a reopen (after a
 //! clean close, after dropping the handle, of a crash image: the store's files copied while it
 //! runs, sled's before the journal's, or of a power-loss image: the store lives on `powerfs`, and
 //! the files are as a power cut would leave them, with only what was synced, or in half of them
 //! also a random part of what was written since, the last page torn), against a plain model (maps
 //! of pending and dead events, merge targets, seen pairs, change queues, cursors and objects,
-//! counters). The journal is 16 KiB, so that cases go through its checkpoints and batches too large
+//! outage states, counters). The journal is 16 KiB, so that cases go through its checkpoints and batches too large
 //! for it. A power cut may undo what was answered before its sync (a delivered event's removal,
 //! with the promotion of the next envelope of its queue; a claim) since the last batch that was
 //! synced; the model takes back the ones the store shows undone. After every step:
@@ -20,7 +21,7 @@
 //!   or by a dead letter (unless an operator's purge or an expiry deleted it);
 //! - the store's pending events (with their due times: a change queue's head due, the others
 //!   waiting without a due entry), dead letters (with their death time), due index, counters,
-//!   cursors and object maps equal the model's;
+//!   cursors, object maps and outage states equal the model's;
 //! - the delivered history holds exactly the deliveries not undone (a cut undoes a removal and
 //!   its history record together), and its counters equal the sum of its records;
 //! - every pending event and dead letter still has its notification body.
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use hookrelay::store::{
     self, Cutoffs, DeadLetter, DeliveredOutcome, EventKind, EventQuery, EventState, IngestTarget,
-    MapWrite, NewEnvelope, OpenMode, Placed, Retry, Store, StoreOptions, WalkPage,
+    MapWrite, NewEnvelope, OpenMode, OutageV1, Placed, Retry, Store, StoreOptions, WalkPage,
     record::ObjectV1,
 };
 use hookrelay::time;
@@ -106,6 +107,10 @@ enum Op {
         envelopes: usize,
         cursor: bool,
         map: Vec<MapOp>,
+    },
+    /// An instance's outage begins (or, if it is in one, ends), as its lane stores it.
+    Outage {
+        instance: usize,
     },
     Reopen(Reopening),
 }
@@ -232,6 +237,7 @@ fn op() -> impl Strategy<Value = Op> {
             any::<u64>().prop_map(|seed| Reopening::PowerCut { torn: Some(seed) }),
         ]
         .prop_map(Op::Reopen),
+        2 => (0..INSTANCES.len()).prop_map(|instance| Op::Outage { instance }),
     ]
 }
 
@@ -329,6 +335,8 @@ struct Model {
     /// Change envelopes of each pair in queue order: the first is the head, the only one due.
     queues: BTreeMap<(String, String), Vec<Ulid>>,
     cursors: BTreeMap<(String, String), String>,
+    /// Instance → its stored outage state (`u/`).
+    outages: BTreeMap<String, OutageV1>,
     /// Pairs whose queue has a next-seq key (an envelope was ever queued).
     sequenced: BTreeSet<(String, String)>,
     objects: BTreeMap<(String, String), MObjects>,
@@ -870,6 +878,21 @@ async fn step(store: &Store, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 count(&STATS.purged_dead);
             }
         }
+        Op::Outage { instance } => {
+            let instance = INSTANCES[*instance];
+            let mut outage = model.outages.get(instance).cloned().unwrap_or_default();
+            let now = time::now_ms();
+            if outage.end(now).is_none() {
+                outage.since_ms = Some(now);
+                outage.last_error = Some("HTTP 503 Service Unavailable".into());
+            }
+            store
+                .set_outage(instance, outage.clone())
+                .await
+                .map_err(|e| TestCaseError::fail(format!("set_outage: {e}")))?;
+            model.outages.insert(instance.to_owned(), outage);
+            count(&STATS.outages);
+        }
         Op::PurgePending { instance, forget } => {
             let instance = INSTANCES[*instance];
             let ids: Vec<Ulid> = model
@@ -1103,7 +1126,8 @@ async fn forget_instance(
             .sum::<usize>()
         + model.sequenced.iter().filter(|p| mine(p)).count()
         + model.pairs.keys().filter(|p| mine(p)).count()
-        + model.history.values().filter(|i| *i == instance).count();
+        + model.history.values().filter(|i| *i == instance).count()
+        + usize::from(model.outages.contains_key(instance));
     let forgotten = store
         .forget_instance(instance)
         .await
@@ -1121,6 +1145,7 @@ async fn forget_instance(
     model.sequenced.retain(|p| !mine(p));
     model.queues.retain(|p, _| !mine(p));
     model.pairs.retain(|p, _| !mine(p));
+    model.outages.remove(instance);
     // Nothing of it is left to count against `storage.max_bytes`.
     let left = store.counters().get(instance).map(|c| c.total_bytes());
     prop_assert!(
@@ -1400,6 +1425,18 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(store.total_bytes(), total);
 
+    // Outage states: what was stored last (each is synced before it is answered).
+    for instance in INSTANCES {
+        let outage = store
+            .outage(instance)
+            .map_err(|e| TestCaseError::fail(format!("outage: {e}")))?;
+        prop_assert_eq!(
+            outage.as_ref(),
+            model.outages.get(instance),
+            "outage of {}",
+            instance
+        );
+    }
     // Cursors and object maps of every pair.
     for instance in INSTANCES {
         for account in ACCOUNTS {
@@ -1503,6 +1540,7 @@ struct Stats {
     /// Envelopes that became their queue's head when the head was delivered or dead-lettered.
     promoted: AtomicU64,
     cursors: AtomicU64,
+    outages: AtomicU64,
     map_writes: AtomicU64,
     /// Records `forget_instance` deleted.
     forgotten: AtomicU64,
@@ -1533,6 +1571,7 @@ static STATS: Stats = Stats {
     envelopes: AtomicU64::new(0),
     promoted: AtomicU64::new(0),
     cursors: AtomicU64::new(0),
+    outages: AtomicU64::new(0),
     map_writes: AtomicU64::new(0),
     forgotten: AtomicU64::new(0),
 };
@@ -1574,7 +1613,8 @@ fn synced(op: &Op, changed: bool) -> bool {
         | Op::PurgePending { .. }
         | Op::ExpireDead { .. }
         | Op::CatchUp { .. }
-        | Op::Walk { .. } => true,
+        | Op::Walk { .. }
+        | Op::Outage { .. } => true,
         Op::Reschedule { .. } | Op::DeadLetter(_) | Op::ReplayDead(_) => changed,
         Op::Claim(_) | Op::Delivered(_) | Op::Unknown(_) | Op::Reopen(_) => false,
     }
@@ -1693,6 +1733,7 @@ fn reach(stats: &Stats) -> Vec<(&'static str, u64)> {
         ("enqueued (walk page)", get(&stats.envelopes)),
         ("promoted to a queue's head", get(&stats.promoted)),
         ("set a cursor for", get(&stats.cursors)),
+        ("stored an outage state for", get(&stats.outages)),
         ("wrote an object map for", get(&stats.map_writes)),
         ("forgot the records of", get(&stats.forgotten)),
         ("reopened", get(&stats.reopened)),

@@ -1,7 +1,8 @@
-//! Store record decoders (`store::record`): arbitrary bytes never panic, and every record
-//! round-trips through its encoding.
+//! Store record decoders (`store::record`, `store::history`, `store::outage`): arbitrary bytes
+//! never panic, and every record round-trips through its encoding.
 
 use hookrelay::store::history::{self, Attempt, HistoryV1};
+use hookrelay::store::outage::{MAX_PAST_OUTAGES, OutageRecord, OutageV1};
 use hookrelay::store::record::{
     ChangesV1, Counters, DeadRecord, DeadV1, EventKind, EventRecord, EventV1, NotificationRecord,
 };
@@ -96,6 +97,19 @@ fn history_record() -> impl Strategy<Value = HistoryV1> {
         )
 }
 
+fn outage() -> impl Strategy<Value = OutageV1> {
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(".{0,60}"),
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..40),
+    )
+        .prop_map(|(since_ms, last_error, past)| OutageV1 {
+            since_ms,
+            last_error,
+            past,
+        })
+}
+
 /// Bytes that look a little like records: JSON-ish text or a version byte and a header.
 fn record_like() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -115,6 +129,7 @@ proptest! {
     fn decoders_never_panic_on_arbitrary_bytes(bytes in record_like()) {
         let _ = EventRecord::decode(&bytes);
         let _ = DeadRecord::decode(&bytes);
+        let _ = OutageRecord::decode(&bytes);
         let notification = NotificationRecord::decode(&bytes);
         prop_assert_eq!(notification.is_ok(), bytes.len() >= 13 && bytes[0] == 1);
         let counters = Counters::decode(&bytes);
@@ -159,6 +174,30 @@ proptest! {
             history_bytes: counters.2 ^ counters.3,
         };
         prop_assert_eq!(Counters::decode(&c.encode()).ok(), Some(c));
+    }
+
+    #[test]
+    fn outage_records_round_trip_and_stay_bounded(
+        stored in outage(),
+        end in any::<u64>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let bytes = OutageRecord::encode(&stored);
+        prop_assert_eq!(OutageRecord::decode(&bytes).ok(), Some(stored.clone()));
+        let cut = cut.index(bytes.len());
+        if cut < bytes.len() {
+            prop_assert!(OutageRecord::decode(&bytes[..cut]).is_err());
+        }
+        // Ending an outage keeps the past outages bounded, whatever was stored; without one
+        // to end, nothing changes.
+        let mut ended = stored.clone();
+        let lasted = ended.end(end);
+        prop_assert_eq!(lasted.is_some(), stored.since_ms.is_some());
+        prop_assert!(!ended.active());
+        match lasted {
+            Some(_) => prop_assert!(ended.past.len() <= MAX_PAST_OUTAGES),
+            None => prop_assert_eq!(&ended.past, &stored.past),
+        }
     }
 
     #[test]

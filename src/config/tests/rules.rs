@@ -101,6 +101,38 @@ fn durations_must_be_positive_and_retries_ordered() {
 }
 
 #[test]
+fn outage_keys_default_turn_off_override_and_are_checked_by_name() {
+    use std::time::Duration;
+    let with_instance = |delivery: &str, own: &str| {
+        let instance = instance_with("a", 1, "", &format!("[instance.delivery]\n{own}"));
+        format!("{}{instance}", with_delivery(delivery))
+    };
+    let defaults = valid(&with_instance("", "")).instances[0].delivery.clone();
+    assert_eq!(defaults.outage_after, Duration::from_secs(600));
+    assert_eq!(defaults.probe_interval, Duration::from_secs(60));
+    let text = with_instance(
+        "outage_after = \"0s\"\nprobe_interval = \"5s\"",
+        "probe_interval = \"2s\"",
+    );
+    let delivery = valid(&text).instances[0].delivery.clone();
+    assert_eq!(delivery.outage_after, Duration::ZERO, "0s turns it off");
+    assert_eq!(delivery.probe_interval, Duration::from_secs(2));
+    let found = problems(&with_delivery(
+        "outage_after = \"366d\"\nprobe_interval = \"0s\"",
+    ));
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "delivery.outage_after: must be at most 365d (got \"366d\")",
+            "delivery.probe_interval: must be greater than 0 (got \"0s\")",
+        ]
+    );
+    let soon = only_problem(&with_instance("", "outage_after = \"soon\""));
+    assert_eq!(soon.key, "instance[0].delivery.outage_after");
+}
+
+#[test]
 fn sizes_accept_integers_and_strings_within_limits() {
     let config = valid(&MINIMAL.replace("[server]", "[server]\nmax_body_bytes = 1024"));
     assert_eq!(config.server.max_body_bytes, 1024);

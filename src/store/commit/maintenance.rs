@@ -195,9 +195,10 @@ impl Committer {
         let limit = limit.saturating_sub(history as usize);
         let families = keys::OTHER_FAMILIES.into_iter().chain([keys::PAIR]);
         let mut doomed = instance_keys(view, families, instance, limit)?;
-        let credentials = keys::authorization(instance);
-        if doomed.len() < limit && view.get(&credentials)?.is_some() {
-            doomed.push(credentials);
+        for single in [keys::authorization(instance), keys::outage(instance)] {
+            if doomed.len() < limit && view.get(&single)?.is_some() {
+                doomed.push(single);
+            }
         }
         let count = history + doomed.len() as u64;
         for key in doomed {

@@ -6,7 +6,8 @@
 //! answered, which may wait ([`OUTCOME_SYNC_DELAY`]), and that a batch is answered only once it
 //! is as durable as its requests need. Each request is an [`Operation`] with its own reply type,
 //! in the file of its concern: [`ingest`], [`outcome`] (what delivery reports), [`dead`]
-//! (replay and purge of dead letters), [`retry`] (waiting events due now), [`walk`] (change events), [`maintenance`]; [`pending`]
+//! (replay and purge of dead letters), [`retry`] (waiting events due now), [`walk`] (change events),
+//! [`outage`] (an instance's outage state), [`maintenance`]; [`pending`]
 //! and [`counters`] are the bookkeeping they share, [`view`] the batch they read and write.
 
 mod counters;
@@ -14,6 +15,7 @@ mod dead;
 mod history;
 mod ingest;
 mod maintenance;
+mod outage;
 mod outcome;
 mod pending;
 mod retry;
@@ -38,6 +40,7 @@ pub(super) use dead::{PurgeDead, ReplayDead};
 pub(super) use history::{ExpireHistory, ReplayHistory};
 pub(super) use ingest::Ingest;
 pub(super) use maintenance::{CatchUp, Close, ExpireDead, ForgetInstance, Heartbeat, PurgePending};
+pub(super) use outage::SetOutage;
 pub(super) use outcome::{Claim, Delivered, MoveToDead, Quarantine, Reschedule};
 pub(super) use retry::{RetriedPage, RetryWaiting};
 pub(super) use walk::{Authorize, CommitWalkPage, MarkWalk, SetCursor};
