@@ -31,6 +31,7 @@ const SECRET_KEYS: [&str; 4] = [
 pub(crate) fn is_secret_path(key: &str) -> bool {
     let within = |secret: &str| key == secret || key.starts_with(&format!("{secret}."));
     within("admin.token")
+        || within("alerts.signature_key")
         || SECRET_KEYS.iter().any(|name| {
             let quoted_name = quoted(name);
             key.split_once(".configuration.").is_some_and(|(_, rest)| {

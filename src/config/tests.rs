@@ -1,5 +1,6 @@
 //! Unit tests of the configuration module, by topic; the helpers below build configs as text.
 
+mod alerts;
 mod configuration;
 mod files;
 mod grammar;
