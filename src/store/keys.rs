@@ -212,8 +212,8 @@ pub fn instance_of(family: &[u8], key: &[u8]) -> Option<String> {
 
 /// The families of an instance's records that are neither events nor dead letters, counted as
 /// its `other_bytes` against `storage.max_bytes`: seen accounts, walk markers, cursors, object
-/// maps, change queues.
-pub const OTHER_FAMILIES: [&[u8]; 5] = [SEEN, WALK, CURSOR, OBJECT, QUEUE];
+/// maps, change queues, dead letters not alerted yet.
+pub const OTHER_FAMILIES: [&[u8]; 6] = [SEEN, WALK, CURSOR, OBJECT, QUEUE, super::alerts::TALLIES];
 
 #[cfg(test)]
 mod tests {

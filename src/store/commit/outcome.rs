@@ -168,6 +168,7 @@ impl Committer {
         let counter = self.counter_mut(instance);
         counter.dead_events += 1;
         counter.dead_bytes += event.bytes;
+        self.tally_dead(view, instance, id, &event, &dead.reason, now_ms)?;
         let record = DeadV1 {
             event,
             dead_at_ms: now_ms,
@@ -279,6 +280,7 @@ impl Committer {
         let counter = self.counter_mut(instance);
         counter.dead_events += 1;
         counter.dead_bytes += event.bytes;
+        self.tally_dead(view, instance, id, &event, QUARANTINED, now_ms)?;
         let record = DeadV1 {
             event,
             dead_at_ms: now_ms,
