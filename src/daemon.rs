@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::alerts;
 use crate::changes::Walker;
 use crate::config::{self, Config, ConfigError, EventsMode, Live, LiveConfig};
 use crate::deliver::Dispatcher;
@@ -97,11 +98,13 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         metrics.clone(),
     )?);
     catch_up_if_needed(&store, &live, &dispatcher, previous).await?;
+    let (alerts, alert_tasks) = alerts::start(store.clone(), live.clone());
     let walker = Arc::new(Walker::new(
         store.clone(),
         live.clone(),
         dispatcher.clone(),
         metrics.clone(),
+        alerts.clone(),
     )?);
     walker.start();
 
@@ -109,6 +112,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let (stop_admin, admin_stopped) = watch::channel(false);
     let ingest = Arc::new(Ingest {
         live: live.clone(),
+        alerts: alerts.clone(),
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         walker: walker.clone(),
@@ -172,6 +176,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         dispatcher.drain(shutdown_timeout)
     );
     background.abort();
+    // Queued alerts stay in the store; one in flight now is sent again after the next start.
+    alert_tasks.stop().await;
     if let Err(err) = store.close().await {
         warn!(error = %err, "store did not close cleanly");
     }

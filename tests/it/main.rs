@@ -6,6 +6,7 @@
 mod support;
 
 mod abuse;
+mod alerts;
 mod changes;
 mod cli_config;
 mod crash;
