@@ -85,11 +85,7 @@ impl Operation for TakeDeadTally {
             return Ok(false);
         };
         let Ok(mut tally) = stored else {
-            let fresh = DeadTallyV1 {
-                last_alert_ms: self.now_ms,
-                ..DeadTallyV1::default()
-            };
-            view.insert(key, DeadTallyRecord::encode(&fresh));
+            view.insert(key, DeadTallyRecord::encode(&DeadTallyV1::default()));
             return Ok(false);
         };
         if tally.count < self.count {
@@ -99,11 +95,12 @@ impl Operation for TakeDeadTally {
         if tally.count == 0 {
             tally.first_ms = 0;
         }
-        tally.last_alert_ms = self.now_ms;
-        view.insert(key, DeadTallyRecord::encode(&tally));
         if let Some((id, alert)) = self.alert {
+            // Only an alert sent starts the instance's quiet minute.
+            tally.last_alert_ms = self.now_ms;
             committer.enqueue_alert(view, id, alert.record())?;
         }
+        view.insert(key, DeadTallyRecord::encode(&tally));
         Ok(true)
     }
 }
