@@ -47,14 +47,29 @@ async fn notify(d: &Daemon, app: &App, accounts: &[&str]) {
     assert_eq!(status, 200, "{}", d.logs());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_close_together_make_one_signed_alert_with_their_count() {
+/// What an alert says, whatever its format: the `json` alert object, or for `slack` an object
+/// with only the `summary` (its `text`), after checking that the body holds nothing else.
+fn said(request: &Recorded, format: &str) -> Value {
+    let body: Value = serde_json::from_slice(&request.body)
+        .unwrap_or_else(|e| panic!("an alert body is not JSON ({e}): {:?}", request.body));
+    match format {
+        "slack" => {
+            assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+            serde_json::json!({ "summary": body["text"] })
+        }
+        _ => body["alert"].clone(),
+    }
+}
+
+/// Three events of one notification dead-letter at once (the consumer answers 410): one alert
+/// carries the count, signed; a later dead letter waits for the instance's quiet minute.
+async fn dead_letters_make_one_alert_with_their_count(format: &str) {
     let app = App::new("app-alerts");
     let consumer = FakeCallback::start([], Action::Status(410)).await;
     let sink = FakeCallback::ok().await;
     let cfg = TestConfig::new()
         .instance(InstanceConfig::new("acme-dropbox", 1, &app).callback(&consumer.url()))
-        .raw(&alerts_table(&sink, "json", Some(WHSEC), &["dead_letter"]));
+        .raw(&alerts_table(&sink, format, Some(WHSEC), &["dead_letter"]));
     let d = Daemon::start(&cfg).await;
     let accounts = [account_id(), account_id(), account_id()];
     let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
@@ -62,26 +77,26 @@ async fn dead_letters_close_together_make_one_signed_alert_with_their_count() {
     consumer.wait_for(3, WAIT).await;
 
     let alerts = sink.wait_for(1, WAIT).await;
-    let alert = alert_of(&alerts[0]);
-    assert_eq!(alert["type"], "dead_letter", "{alert}");
-    assert_eq!(alert["instance"], "acme-dropbox");
-    assert_eq!(alert["detail"]["count"], 3, "{alert}");
-    assert_eq!(alert["detail"]["last_status"], 410);
-    assert!(
-        accounts.contains(&alert["detail"]["account"].as_str().unwrap_or("")),
-        "{alert}"
-    );
+    verify_signatures(&alerts[0], WHSEC).unwrap_or_else(|e| panic!("{e}"));
+    let alert = said(&alerts[0], format);
     assert_eq!(
         alert["summary"],
         "hookrelay: 3 events of acme-dropbox dead-lettered (last: HTTP 410 Gone)"
     );
-    assert!(alert["at"].as_str().is_some_and(|at| at.ends_with('Z')));
-    verify_signatures(&alerts[0], WHSEC).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        alerts[0].header("webhook-id"),
-        alert["id"].as_str(),
-        "the alert id is its webhook id"
-    );
+    if format == "json" {
+        assert_eq!(alert["type"], "dead_letter", "{alert}");
+        assert_eq!(alert["instance"], "acme-dropbox");
+        assert_eq!(alert["detail"]["count"], 3, "{alert}");
+        assert_eq!(alert["detail"]["last_status"], 410);
+        let account = alert["detail"]["account"].as_str().unwrap_or("");
+        assert!(accounts.contains(&account), "{alert}");
+        assert!(alert["at"].as_str().is_some_and(|at| at.ends_with('Z')));
+        assert_eq!(
+            alerts[0].header("webhook-id"),
+            alert["id"].as_str(),
+            "the alert id is its webhook id"
+        );
+    }
 
     // A later dead letter is alerted on its own, a minute after the first alert at the
     // earliest: until then nothing more arrives.
@@ -92,7 +107,17 @@ async fn dead_letters_close_together_make_one_signed_alert_with_their_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_grant_is_alerted_once_in_slack_format() {
+async fn dead_letters_make_one_json_alert_with_their_count() {
+    dead_letters_make_one_alert_with_their_count("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_make_one_slack_alert_with_their_count() {
+    dead_letters_make_one_alert_with_their_count("slack").await;
+}
+
+/// Dropbox refuses a change-events instance's refresh token: one alert, not one per walk.
+async fn a_refused_grant_is_alerted_once(format: &str) {
     let app = App::new("app-alerts-changes");
     let account = account_id();
     let api = FakeDropboxApi::start(&account).await;
@@ -107,7 +132,12 @@ async fn a_refused_grant_is_alerted_once_in_slack_format() {
     let cfg = TestConfig::new()
         .instance(instance)
         .raw(&api.toml())
-        .raw(&alerts_table(&sink, "slack", None, &["needs_authorize"]));
+        .raw(&alerts_table(
+            &sink,
+            format,
+            Some(WHSEC),
+            &["needs_authorize"],
+        ));
     let d = Daemon::start(&cfg).await;
     wait_until(WAIT, "the first cursor", || async {
         api.calls("2/files/list_folder/get_latest_cursor") >= 1
@@ -118,13 +148,17 @@ async fn a_refused_grant_is_alerted_once_in_slack_format() {
     api.write_file("/a.txt");
     notify(&d, &app, &[&account]).await;
     let alerts = sink.wait_for(1, WAIT).await;
-    let body: Value = serde_json::from_slice(&alerts[0].body).unwrap_or(Value::Null);
-    let text = body["text"].as_str().unwrap_or_default();
-    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    verify_signatures(&alerts[0], WHSEC).unwrap_or_else(|e| panic!("{e}"));
+    let alert = said(&alerts[0], format);
+    let summary = alert["summary"].as_str().unwrap_or_default();
     assert!(
-        text.starts_with("hookrelay: files needs `hookrelay authorize`"),
-        "{text}"
+        summary.starts_with("hookrelay: files needs `hookrelay authorize`"),
+        "{summary}"
     );
+    if format == "json" {
+        assert_eq!(alert["type"], "needs_authorize", "{alert}");
+        assert_eq!(alert["instance"], "files");
+    }
 
     // Refused again on the next walk: the same episode, no second alert.
     let refreshes = api.calls("oauth2/token");
@@ -138,7 +172,18 @@ async fn a_refused_grant_is_alerted_once_in_slack_format() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_store_is_alerted_once_per_episode() {
+async fn a_refused_grant_is_alerted_once_in_json() {
+    a_refused_grant_is_alerted_once("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_is_alerted_once_in_slack() {
+    a_refused_grant_is_alerted_once("slack").await;
+}
+
+/// A tiny `storage.max_bytes`: the first notification is taken, the next ones refused with
+/// 503, and the episode gets one alert (signed with a plain key: no Standard Webhooks header).
+async fn a_full_store_is_alerted_once_per_episode(format: &str) {
     let app = App::new("app-alerts-full");
     let consumer = FakeCallback::ok().await;
     let sink = FakeCallback::ok().await;
@@ -150,28 +195,69 @@ async fn a_full_store_is_alerted_once_per_episode() {
                 .callback(&consumer.url())
                 .paused(true),
         )
-        .raw(&alerts_table(&sink, "json", Some(key), &["store_full"]));
+        .raw(&alerts_table(&sink, format, Some(key), &["store_full"]));
     let d = Daemon::start(&cfg).await;
     let account = account_id();
     notify(&d, &app, &[&account]).await;
     for _ in 0..3 {
-        let status = post_notification(
-            &d.ingest_url(),
-            &app.secret,
-            &notification_body(&[&account]),
-        )
-        .await;
+        let body = notification_body(&[&account]);
+        let status = post_notification(&d.ingest_url(), &app.secret, &body).await;
         assert_eq!(status, 503, "{}", d.logs());
     }
     let alerts = sink.wait_for(1, WAIT).await;
-    let alert = alert_of(&alerts[0]);
-    assert_eq!(alert["type"], "store_full", "{alert}");
-    assert_eq!(alert["instance"], Value::Null);
-    assert_eq!(alert["detail"]["max_bytes"], 1);
-    assert!(alert["detail"]["bytes"].as_u64().is_some_and(|b| b >= 1));
     verify_signatures(&alerts[0], key).unwrap_or_else(|e| panic!("{e}"));
+    let alert = said(&alerts[0], format);
+    let summary = alert["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with("hookrelay: the store is full ("),
+        "{summary}"
+    );
+    if format == "json" {
+        assert_eq!(alert["type"], "store_full", "{alert}");
+        assert_eq!(alert["instance"], Value::Null);
+        assert_eq!(alert["detail"]["max_bytes"], 1);
+        assert!(alert["detail"]["bytes"].as_u64().is_some_and(|b| b >= 1));
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(sink.count(), 1, "one alert for the episode: {}", d.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_is_alerted_once_per_episode_in_json() {
+    a_full_store_is_alerted_once_per_episode("json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_is_alerted_once_per_episode_in_slack() {
+    a_full_store_is_alerted_once_per_episode("slack").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_switched_on_by_a_reload_are_sent() {
+    let app = App::new("app-alerts-reload");
+    let consumer = FakeCallback::start([], Action::Status(410)).await;
+    let sink = FakeCallback::ok().await;
+    let off =
+        TestConfig::new().instance(InstanceConfig::new("acme", 1, &app).callback(&consumer.url()));
+    let mut d = Daemon::start(&off).await;
+    let on = off
+        .clone()
+        .raw(&alerts_table(&sink, "json", None, &["dead_letter"]));
+    d.rewrite_config(&on);
+    d.sighup();
+    wait_until(WAIT, "the reload", || async {
+        d.generation().await == Some(2)
+    })
+    .await;
+    notify(&d, &app, &[&account_id()]).await;
+    let alerts = sink.wait_for(1, WAIT).await;
+    let alert = alert_of(&alerts[0]);
+    assert_eq!(alert["type"], "dead_letter", "{alert}");
+    assert_eq!(
+        alerts[0].header("Elements-Webhook-Signature"),
+        None,
+        "no key, no signature"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
