@@ -21,9 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::alerts::{self, Alert};
 use crate::changes::Walker;
 use crate::config::{self, Config, ConfigError, EventsMode, Live, LiveConfig};
-use crate::deliver::Dispatcher;
+use crate::deliver::{Dispatcher, OutageListener, OutageNotice};
 use crate::http::{self, Limits};
 use crate::ingest::Ingest;
 use crate::ops::admin::Admin;
@@ -91,10 +92,12 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_config_generation(1);
     metrics.configure(&instance_series(&live.load().config));
+    let (alerts, alert_tasks) = alerts::start(store.clone(), live.clone());
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         live.clone(),
         metrics.clone(),
+        outage_alerts(alerts.clone()),
     )?);
     catch_up_if_needed(&store, &live, &dispatcher, previous).await?;
     let walker = Arc::new(Walker::new(
@@ -102,6 +105,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         live.clone(),
         dispatcher.clone(),
         metrics.clone(),
+        alerts.clone(),
     )?);
     walker.start();
 
@@ -109,6 +113,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     let (stop_admin, admin_stopped) = watch::channel(false);
     let ingest = Arc::new(Ingest {
         live: live.clone(),
+        alerts: alerts.clone(),
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         walker: walker.clone(),
@@ -172,6 +177,8 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
         dispatcher.drain(shutdown_timeout)
     );
     background.abort();
+    // Queued alerts stay in the store; one in flight now is sent again after the next start.
+    alert_tasks.stop().await;
     if let Err(err) = store.close().await {
         warn!(error = %err, "store did not close cleanly");
     }
@@ -226,6 +233,32 @@ fn ingest_tls(live: &LiveConfig, metrics: &Arc<Metrics>) -> http::Tls {
         handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
         on_failure: Arc::new(move |failure| metrics.tls_handshake_failure(failure.as_str())),
     }
+}
+
+/// The lanes' outage notices, raised as operator alerts (`outage`, `recovered`).
+fn outage_alerts(alerts: alerts::Alerts) -> OutageListener {
+    Arc::new(move |notice| {
+        alerts.raise(match notice {
+            OutageNotice::Began {
+                instance,
+                since_ms,
+                last_error,
+            } => Alert::Outage {
+                instance,
+                since_ms,
+                last_error,
+            },
+            OutageNotice::Ended {
+                instance,
+                since_ms,
+                last_error,
+            } => Alert::Recovered {
+                instance,
+                since_ms,
+                last_error,
+            },
+        })
+    })
 }
 
 async fn bind(key: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {

@@ -7,6 +7,7 @@
 //! - [`store`]: the durable queue (the only module that touches sled).
 //! - [`changes`]: change events: cursor walks against the Dropbox API, per-object events.
 //! - [`deliver`]: per-instance lanes that sign, rate-limit, send and retry.
+//! - [`alerts`]: operator alerts, queued in the store and sent to `[alerts] url`.
 //! - [`sign`]: inbound Dropbox signature checks and outbound callback signatures (no IO).
 //! - [`ops`]: the admin side: the admin listener, status figures, dead-letter administration.
 //! - [`daemon`]: wiring of the stages for `run`, signals, sd_notify and the watchdog check;
@@ -15,6 +16,7 @@
 //! Leaves that the modules above share: [`time`] (the clock, RFC 3339), [`retry`] (the retry
 //! schedule), [`telemetry`] (metrics and logs), and the private `http` (the accept loop).
 
+pub mod alerts;
 pub mod changes;
 pub mod cli;
 pub mod config;

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::api::{Api, ApiError};
 use super::authorize::{self, AuthorizeError, Authorized};
 use super::mapping::{self, Mapper, Objects};
+use crate::alerts::{Alert, Alerts};
 use crate::config::{self, EventsMode, Instance, LiveConfig, VendorType};
 use crate::deliver::Dispatcher;
 use crate::retry;
@@ -65,6 +66,8 @@ struct Inner {
     live: LiveConfig,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
+    /// Raises `needs_authorize` when Dropbox first refuses an instance's grant.
+    alerts: Alerts,
     api: Api,
     /// Pairs walking now.
     walking: Mutex<HashMap<(String, String), PairState>>,
@@ -90,6 +93,7 @@ impl Walker {
         live: LiveConfig,
         dispatcher: Arc<Dispatcher>,
         metrics: Arc<Metrics>,
+        alerts: Alerts,
     ) -> Result<Walker, reqwest::Error> {
         let (stop, shutdown) = watch::channel(false);
         let poll_override = std::env::var(POLL_INTERVAL_ENV)
@@ -101,6 +105,7 @@ impl Walker {
                 live,
                 dispatcher,
                 metrics,
+                alerts,
                 api: Api::new()?,
                 walking: Mutex::new(HashMap::new()),
                 credentials: tokio::sync::Mutex::new(HashMap::new()),
@@ -551,6 +556,10 @@ fn set_needs_authorize(inner: &Inner, instance: &str, needs: bool) {
         if needs && !was {
             lane.stats
                 .record_error("Dropbox refused the refresh token: run `hookrelay authorize`");
+            // Once per episode: the flag stays set until a grant works again.
+            inner.alerts.raise(Alert::NeedsAuthorize {
+                instance: instance.to_owned(),
+            });
         }
     }
 }

@@ -192,7 +192,7 @@ pub async fn purge(config: &Config, select: SelectArgs) -> Result<(), Failure> {
     {
         println!(
             "removed {} other record(s) of {name} (delivered history, seen accounts, cursors, \
-             object maps, change queues, credentials)",
+             object maps, change queues, credentials, dead-letter alert tally)",
             outcome.forgotten
         );
     }

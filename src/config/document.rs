@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use super::keys::{KNOWN_KEYS, is_secret_path, key_path};
 use super::problem::{Problem, child, segment};
 use super::raw::{
-    RawAdmin, RawConfiguration, RawDelivery, RawDocument, RawDropbox, RawInstance, RawServer,
-    RawStorage,
+    RawAdmin, RawAlerts, RawConfiguration, RawDelivery, RawDocument, RawDropbox, RawInstance,
+    RawServer, RawStorage,
 };
 
 const SECRET_TYPE_RULE: &str = "invalid type; expected a string or { file = \"PATH\" }";
@@ -32,6 +32,7 @@ pub(crate) struct Sections {
     pub storage: RawStorage,
     pub delivery: RawDelivery,
     pub dropbox: RawDropbox,
+    pub alerts: RawAlerts,
     pub instances: Vec<InstanceSections>,
 }
 
@@ -61,6 +62,7 @@ pub(crate) fn read(text: &str, problems: &mut Vec<Problem>) -> Option<Sections> 
         storage: decode_section(document.storage, "storage", problems),
         delivery: decode_section(document.delivery, "delivery", problems),
         dropbox: decode_section(document.dropbox, "dropbox", problems),
+        alerts: decode_section(document.alerts, "alerts", problems),
         instances: instances
             .into_iter()
             .enumerate()

@@ -44,6 +44,7 @@ pub(crate) fn is_secret_path(key: &str) -> bool {
         .any(|secret| in_section == *secret || in_section.starts_with(&format!("{secret}.")));
     delivery_secret
         || within("admin.token")
+        || within("alerts.signature_key")
         || SECRET_KEYS.iter().any(|name| {
             let quoted_name = quoted(name);
             key.split_once(".configuration.").is_some_and(|(_, rest)| {

@@ -12,6 +12,7 @@
 //!   the `grammar`s and the `defaults`, and records each `problem`.
 
 mod callback_tls;
+mod alerts;
 mod check;
 mod configuration;
 mod defaults;
@@ -162,6 +163,8 @@ pub struct Config {
     pub admin: Admin,
     pub storage: Storage,
     pub dropbox: DropboxApi,
+    /// `[alerts]`; `None` (alerts off) unless `url` is set.
+    pub alerts: Option<Alerts>,
     /// Instances in file order; names and ids are unique.
     pub instances: Vec<Instance>,
 }
@@ -199,6 +202,65 @@ pub struct DropboxApi {
     pub api_url: Url,
     pub content_url: Url,
     pub notify_url: Url,
+}
+
+/// `[alerts]`: operator notifications, sent through the store's alert queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerts {
+    pub url: Url,
+    pub format: AlertFormat,
+    /// Signs `json` alerts like events; a `whsec_` key adds the Standard Webhooks signature.
+    pub signature_key: Option<Secret>,
+    /// The types sent, in the order written; every type by default.
+    pub on: Vec<AlertType>,
+    /// Egress proxy for the alert URL; none by default (environment proxies are ignored).
+    pub proxy: Option<Url>,
+    /// The `[delivery]` settings alerts follow: timeout, rate limit and the retry schedule.
+    pub delivery: Delivery,
+}
+
+/// How an alert's body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertFormat {
+    /// `{"alert": {"type", "instance", "at", "summary", "detail"}}`, signed like events.
+    Json,
+    /// `{"text": "<summary>"}`: Slack, Mattermost, Rocket.Chat incoming webhooks.
+    Slack,
+}
+
+/// The types of alert, as `alerts.on` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertType {
+    DeadLetter,
+    Outage,
+    Recovered,
+    NeedsAuthorize,
+    StoreFull,
+}
+
+impl AlertType {
+    pub const ALL: [AlertType; 5] = [
+        AlertType::DeadLetter,
+        AlertType::Outage,
+        AlertType::Recovered,
+        AlertType::NeedsAuthorize,
+        AlertType::StoreFull,
+    ];
+
+    /// The name in `alerts.on` and in a `json` alert's `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertType::DeadLetter => "dead_letter",
+            AlertType::Outage => "outage",
+            AlertType::Recovered => "recovered",
+            AlertType::NeedsAuthorize => "needs_authorize",
+            AlertType::StoreFull => "store_full",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AlertType> {
+        AlertType::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 /// `[delivery]` merged with an instance's `[instance.delivery]` overrides.

@@ -21,6 +21,7 @@ pub(crate) struct RawDocument {
     pub storage: Option<toml::Table>,
     pub delivery: Option<toml::Table>,
     pub dropbox: Option<toml::Table>,
+    pub alerts: Option<toml::Table>,
     pub instance: Option<Vec<toml::Table>>,
 }
 
@@ -89,6 +90,17 @@ pub(crate) struct RawDropbox {
     pub api_url: Option<RawText>,
     pub content_url: Option<RawText>,
     pub notify_url: Option<RawText>,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlerts {
+    pub url: Option<RawText>,
+    pub format: Option<RawText>,
+    pub signature_key: Option<RawText>,
+    pub on: Option<Vec<RawText>>,
+    pub proxy: Option<RawText>,
 }
 
 /// One `[[instance]]`; its two sub-tables are decoded on their own (see `document.rs`).

@@ -14,7 +14,7 @@ use super::document::{self, Sections};
 use super::problem::quoted;
 use super::raw::{RawAdmin, RawDropbox, RawServer, RawStorage, RawText};
 use super::{
-    Admin, Config, ConfigError, Delivery, DropboxApi, LoadContext, Loaded, Server, Storage,
+    Admin, Config, ConfigError, Delivery, DropboxApi, LoadContext, Loaded, Server, Storage, alerts,
     delivery, file_value, instance,
 };
 
@@ -46,7 +46,9 @@ pub(crate) fn load_str(text: &str, ctx: &LoadContext) -> Result<Loaded, ConfigEr
 /// Problems are listed section by section, in the order of docs/configuration.md (a stable sort
 /// keeps the order within a section); keys outside any section come first.
 fn section_order(key: &str) -> (usize, usize) {
-    const SECTIONS: [&str; 5] = ["server", "admin", "storage", "delivery", "dropbox"];
+    const SECTIONS: [&str; 6] = [
+        "server", "admin", "storage", "delivery", "alerts", "dropbox",
+    ];
     let section = key.split(['.', '[']).next().unwrap_or(key);
     if let Some(position) = SECTIONS.iter().position(|name| *name == section) {
         return (position + 1, 0);
@@ -69,6 +71,7 @@ fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Con
     let dropbox = dropbox(c, &sections.dropbox);
     // With a broken `[delivery]`, instances are still checked, against the default values.
     let base = delivery.clone().unwrap_or_default();
+    let alerts = alerts::check(c, &sections.alerts, &base);
     let instances = instance::all(c, &sections.instances, &base);
     delivery?;
     Ok(Config {
@@ -77,6 +80,7 @@ fn config(c: &mut Checker, sections: &Sections, ctx: &LoadContext) -> Result<Con
         admin: admin?,
         storage: storage?,
         dropbox: dropbox?,
+        alerts: alerts?,
         instances: instances?,
     })
 }

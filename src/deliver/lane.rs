@@ -33,7 +33,7 @@ use ulid::Ulid;
 
 use super::attempt::{self, Done, Heard, Progress, Slot};
 use super::outage::{Change, Tracker};
-use super::{Context, LaneHandle};
+use super::{Context, LaneHandle, OutageNotice};
 use crate::config::{Delivery, Instance, Rate};
 use crate::retry;
 use crate::store::{self, Event};
@@ -209,7 +209,7 @@ impl Lane {
     }
 
     /// The instance entered an outage (its consumer is treated as down): published, stored,
-    /// logged and counted. Operator alerts about an outage hook in here.
+    /// logged, counted, and told to the outage listener (operator alerts).
     async fn outage_began(&mut self) {
         let state = self.outage.state().clone();
         let since = state.since_ms.map(time::rfc3339).unwrap_or_default();
@@ -223,12 +223,17 @@ impl Lane {
         // The first probe goes one interval from now.
         let probe_interval = self.delivery_setting(|d| d.probe_interval);
         self.next_probe = probe_interval.map(|every| retry::instant_after(Instant::now(), every));
+        (self.ctx.on_outage)(OutageNotice::Began {
+            instance: self.name.clone(),
+            since_ms: state.since_ms.unwrap_or_else(time::now_ms),
+            last_error: state.last_error.clone(),
+        });
         self.publish_outage(state).await;
     }
 
     /// The instance's outage ended (a 2xx, or outage mode turned off) after `lasted_ms`:
-    /// published, stored, logged and counted; the backlog drains at the rate limit. Operator
-    /// alerts about a recovery hook in here.
+    /// published, stored, logged, counted, and told to the outage listener (operator alerts);
+    /// the backlog drains at the rate limit.
     async fn outage_ended(&mut self, lasted_ms: u64) {
         info!(
             instance = %self.name,
@@ -238,6 +243,11 @@ impl Lane {
         self.next_probe = None;
         // Events the outage held wait in the store: look there.
         self.handle.backlog.store(true, Ordering::Release);
+        (self.ctx.on_outage)(OutageNotice::Ended {
+            instance: self.name.clone(),
+            since_ms: time::now_ms().saturating_sub(lasted_ms),
+            last_error: self.handle.stats.last_error.load_full().map(|e| e.1.clone()),
+        });
         let state = self.outage.state().clone();
         self.publish_outage(state).await;
     }

@@ -40,7 +40,30 @@ pub struct Context {
     pub live: LiveConfig,
     pub clients: ArcSwap<Clients>,
     pub metrics: Arc<Metrics>,
+    /// Told when an instance's outage begins or ends (the daemon raises operator alerts).
+    pub on_outage: OutageListener,
 }
+
+/// An instance's outage began or ended, as its lane tells the [`OutageListener`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutageNotice {
+    /// No 2xx for `outage_after` while attempts were made, since `since_ms`.
+    Began {
+        instance: String,
+        since_ms: u64,
+        last_error: Option<String>,
+    },
+    /// The outage that began at `since_ms` ended (a 2xx, or outage mode turned off);
+    /// `last_error` is the last failure before it ended.
+    Ended {
+        instance: String,
+        since_ms: u64,
+        last_error: Option<String>,
+    },
+}
+
+/// Who hears of outages: called on the lane's task, so it must not block.
+pub type OutageListener = Arc<dyn Fn(OutageNotice) + Send + Sync>;
 
 /// Per-instance facts for `status`, kept without locks.
 #[derive(Default)]
@@ -145,6 +168,7 @@ impl Dispatcher {
         store: Store,
         live: LiveConfig,
         metrics: Arc<Metrics>,
+        on_outage: OutageListener,
     ) -> Result<Dispatcher, reqwest::Error> {
         let clients = Clients::for_config(&live.load().config, None)?;
         let ctx = Arc::new(Context {
@@ -152,6 +176,7 @@ impl Dispatcher {
             live,
             clients: ArcSwap::from_pointee(clients),
             metrics,
+            on_outage,
         });
         let (shutdown, _) = watch::channel(false);
         let dispatcher = Dispatcher {

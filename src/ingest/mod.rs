@@ -15,6 +15,7 @@ use hyper::header::HeaderName;
 use hyper::{Method, Request, StatusCode};
 use tracing::{debug, info, warn};
 
+use crate::alerts::Alerts;
 use crate::changes::Walker;
 use crate::config::{Config, LiveConfig};
 use crate::deliver::Dispatcher;
@@ -43,6 +44,8 @@ pub const REPORT_HEADER: HeaderName = HeaderName::from_static("hookrelay-report"
 /// Everything the handler needs, shared by all connections.
 pub struct Ingest {
     pub live: LiveConfig,
+    /// Raises `store_full` when `storage.max_bytes` starts refusing notifications.
+    pub alerts: Alerts,
     pub store: Store,
     pub dispatcher: Arc<Dispatcher>,
     pub walker: Arc<Walker>,
@@ -167,16 +170,19 @@ impl Ingest {
                 IngestResult::StoreFailed,
             );
         }
-        if self.store.total_bytes() >= config.storage.max_bytes {
+        let bytes = self.store.total_bytes();
+        if bytes >= config.storage.max_bytes {
             warn!(
                 limit = config.storage.max_bytes,
                 "storage.max_bytes reached; answering 503 until the queue shrinks"
             );
+            self.alerts.store_full(bytes, config.storage.max_bytes);
             return (
                 Reply::Empty(StatusCode::SERVICE_UNAVAILABLE),
                 IngestResult::StoreFull,
             );
         }
+        self.alerts.store_below_limit();
         let instances: Vec<String> = targets.iter().map(|t| t.instance.clone()).collect();
         let accounts: Vec<String> = match report {
             true => targets.iter().map(|t| t.account.clone()).collect(),

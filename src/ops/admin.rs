@@ -219,7 +219,13 @@ impl Admin {
         };
         match retry::retry(&self.store, &target).await {
             Ok(outcome) => {
-                self.poke_retried(&outcome.instances);
+                let mut instances = outcome.instances.clone();
+                if matches!(target, store::RetryTarget::All) {
+                    // Every lane in an outage probes now, whatever the store's due index held.
+                    let live = self.live.load();
+                    instances.extend(live.config.instances.iter().map(|i| i.name.clone()));
+                }
+                self.poke_retried(&instances);
                 info!(
                     count = outcome.count,
                     "waiting events made due now (admin API)"
@@ -274,9 +280,13 @@ impl Admin {
     }
 
     /// What a retry wakes: the lanes of `instances` look at the store at once, instead of at
-    /// their next timer.
+    /// their next timer, and one in an outage sends its next probe at once rather than at the
+    /// end of its `probe_interval`.
     fn poke_retried(&self, instances: &std::collections::BTreeSet<String>) {
         for instance in instances {
+            if let Some(lane) = self.dispatcher.stats(instance) {
+                lane.probe_now();
+            }
             self.dispatcher.poke(instance);
         }
     }

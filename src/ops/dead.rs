@@ -177,7 +177,7 @@ pub struct Outcome {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held: u64,
     /// Purge only: the other records of a no-longer-configured instance that went with them
-    /// (seen pairs, cursors, object maps, change queues, credentials).
+    /// (seen pairs, cursors, object maps, change queues, credentials, dead-letter alert tally).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub forgotten: u64,
     /// Requested ids that are not (or no longer) dead letters.

@@ -4,7 +4,7 @@
 //! CLI's offline path (daemon stopped).
 //!
 //! Times select on when an event was accepted (its id's time): `since` inclusive, `until`
-//! exclusive. `held` is decided here, from the configuration ([`is_held`]).
+//! exclusive. `held` is decided here, from the configuration and the stored outage state ([`is_held`]).
 
 use std::collections::BTreeSet;
 
@@ -33,7 +33,8 @@ pub const SCAN_BUDGET: usize = 10_000;
 pub enum State {
     Pending,
     Retrying,
-    /// Pending or retrying, but its instance does not deliver now ([`is_held`]).
+    /// Pending or retrying, but its instance does not deliver now: paused, removed or in an
+    /// outage ([`is_held`]).
     Held,
     Dead,
     Delivered,
@@ -64,12 +65,17 @@ impl State {
     }
 }
 
-/// Whether `instance`'s waiting events are held: it is paused, or no longer configured. The
-/// one place that decides it, for `events` and anything else that shows held events.
-pub fn is_held(config: &Config, instance: &str) -> bool {
-    config
+/// Whether `instance`'s waiting events are held: it is paused, no longer configured, or in an
+/// outage (as its lane stored it when the outage began, so this holds with the daemon stopped
+/// too). The one place that decides it, for `events` and anything else that shows held events.
+///
+/// # Errors
+/// A store read error.
+pub fn is_held(store: &Store, config: &Config, instance: &str) -> Result<bool, store::Error> {
+    let paused_or_gone = config
         .instance(instance)
-        .is_none_or(|configured| configured.delivery.paused)
+        .is_none_or(|configured| configured.delivery.paused);
+    Ok(paused_or_gone || store.outage(instance)?.is_some_and(|outage| outage.active()))
 }
 
 /// One event of a listing (the JSON of `events list --json` and `GET /admin/events`).
@@ -242,19 +248,25 @@ pub fn list(store: &Store, config: &Config, query: &ListQuery) -> Result<ListAns
     if let Some(wanted) = &query.instance {
         names.retain(|name| name == wanted);
     }
+    let mut held = BTreeSet::new();
+    for name in &names {
+        if is_held(store, config, name)? {
+            held.insert(name.clone());
+        }
+    }
     let waiting = [EventState::Pending, EventState::Retrying];
     let (instances, states): (Vec<String>, Vec<EventState>) = match query.state {
         None => (names.into_iter().collect(), Vec::new()),
         Some(State::Held) => (
-            names.into_iter().filter(|n| is_held(config, n)).collect(),
+            names.into_iter().filter(|n| held.contains(n)).collect(),
             waiting.to_vec(),
         ),
         Some(State::Pending) => (
-            names.into_iter().filter(|n| !is_held(config, n)).collect(),
+            names.into_iter().filter(|n| !held.contains(n)).collect(),
             vec![EventState::Pending],
         ),
         Some(State::Retrying) => (
-            names.into_iter().filter(|n| !is_held(config, n)).collect(),
+            names.into_iter().filter(|n| !held.contains(n)).collect(),
             vec![EventState::Retrying],
         ),
         Some(State::Dead) => (names.into_iter().collect(), vec![EventState::Dead]),
@@ -271,7 +283,7 @@ pub fn list(store: &Store, config: &Config, query: &ListQuery) -> Result<ListAns
         budget: SCAN_BUDGET,
     })?;
     Ok(ListAnswer {
-        events: page.events.iter().map(|e| row(config, e)).collect(),
+        events: page.events.iter().map(|e| row(&held, e)).collect(),
         next: page.next.map(|id| id.to_string()),
     })
 }
@@ -294,16 +306,21 @@ pub fn show(store: &Store, config: &Config, id: Ulid) -> Result<Option<EventDeta
     let envelope = envelope
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| RawValue::from_string(text).ok());
+    let held: BTreeSet<String> = match is_held(store, config, &event.instance)? {
+        true => BTreeSet::from([event.instance.clone()]),
+        false => BTreeSet::new(),
+    };
     Ok(Some(EventDetail {
-        event: row(config, &event),
+        event: row(&held, &event),
         attempts: event.attempts.iter().map(attempt_row).collect(),
         envelope,
     }))
 }
 
-fn row(config: &Config, event: &StoredEvent) -> EventRow {
+/// An event's row; `held`: the instances whose waiting events are held ([`is_held`]).
+fn row(held: &BTreeSet<String>, event: &StoredEvent) -> EventRow {
     let state = match event.state {
-        EventState::Pending | EventState::Retrying if is_held(config, &event.instance) => {
+        EventState::Pending | EventState::Retrying if held.contains(&event.instance) => {
             State::Held
         }
         EventState::Pending => State::Pending,

@@ -251,8 +251,17 @@ pub fn instance_of(family: &[u8], key: &[u8]) -> Option<String> {
 
 /// The families of an instance's records that are neither events nor dead letters, counted as
 /// its `other_bytes` against `storage.max_bytes`: seen accounts, walk markers, cursors, object
-/// maps, change queues, and the attempts kept of waiting events and dead letters.
-pub const OTHER_FAMILIES: [&[u8]; 6] = [SEEN, WALK, CURSOR, OBJECT, QUEUE, ATTEMPTS];
+/// maps, change queues, the attempts kept of waiting events and dead letters, and dead letters
+/// not alerted yet.
+pub const OTHER_FAMILIES: [&[u8]; 7] = [
+    SEEN,
+    WALK,
+    CURSOR,
+    OBJECT,
+    QUEUE,
+    ATTEMPTS,
+    super::alerts::TALLIES,
+];
 
 #[cfg(test)]
 mod tests {

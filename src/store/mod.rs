@@ -56,6 +56,7 @@
 //! | `q/<instance>\0<account>\0<seq u64>` | change events: the pair's FIFO of envelopes (value: event id); `q/<instance>\0<account>` holds the next seq |
 //! | `a/<instance>` | change events: [`record::AuthorizationV1`], the credentials `authorize` obtained |
 //! | `u/<instance>` | [`outage::OutageV1`]: the outage the instance is in, if any, and its past outages (written only when one begins or ends) |
+//! | `l/…`, `v/<instance>\0` | operator alerts: the alert queue, and dead letters not alerted yet ([`alerts`]) |
 //!
 //! An event moves only in the committer, and never into a run: a retry moves it from its run or
 //! `r/` record to `e/` with a `d/` entry; a promotion to its queue's head moves it to `r/`. What is
@@ -91,11 +92,13 @@
 //! | `history.rs` | the records of attempts and of delivered events |
 //! | `events.rs` | reads of events in any state: one by id, pages by time, account and state |
 //! | `outage.rs` | an instance's outage state: its record, read and write |
+//! | `alerts.rs` | the alert queue's and dead-letter tallies' keys, records and reads |
 //! | `inspect.rs` | read-only views for `status` and `dead list` |
 //! | `retry.rs` | `retry`: waiting events made due now, found a page at a time in the due index |
 //! | `error.rs` | the store's error |
 //! | `testing.rs`, `tests.rs` | support for the tests, and the unit tests |
 
+pub mod alerts;
 mod commit;
 mod disk;
 mod durable;
@@ -131,6 +134,7 @@ use crate::time::now_ms;
 
 use commit::{Committer, Operation, Request, Shared};
 
+pub use alerts::{DeadTallies, NewAlert, NextAlert, QueuedAlert};
 pub use commit::MAX_BATCH;
 pub use durable::{SyncFn, fdatasync};
 pub use error::Error;
@@ -168,9 +172,10 @@ impl Store {
         let (opened, previous) = open::recover(options, sync)?;
         let db = opened.disk.db.clone();
         let journal_bytes = opened.disk.journal.capacity();
-        let shared = Arc::new(Shared::new(opened.counters.clone()));
+        let alert_queue = alerts::read_queue(&db)?;
+        let shared = Arc::new(Shared::new(opened.counters.clone(), alert_queue));
         let (requests, receiver) = mpsc::channel(MAX_BATCH * 4);
-        let committer = Committer::new(opened, shared.clone());
+        let committer = Committer::new(opened, shared.clone(), alert_queue);
         let handle = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))

@@ -7,6 +7,7 @@ mod support;
 
 mod abuse;
 mod change_filters;
+mod alerts;
 mod changes;
 mod cli_config;
 mod consumer_tls;
@@ -23,6 +24,7 @@ mod journal;
 mod lifecycle;
 mod metrics_names;
 mod outage;
+mod outage_wiring;
 mod policy;
 mod powerfs;
 mod proxy;

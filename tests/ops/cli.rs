@@ -202,8 +202,8 @@ async fn status_and_dead_commands_work_on_a_stopped_store() {
     assert_eq!(
         purge.assert_code(0).stdout,
         "purged 0 dead letter(s)\npurged 1 held pending event(s) of acme, which is no longer configured\n\
-         removed 3 other record(s) of acme (delivered history, seen accounts, cursors, object \
-         maps, change queues, credentials)\n"
+         removed 4 other record(s) of acme (delivered history, seen accounts, cursors, object \
+         maps, change queues, credentials, dead-letter alert tally)\n"
     );
     let status = relay.cli(&["status", "--json"]).await.assert_code(0).json();
     assert_eq!(

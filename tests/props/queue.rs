@@ -340,6 +340,8 @@ struct Model {
     /// Pairs whose queue has a next-seq key (an envelope was ever queued).
     sequenced: BTreeSet<(String, String)>,
     objects: BTreeMap<(String, String), MObjects>,
+    /// Instances with a tally of dead letters not alerted yet (one record each, until forgotten).
+    tallied: BTreeSet<String>,
     counters: BTreeMap<String, MCounters>,
     /// Acked notification × target → the event that took it.
     covered: Vec<(u64, String, String, Ulid)>,
@@ -441,6 +443,7 @@ impl Model {
         let c = self.counter(&event.instance);
         c.dead_events += 1;
         c.dead_bytes += event.bytes;
+        self.tallied.insert(event.instance.clone());
         self.dead.insert(id, event);
         self.dead_at.insert(id, dead_at);
     }
@@ -1127,7 +1130,8 @@ async fn forget_instance(
         + model.sequenced.iter().filter(|p| mine(p)).count()
         + model.pairs.keys().filter(|p| mine(p)).count()
         + model.history.values().filter(|i| *i == instance).count()
-        + usize::from(model.outages.contains_key(instance));
+        + usize::from(model.outages.contains_key(instance))
+        + usize::from(model.tallied.contains(instance));
     let forgotten = store
         .forget_instance(instance)
         .await
@@ -1146,6 +1150,7 @@ async fn forget_instance(
     model.queues.retain(|p, _| !mine(p));
     model.pairs.retain(|p, _| !mine(p));
     model.outages.remove(instance);
+    model.tallied.remove(instance);
     // Nothing of it is left to count against `storage.max_bytes`.
     let left = store.counters().get(instance).map(|c| c.total_bytes());
     prop_assert!(

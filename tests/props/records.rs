@@ -1,6 +1,9 @@
-//! Store record decoders (`store::record`, `store::history`, `store::outage`): arbitrary bytes
-//! never panic, and every record round-trips through its encoding.
+//! Store record decoders (`store::record`, `store::history`, `store::outage`, `store::alerts`):
+//! arbitrary bytes never panic, and every record round-trips through its encoding.
 
+use hookrelay::store::alerts::{
+    AlertQueueRecord, AlertQueueV1, AlertRecord, AlertV1, DeadTallyRecord, DeadTallyV1,
+};
 use hookrelay::store::history::{self, Attempt, HistoryV1};
 use hookrelay::store::outage::{MAX_PAST_OUTAGES, OutageRecord, OutageV1};
 use hookrelay::store::record::{
@@ -222,5 +225,84 @@ proptest! {
         let _ = HistoryV1::decode(&bytes[..cut.index(bytes.len())]);
         // An attempts record cut short is an error, never a shorter list.
         prop_assert!(history::decode_attempts(&attempts[..cut.index(attempts.len())]).is_err());
+    }
+}
+
+fn alert() -> impl Strategy<Value = AlertV1> {
+    (
+        "[a-z_]{0,20}",
+        proptest::option::of(".{0,40}"),
+        (any::<u64>(), any::<u32>(), any::<u64>()),
+        ".{0,120}",
+        ".{0,120}",
+        proptest::option::of(".{0,60}"),
+    )
+        .prop_map(
+            |(kind, instance, (at_ms, attempts, due_ms), summary, detail, last_error)| AlertV1 {
+                kind,
+                instance,
+                at_ms,
+                summary,
+                detail,
+                attempts,
+                due_ms,
+                last_error,
+            },
+        )
+}
+
+fn tally() -> impl Strategy<Value = DeadTallyV1> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (".{0,30}", ".{0,40}", ".{0,40}"),
+        proptest::option::of(any::<u16>()),
+        proptest::option::of(".{0,60}"),
+    )
+        .prop_map(
+            |(
+                (count, first_ms, last_alert_ms),
+                (last_event, account, reason),
+                last_status,
+                last_error,
+            )| {
+                DeadTallyV1 {
+                    count,
+                    first_ms,
+                    last_event,
+                    account,
+                    last_status,
+                    last_error,
+                    reason,
+                    last_alert_ms,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(crate::cases(512, 50_000))]
+
+    #[test]
+    fn alert_decoders_never_panic_on_arbitrary_bytes(bytes in record_like()) {
+        let _ = AlertRecord::decode(&bytes);
+        let _ = AlertQueueRecord::decode(&bytes);
+        let _ = DeadTallyRecord::decode(&bytes);
+    }
+
+    #[test]
+    fn alert_records_round_trip(
+        alert in alert(),
+        tally in tally(),
+        queue in (any::<u64>(), any::<u64>()),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let encoded = AlertRecord::encode(&alert);
+        prop_assert_eq!(AlertRecord::decode(&encoded).ok(), Some(alert));
+        let _ = AlertRecord::decode(&encoded[..cut.index(encoded.len())]);
+        let encoded = DeadTallyRecord::encode(&tally);
+        prop_assert_eq!(DeadTallyRecord::decode(&encoded).ok(), Some(tally));
+        let _ = DeadTallyRecord::decode(&encoded[..cut.index(encoded.len())]);
+        let queue = AlertQueueV1 { count: queue.0, bytes: queue.1 };
+        prop_assert_eq!(AlertQueueRecord::decode(&AlertQueueRecord::encode(&queue)).ok(), Some(queue));
     }
 }

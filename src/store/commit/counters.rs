@@ -53,12 +53,17 @@ impl Committer {
     }
 
     pub(super) fn publish_counters(&mut self) {
-        if self.touched.is_empty() {
+        if self.touched.is_empty() && !self.alert_queue_changed {
             return;
         }
         self.touched.clear();
-        let total = self.counters.values().map(Counters::total_bytes).sum();
+        self.alert_queue_changed = false;
+        let total: u64 = self.counters.values().map(Counters::total_bytes).sum();
+        let total = total.saturating_add(self.alert_queue.bytes);
         self.shared.total_bytes.store(total, Ordering::Relaxed);
+        self.shared
+            .alert_count
+            .store(self.alert_queue.count, Ordering::Relaxed);
         self.shared.counters.store(Arc::new(self.counters.clone()));
     }
 }

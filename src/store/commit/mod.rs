@@ -10,6 +10,7 @@
 //! [`outage`] (an instance's outage state), [`maintenance`]; [`pending`]
 //! and [`counters`] are the bookkeeping they share, [`view`] the batch they read and write.
 
+mod alerts;
 mod counters;
 mod dead;
 mod history;
@@ -31,11 +32,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
+use super::alerts::AlertQueueV1;
 use super::disk::{self, Disk};
 use super::error::Error;
 use super::journal::Appended;
 use super::record::Counters;
 
+pub(super) use alerts::{EnqueueAlert, FinishAlert, RetryAlert, TakeDeadTally};
 pub(super) use dead::{PurgeDead, ReplayDead};
 pub(super) use history::{ExpireHistory, ReplayHistory};
 pub(super) use ingest::Ingest;
@@ -164,15 +167,18 @@ pub(super) struct Shared {
     pub failure: OnceLock<String>,
     pub total_bytes: AtomicU64,
     pub counters: ArcSwap<BTreeMap<String, Counters>>,
+    /// Alerts queued (see [`super::alerts`]); their bytes are part of `total_bytes`.
+    pub alert_count: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(counters: BTreeMap<String, Counters>) -> Self {
-        let total = counters.values().map(Counters::total_bytes).sum();
+    pub fn new(counters: BTreeMap<String, Counters>, alert_queue: AlertQueueV1) -> Self {
+        let total: u64 = counters.values().map(Counters::total_bytes).sum();
         Shared {
             failure: OnceLock::new(),
-            total_bytes: AtomicU64::new(total),
+            total_bytes: AtomicU64::new(total.saturating_add(alert_queue.bytes)),
             counters: ArcSwap::from_pointee(counters),
+            alert_count: AtomicU64::new(alert_queue.count),
         }
     }
 }
@@ -203,6 +209,10 @@ pub(super) struct Committer {
     last_id: Ulid,
     /// The run each instance's new events join in the current batch (`z/` key).
     open_runs: HashMap<String, Vec<u8>>,
+    /// The alert queue's size, as its `l/n` record holds it.
+    alert_queue: AlertQueueV1,
+    /// Whether the current batch changed [`Committer::alert_queue`].
+    alert_queue_changed: bool,
 }
 
 /// What the committer starts from: the store as [`super::open`] left it.
@@ -215,7 +225,7 @@ pub(super) struct Opened {
 }
 
 impl Committer {
-    pub fn new(opened: Opened, shared: Arc<Shared>) -> Self {
+    pub fn new(opened: Opened, shared: Arc<Shared>, alert_queue: AlertQueueV1) -> Self {
         let Opened {
             disk,
             last_seq,
@@ -235,6 +245,8 @@ impl Committer {
             defer_syncs: false,
             last_id,
             open_runs: HashMap::new(),
+            alert_queue,
+            alert_queue_changed: false,
         }
     }
 

@@ -183,6 +183,7 @@ impl Committer {
         let counter = self.counter_mut(instance);
         counter.dead_events += 1;
         counter.dead_bytes += event.bytes;
+        self.tally_dead(view, instance, id, &event, &dead.reason, now_ms)?;
         let record = DeadV1 {
             event,
             dead_at_ms: now_ms,
@@ -294,6 +295,7 @@ impl Committer {
         let counter = self.counter_mut(instance);
         counter.dead_events += 1;
         counter.dead_bytes += event.bytes;
+        self.tally_dead(view, instance, id, &event, QUARANTINED, now_ms)?;
         let record = DeadV1 {
             event,
             dead_at_ms: now_ms,
