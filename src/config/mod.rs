@@ -11,8 +11,8 @@
 //!   below, through `check::Checker`, which reads `{ file = … }` values (`file_value`), applies
 //!   the `grammar`s and the `defaults`, and records each `problem`.
 
-mod callback_tls;
 mod alerts;
+mod callback_tls;
 mod check;
 mod configuration;
 mod defaults;

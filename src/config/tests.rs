@@ -1,7 +1,7 @@
 //! Unit tests of the configuration module, by topic; the helpers below build configs as text.
 
-mod callbacks;
 mod alerts;
+mod callbacks;
 mod configuration;
 mod files;
 mod filters;

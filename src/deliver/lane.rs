@@ -246,7 +246,12 @@ impl Lane {
         (self.ctx.on_outage)(OutageNotice::Ended {
             instance: self.name.clone(),
             since_ms: time::now_ms().saturating_sub(lasted_ms),
-            last_error: self.handle.stats.last_error.load_full().map(|e| e.1.clone()),
+            last_error: self
+                .handle
+                .stats
+                .last_error
+                .load_full()
+                .map(|e| e.1.clone()),
         });
         let state = self.outage.state().clone();
         self.publish_outage(state).await;

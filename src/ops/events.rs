@@ -75,7 +75,10 @@ pub fn is_held(store: &Store, config: &Config, instance: &str) -> Result<bool, s
     let paused_or_gone = config
         .instance(instance)
         .is_none_or(|configured| configured.delivery.paused);
-    Ok(paused_or_gone || store.outage(instance)?.is_some_and(|outage| outage.active()))
+    Ok(paused_or_gone
+        || store
+            .outage(instance)?
+            .is_some_and(|outage| outage.active()))
 }
 
 /// One event of a listing (the JSON of `events list --json` and `GET /admin/events`).
@@ -320,9 +323,7 @@ pub fn show(store: &Store, config: &Config, id: Ulid) -> Result<Option<EventDeta
 /// An event's row; `held`: the instances whose waiting events are held ([`is_held`]).
 fn row(held: &BTreeSet<String>, event: &StoredEvent) -> EventRow {
     let state = match event.state {
-        EventState::Pending | EventState::Retrying if held.contains(&event.instance) => {
-            State::Held
-        }
+        EventState::Pending | EventState::Retrying if held.contains(&event.instance) => State::Held,
         EventState::Pending => State::Pending,
         EventState::Retrying => State::Retrying,
         EventState::Dead => State::Dead,

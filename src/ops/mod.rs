@@ -5,6 +5,6 @@
 pub mod admin;
 pub mod cross_site;
 pub mod dead;
-pub mod retry;
 pub mod events;
+pub mod retry;
 pub mod status;

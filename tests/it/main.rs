@@ -6,8 +6,8 @@
 mod support;
 
 mod abuse;
-mod change_filters;
 mod alerts;
+mod change_filters;
 mod changes;
 mod cli_config;
 mod consumer_tls;

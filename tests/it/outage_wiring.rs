@@ -73,7 +73,10 @@ async fn an_outage_and_its_end_are_alerted(format: &str) {
     let alerts = sink.wait_for(2, WAIT).await;
     let ended = said(&alerts[1].body, format);
     assert!(
-        ended["summary"].as_str().unwrap_or_default().contains("acme"),
+        ended["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("acme"),
         "{ended}"
     );
     if format == "json" {
