@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::format;
 use crate::config::{self, LiveConfig, Url};
 use crate::deliver::outcome::{self, Outcome};
+use crate::deliver::signed_headers;
 use crate::retry::{self, RetryPolicy};
-use crate::sign::{self, WebhookSecret};
 use crate::store::{NextAlert, QueuedAlert, Store};
 use crate::time;
 
@@ -214,32 +214,11 @@ fn failed(error: String) -> Outcome {
 /// `Content-Type`, the alert id, the attempt's timestamp and, with `signature_key`, the
 /// signatures of exactly `body`, as events carry them.
 fn headers(settings: &config::Alerts, queued: &QueuedAlert, body: &[u8]) -> HeaderMap {
-    let id = queued.id.to_string();
-    let timestamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    put("elements-webhook-id", id.clone());
-    put("webhook-id", id.clone());
-    put("webhook-timestamp", timestamp.to_string());
-    if let Some(key) = &settings.signature_key {
-        put(
-            "elements-webhook-signature",
-            sign::elements_signature(key.expose().as_bytes(), body),
-        );
-        let standard = WebhookSecret::parse(key.expose());
-        if let Some(value) =
-            sign::standard_signature_header(standard.as_ref(), None, &id, timestamp, body)
-        {
-            put("webhook-signature", value);
-        }
-    }
-    headers
+    signed_headers(
+        HeaderMap::new(),
+        &queued.id.to_string(),
+        settings.signature_key.as_ref(),
+        None,
+        body,
+    )
 }

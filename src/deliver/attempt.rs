@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::outcome::{self, Outcome};
 use super::{Context, LaneStats, envelope, ssrf};
-use crate::config::{Delivery, Instance};
+use crate::config::{Delivery, Instance, Secret};
 use crate::retry::{self, RetryPolicy};
 use crate::sign::{self, WebhookSecret};
 use crate::store::{Attempt, DeadLetter, DeliveredOutcome, Event, Retry};
@@ -354,35 +354,51 @@ fn refused(error: String) -> Outcome {
 /// The delivery headers (docs/protocol.md): the instance's own (`headers`, none of which is
 /// one of the following), ids, the attempt's timestamp, and the signatures of exactly `body`.
 fn headers(instance: &Instance, event: &Event, body: &[u8]) -> HeaderMap {
-    let id = event.id.to_string();
+    signed_headers(
+        instance.delivery.headers.map().clone(),
+        &event.id.to_string(),
+        instance.signature_key.as_ref(),
+        instance.previous_signature_key.as_ref(),
+        body,
+    )
+}
+
+/// `base` with the headers every signed POST carries (docs/protocol.md): the JSON content type,
+/// `id` as `Elements-Webhook-Id` and `webhook-id`, this moment's `webhook-timestamp`, and with a
+/// `key` the signatures of exactly `body` (Cloud Elements', and with a `whsec_` key the
+/// Standard Webhooks one, signed with `previous` too during a rotation). Operator alerts are
+/// signed the same way.
+pub fn signed_headers(
+    mut headers: HeaderMap,
+    id: &str,
+    key: Option<&Secret>,
+    previous: Option<&Secret>,
+    body: &[u8],
+) -> HeaderMap {
     let timestamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let mut headers = instance.delivery.headers.map().clone();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut put = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     };
-    put("elements-webhook-id", id.clone());
-    put("webhook-id", id.clone());
+    put("elements-webhook-id", id.to_owned());
+    put("webhook-id", id.to_owned());
     put("webhook-timestamp", timestamp.to_string());
-    if let Some(key) = &instance.signature_key {
+    if let Some(key) = key {
         put(
             "elements-webhook-signature",
             sign::elements_signature(key.expose().as_bytes(), body),
         );
         let current = WebhookSecret::parse(key.expose());
-        let previous = instance
-            .previous_signature_key
-            .as_ref()
-            .and_then(|k| WebhookSecret::parse(k.expose()));
+        let previous = previous.and_then(|k| WebhookSecret::parse(k.expose()));
         if let Some(value) = sign::standard_signature_header(
             current.as_ref(),
             previous.as_ref(),
-            &id,
+            id,
             timestamp,
             body,
         ) {

@@ -16,6 +16,8 @@ pub mod outage;
 pub mod outcome;
 pub mod ssrf;
 
+pub use attempt::signed_headers;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

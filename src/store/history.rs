@@ -9,7 +9,7 @@ use ulid::Ulid;
 
 use super::Error;
 use super::keys;
-use super::record::EventKind;
+use super::record::{self, EventKind, Reader};
 
 /// Attempts an event keeps: the last ones, oldest first.
 pub const ATTEMPTS_KEPT: usize = 20;
@@ -149,11 +149,7 @@ impl HistoryV1 {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.account.len() + self.envelope.len());
         out.push(HISTORY_V1);
-        out.push(match self.kind {
-            EventKind::Notify => 0,
-            EventKind::Unknown => 1,
-            EventKind::Changes => 2,
-        });
+        out.push(record::kind_byte(self.kind));
         out.extend_from_slice(&self.date_ms.to_be_bytes());
         out.extend_from_slice(&self.delivered_ms.to_be_bytes());
         put_short_str(&mut out, &self.account);
@@ -173,12 +169,7 @@ fn decode_history(bytes: &[u8]) -> Option<HistoryV1> {
     if r.u8()? != HISTORY_V1 {
         return None;
     }
-    let kind = match r.u8()? {
-        0 => EventKind::Notify,
-        1 => EventKind::Unknown,
-        2 => EventKind::Changes,
-        _ => return None,
-    };
+    let kind = record::kind_of(r.u8()?)?;
     let date_ms = r.u64()?;
     let delivered_ms = r.u64()?;
     let account = r.short_str()?;
@@ -202,41 +193,6 @@ fn put_short_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&(len as u16).to_be_bytes());
     out.extend_from_slice(&text.as_bytes()[..len]);
-}
-
-/// Reads a binary record front to back; every read fails on a short record.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        if self.0.len() < len {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn short_str(&mut self) -> Option<String> {
-        let len = usize::from(self.u16()?);
-        String::from_utf8(self.take(len)?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

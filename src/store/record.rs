@@ -237,7 +237,8 @@ impl EventRecord {
     }
 }
 
-fn kind_byte(kind: EventKind) -> u8 {
+/// An event kind's byte in the binary records (events, history).
+pub(super) fn kind_byte(kind: EventKind) -> u8 {
     match kind {
         EventKind::Notify => 0,
         EventKind::Unknown => 1,
@@ -251,11 +252,22 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// Reads a binary record front to back; every read fails on a short record.
-struct Reader<'a>(&'a [u8]);
+/// The event kind of a byte written by [`kind_byte`].
+pub(super) fn kind_of(byte: u8) -> Option<EventKind> {
+    match byte {
+        0 => Some(EventKind::Notify),
+        1 => Some(EventKind::Unknown),
+        2 => Some(EventKind::Changes),
+        _ => None,
+    }
+}
+
+/// Reads a binary record front to back; every read fails on a short record. What is left is
+/// `.0`.
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+    pub(super) fn take(&mut self, len: usize) -> Option<&'a [u8]> {
         if self.0.len() < len {
             return None;
         }
@@ -264,24 +276,30 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
-    fn u8(&mut self) -> Option<u8> {
+    pub(super) fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
 
-    fn u16(&mut self) -> Option<u16> {
+    pub(super) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
 
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
 
-    fn u64(&mut self) -> Option<u64> {
+    pub(super) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 
-    fn string(&mut self) -> Option<String> {
+    pub(super) fn string(&mut self) -> Option<String> {
         let len = usize::try_from(self.u32()?).ok()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+
+    /// A string written with a u16 BE length.
+    pub(super) fn short_str(&mut self) -> Option<String> {
+        let len = usize::from(self.u16()?);
         String::from_utf8(self.take(len)?.to_vec()).ok()
     }
 }
@@ -289,12 +307,7 @@ impl<'a> Reader<'a> {
 fn decode_event_v3(bytes: &[u8]) -> Option<EventV1> {
     use event_flags::*;
     let mut r = Reader(bytes);
-    let kind = match r.u8()? {
-        0 => EventKind::Notify,
-        1 => EventKind::Unknown,
-        2 => EventKind::Changes,
-        _ => return None,
-    };
+    let kind = kind_of(r.u8()?)?;
     let flags = r.u8()?;
     let has = |flag: u8| flags & flag != 0;
     let (date_ms, age_base_ms, due_ms, bytes) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
