@@ -145,6 +145,15 @@ impl AdminClient {
             .await
     }
 
+    /// `GET path` → JSON, or `None` when the daemon answers 404 (it has no such thing).
+    pub async fn get_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, Failure> {
+        self.send_or_missing(self.http.get(format!("{}{path}", self.base)), true)
+            .await
+    }
+
     /// `POST path` with a JSON body → JSON, for work whose length grows with the store (a
     /// replay or purge of many dead letters, done a page at a time): waits up to
     /// [`LONG_REQUEST_TIMEOUT`].
@@ -173,8 +182,19 @@ impl AdminClient {
 
     async fn send<T: DeserializeOwned>(
         &self,
-        mut request: reqwest::RequestBuilder,
+        request: reqwest::RequestBuilder,
     ) -> Result<T, Failure> {
+        self.send_or_missing(request, false)
+            .await?
+            .ok_or_else(|| Failure::new(EXIT_FAILURE, format!("no answer from {}", self.base)))
+    }
+
+    /// Sends `request`; with `missing_is_none`, a 404 is `Ok(None)` rather than a failure.
+    async fn send_or_missing<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        missing_is_none: bool,
+    ) -> Result<Option<T>, Failure> {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token.expose());
         }
@@ -197,6 +217,9 @@ impl AdminClient {
                 format!("{hint} (401 from {})", self.base),
             ));
         }
+        if missing_is_none && status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -208,7 +231,7 @@ impl AdminClient {
                 format!("the daemon answered {status}: {detail}"),
             ));
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             Failure::new(
                 EXIT_FAILURE,
                 format!("unexpected answer from {}: {e}", self.base),

@@ -174,11 +174,7 @@ fn last(status: Option<u16>, error: Option<&str>) -> String {
 async fn show(config: &Config, id: Ulid, json: bool) -> Result<(), Failure> {
     let access = Access::open(config).await?;
     let shown: Result<Option<EventDetail>, Failure> = match &access {
-        Access::Daemon(client) => match client.get(&format!("/admin/events/{id}")).await {
-            Ok(detail) => Ok(Some(detail)),
-            Err(failure) if failure.message.contains("404") => Ok(None),
-            Err(failure) => Err(failure),
-        },
+        Access::Daemon(client) => client.get_optional(&format!("/admin/events/{id}")).await,
         Access::Offline(Offline {
             store: Some(store), ..
         }) => events::show(store, config, id).map_err(store_failure),
