@@ -150,6 +150,7 @@ LC_ALL=C sort -k3 - "$work/expected-docs" >"$work/expected" <<'EOF'
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-events-show.1.gz
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-events.1.gz
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-import-instance.1.gz
+-rw-r--r-- root/root ./usr/share/man/man1/hookrelay-retry.1.gz
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-run.1.gz
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-send-test.1.gz
 -rw-r--r-- root/root ./usr/share/man/man1/hookrelay-status.1.gz
