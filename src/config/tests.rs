@@ -100,3 +100,33 @@ element = "dropbox"
 fn instance(name: &str, id: i64) -> String {
     instance_with(name, id, "", "")
 }
+
+/// `text` loaded in `ctx`, which must be valid.
+fn load_in(text: &str, ctx: &LoadContext) -> Loaded {
+    Config::from_toml_str(text, ctx).unwrap_or_else(|err| panic!("expected a valid config:\n{err}"))
+}
+
+/// A self-signed certificate and its key, in PEM.
+struct Pair {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pair() -> Pair {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed");
+    Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// Writes `contents` to `dir/name` with `mode`.
+fn write(dir: &Path, name: &str, contents: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write test file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .expect("chmod test file");
+}

@@ -2,11 +2,8 @@
 //! checked by key, secrets never shown, TLS files read and checked at load, and how an
 //! instance's table overrides the shared one.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-
-use super::{MINIMAL, context_in, instance, problems, problems_in, valid};
-use crate::config::{Config, LoadContext, Loaded, Problem};
+use super::{MINIMAL, context_in, instance, load_in, pair, problems, problems_in, valid, write};
+use crate::config::Problem;
 
 fn with_delivery(lines: &str) -> String {
     format!("{MINIMAL}\n[delivery]\n{lines}\n")
@@ -23,10 +20,6 @@ fn with_instance_delivery(shared: &str, lines: &str) -> String {
 
 fn keys(found: &[Problem]) -> Vec<&str> {
     found.iter().map(|p| p.key.as_str()).collect()
-}
-
-fn load_in(text: &str, ctx: &LoadContext) -> Loaded {
-    Config::from_toml_str(text, ctx).unwrap_or_else(|err| panic!("expected valid:\n{err}"))
 }
 
 #[test]
@@ -146,27 +139,6 @@ fn an_instance_table_replaces_the_shared_headers_as_a_whole() {
     ));
     assert!(config.instances[0].delivery.headers.is_empty());
     assert!(!config.instances[1].delivery.headers.is_empty());
-}
-
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pair() -> Pair {
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let params = rcgen::CertificateParams::new(vec!["client.test".to_owned()]).expect("params");
-    let cert = params.self_signed(&key).expect("self-signed");
-    Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn write(dir: &Path, name: &str, contents: &str, mode: u32) {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write test file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 #[test]

@@ -1,43 +1,12 @@
 //! `server.tls_cert` and `server.tls_key`: both or neither, paths from the config's folder, and
 //! the PEM files checked at load (so `check`, start and reload all reject a bad pair).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::{MINIMAL, context_in, problems, problems_in};
-use crate::config::{Config, LoadContext, Loaded};
+use super::{MINIMAL, context_in, load_in, pair, problems, problems_in, write};
 
 fn with_server(lines: &str) -> String {
     MINIMAL.replace("[server]", &format!("[server]\n{lines}"))
-}
-
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pair() -> Pair {
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    let cert = params.self_signed(&key).expect("self-signed");
-    Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn write(dir: &Path, name: &str, contents: &str, mode: u32) {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write test file");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .expect("chmod test file");
-}
-
-fn load_in(text: &str, ctx: &LoadContext) -> Loaded {
-    match Config::from_toml_str(text, ctx) {
-        Ok(loaded) => loaded,
-        Err(err) => panic!("expected a valid config, got:\n{err}"),
-    }
 }
 
 const BOTH: &str = "tls_cert = \"tls/cert.pem\"\ntls_key = \"tls/key.pem\"";
