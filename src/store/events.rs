@@ -6,8 +6,9 @@
 //! range, read backwards. A page reads at most `limit` matches per family and instance, and
 //! looks at most [`EventQuery::budget`] records per family and instance to find them (a filter
 //! on account or state may skip many); where a family stopped at its budget, the page ends
-//! there and its continuation starts below it. The history has an account index (`g/`), so
-//! its pages by account read only matches.
+//! there and its continuation starts below it. Runs and history pages hold many events under
+//! one key, keyed at or below their first; the history's account markers (`g/`, see
+//! [`super::history`]) let a page by account read only the seconds that account has events in.
 
 use std::ops::Bound;
 
@@ -153,9 +154,14 @@ impl Store {
             }
             return Ok(Some(event));
         }
-        match db.get(keys::history(instance, id)).map_err(sled_error)? {
-            Some(value) => {
-                let kept = HistoryV1::decode(&value)?;
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
+        let Some(page) = db.range(prefix..=keys::history(instance, id)).next_back() else {
+            return Ok(None);
+        };
+        let (_, value) = page.map_err(sled_error)?;
+        match run::find(&value, id)? {
+            Some(record) => {
+                let kept = HistoryV1::decode(record)?;
                 let mut event = from_history(instance, id, &kept);
                 event.attempts = kept.attempts;
                 event.envelope = Some(kept.envelope);
@@ -185,7 +191,8 @@ impl Store {
         };
         for instance in &query.instances {
             if wants(EventState::Pending) || wants(EventState::Retrying) {
-                scan.runs(&self.db, instance)?;
+                let window = (scan.lo, scan.hi);
+                scan.pages(&self.db, instance, keys::RUN, window, &mut Tally::default())?;
                 for family in [keys::READY, keys::EVENT] {
                     scan.records(&self.db, instance, family)?;
                 }
@@ -196,7 +203,11 @@ impl Store {
             if wants(EventState::Delivered) {
                 match &query.account {
                     Some(account) => scan.history_by_account(&self.db, instance, account)?,
-                    None => scan.records(&self.db, instance, keys::HISTORY)?,
+                    None => {
+                        let window = (scan.lo, scan.hi);
+                        let tally = &mut Tally::default();
+                        scan.pages(&self.db, instance, keys::HISTORY, window, tally)?;
+                    }
                 }
             }
         }
@@ -268,7 +279,6 @@ impl Scan<'_> {
             looked += 1;
             let event = match family {
                 f if f == keys::DEAD => from_dead(instance, id, &DeadRecord::decode(&value)?),
-                f if f == keys::HISTORY => from_history(instance, id, &HistoryV1::decode(&value)?),
                 _ => from_pending(instance, id, &EventRecord::decode(&value)?),
             };
             if self.matches(&event) {
@@ -282,48 +292,63 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn runs(&mut self, db: &sled::Db, instance: &str) -> Result<(), Error> {
-        let (start, end) = self.bounds(keys::RUN, instance);
-        // A run keyed before the window may hold members inside it: start at the instance.
-        let start = match start {
-            Bound::Included(_) => Bound::Included(keys::instance_prefix(keys::RUN, instance)),
-            other => other,
+    /// Reads the members of a family of pages (runs, or the history's pages) accepted in
+    /// `window` (from, before), newest first. `tally` counts across calls for one family and
+    /// instance; answers whether the family is done for this page (its limit or budget met).
+    fn pages(
+        &mut self,
+        db: &sled::Db,
+        instance: &str,
+        family: &[u8],
+        (lo, hi): (Option<Ulid>, Option<Ulid>),
+        tally: &mut Tally,
+    ) -> Result<bool, Error> {
+        let prefix = keys::instance_prefix(family, instance);
+        let end = match hi {
+            Some(hi) => Bound::Excluded([prefix.as_slice(), &hi.to_bytes()].concat()),
+            None => Bound::Excluded(keys::family_end(&prefix)),
         };
-        let (mut taken, mut looked) = (0, 0);
-        for entry in db.range((start, end)).rev() {
+        // A page keyed before the window may hold members inside it: start at the instance.
+        for entry in db.range((Bound::Included(prefix.clone()), end)).rev() {
             let (key, value) = entry.map_err(sled_error)?;
             let members: Vec<(Ulid, &[u8])> = run::members(&value).collect::<Result<_, _>>()?;
             for (id, record) in members.into_iter().rev() {
-                if self.hi.is_some_and(|hi| id >= hi) {
+                if hi.is_some_and(|hi| id >= hi) {
                     continue;
                 }
-                if self.lo.is_some_and(|lo| id < lo) {
-                    return Ok(());
+                if lo.is_some_and(|lo| id < lo) {
+                    return Ok(false);
                 }
-                if looked >= self.query.budget {
+                if tally.looked >= self.query.budget {
                     self.stop_at(id);
-                    return Ok(());
+                    return Ok(true);
                 }
-                looked += 1;
-                let event = from_pending(instance, id, &EventRecord::decode(record)?);
+                tally.looked += 1;
+                let event = match family {
+                    f if f == keys::HISTORY => {
+                        from_history(instance, id, &HistoryV1::decode(record)?)
+                    }
+                    _ => from_pending(instance, id, &EventRecord::decode(record)?),
+                };
                 if self.matches(&event) {
                     self.found.push(event);
-                    taken += 1;
-                    if taken >= self.query.limit {
-                        return Ok(());
+                    tally.taken += 1;
+                    if tally.taken >= self.query.limit {
+                        return Ok(true);
                     }
                 }
             }
             let first = keys::trailing_id(&key);
-            if let (Some(lo), Some(first)) = (self.lo, first)
+            if let (Some(lo), Some(first)) = (lo, first)
                 && first < lo
             {
-                return Ok(());
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
+    /// The history of one account: the pages of each second its markers name, newest first.
     fn history_by_account(
         &mut self,
         db: &sled::Db,
@@ -332,27 +357,40 @@ impl Scan<'_> {
     ) -> Result<(), Error> {
         let prefix = keys::history_account_prefix(instance, account);
         let key = |id: Ulid| [prefix.as_slice(), &id.to_bytes()].concat();
-        let start = Bound::Included(self.lo.map_or_else(|| prefix.clone(), key));
+        let start = Bound::Included(
+            self.lo
+                .map_or_else(|| prefix.clone(), |lo| key(history::marker_second(lo))),
+        );
         let end = Bound::Excluded(self.hi.map_or_else(|| keys::family_end(&prefix), key));
-        let mut taken = 0;
-        for entry in db.range::<Vec<u8>, _>((start, end)).keys().rev() {
-            let Some(id) = keys::trailing_id(&entry.map_err(sled_error)?) else {
-                continue;
-            };
-            let Some(value) = db.get(keys::history(instance, id)).map_err(sled_error)? else {
-                continue;
-            };
-            let event = from_history(instance, id, &HistoryV1::decode(&value)?);
-            if self.matches(&event) {
-                self.found.push(event);
-                taken += 1;
-                if taken >= self.query.limit {
-                    break;
-                }
+        let seconds: Vec<Ulid> = db
+            .range::<Vec<u8>, _>((start, end))
+            .keys()
+            .rev()
+            .map(|entry| entry.map(|key| keys::trailing_id(&key)))
+            .filter_map(Result::transpose)
+            .take(self.query.budget)
+            .collect::<Result<_, _>>()
+            .map_err(sled_error)?;
+        let mut tally = Tally::default();
+        for second in seconds {
+            let next = Ulid::from_parts(second.timestamp_ms().saturating_add(1000), 0);
+            let window = (
+                Some(self.lo.map_or(second, |lo| lo.max(second))),
+                Some(self.hi.map_or(next, |hi| hi.min(next))),
+            );
+            if self.pages(db, instance, keys::HISTORY, window, &mut tally)? {
+                break;
             }
         }
         Ok(())
     }
+}
+
+/// Matches taken and records looked at, for one family of one instance.
+#[derive(Default)]
+struct Tally {
+    taken: usize,
+    looked: usize,
 }
 
 /// A pending event's record: a run member, or an `r/` or `e/` record.
@@ -453,15 +491,23 @@ pub struct HistoryAudit {
     pub instance: String,
     pub counted_events: u64,
     pub counted_bytes: u64,
-    /// `h/` records and the bytes they are charged, summed from the records themselves.
+    /// Events in the history's pages and the bytes they are charged, summed from the pages.
     pub records: u64,
     pub bytes: u64,
-    /// `g/` index entries.
-    pub index_entries: u64,
+    /// Pages keyed above their first member, or whose interval reaches into the next page's.
+    pub misplaced_pages: u64,
+    /// Events whose account has no marker for the second they were accepted in.
+    pub unmarked: u64,
+    /// Account markers (`g/` and their twins `f/`), including those a replay left without
+    /// events.
+    pub markers: u64,
+    /// Markers without their twin.
+    pub unpaired_markers: u64,
 }
 
-/// Sums every instance's history records of a stopped daemon's store, against its counters:
-/// for the tests after crashes and power cuts (reads the whole history).
+/// Sums every instance's history of a stopped daemon's store, against its counters, and
+/// checks the pages' order and the account markers: for the tests after crashes and power
+/// cuts (reads the whole history).
 pub fn audit_history(path: &std::path::Path) -> Result<Vec<HistoryAudit>, Error> {
     audit(&super::open::open_sled(path, 16 * 1024 * 1024)?)
 }
@@ -487,15 +533,48 @@ fn audit(db: &sled::Db) -> Result<Vec<HistoryAudit>, Error> {
             counted_bytes: counters.history_bytes,
             ..HistoryAudit::default()
         };
+        let mut previous_last: Option<Ulid> = None;
         for entry in db.scan_prefix(keys::instance_prefix(keys::HISTORY, &instance)) {
             let (key, value) = entry.map_err(sled_error)?;
-            let id = keys::trailing_id(&key).unwrap_or_default();
-            let kept = HistoryV1::decode(&value)?;
-            audit.records += 1;
-            audit.bytes += history::charged_bytes(&instance, &kept.account, id, value.len());
+            let page_key = keys::trailing_id(&key).unwrap_or_default();
+            let members: Vec<(Ulid, &[u8])> = run::members(&value).collect::<Result<_, _>>()?;
+            let first = members.first().map(|m| m.0);
+            if first.is_none_or(|first| first < page_key)
+                || previous_last.is_some_and(|last| last >= page_key)
+            {
+                audit.misplaced_pages += 1;
+            }
+            previous_last = members.last().map(|m| m.0);
+            for (id, record) in members {
+                let kept = HistoryV1::decode(record)?;
+                audit.records += 1;
+                audit.bytes += history::charged_bytes(record.len());
+                let marker = history::marker(&instance, &kept.account, id);
+                if db.get(marker).map_err(sled_error)?.is_none() {
+                    audit.unmarked += 1;
+                }
+            }
         }
-        let index = keys::instance_prefix(keys::HISTORY_BY_ACCOUNT, &instance);
-        audit.index_entries = db.scan_prefix(index).count() as u64;
+        let prefix = keys::instance_prefix(keys::HISTORY_BY_ACCOUNT, &instance);
+        let (mut markers, mut paired) = (0u64, 0u64);
+        for key in db.scan_prefix(&prefix).keys() {
+            let key = key.map_err(sled_error)?;
+            markers += 1;
+            // `<account>\0<second>` after the prefix.
+            let rest = &key[prefix.len()..];
+            let account = rest
+                .len()
+                .checked_sub(17)
+                .and_then(|end| std::str::from_utf8(&rest[..end]).ok());
+            if let (Some(account), Some(second)) = (account, keys::trailing_id(&key)) {
+                let twin = keys::history_by_second(&instance, second, account);
+                paired += u64::from(db.get(twin).map_err(sled_error)?.is_some());
+            }
+        }
+        let twins = keys::instance_prefix(keys::HISTORY_BY_SECOND, &instance);
+        let twins = db.scan_prefix(twins).count() as u64;
+        audit.markers = markers + twins;
+        audit.unpaired_markers = (markers - paired) + twins.saturating_sub(paired);
         audits.push(audit);
     }
     Ok(audits)

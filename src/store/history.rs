@@ -1,9 +1,28 @@
 //! The records of what happened to an event: its attempts while it waits or lies dead
-//! (`y/<instance>\0<id>`), and, once delivered, its history record (`h/<instance>\0<id>`)
-//! with the envelope exactly as sent, indexed by account (`g/<instance>\0<account>\0<id>`).
+//! (`y/<instance>\0<id>`), and, once delivered, its history record with the envelope exactly
+//! as sent.
 //!
-//! Both records are binary, with a version byte first; decoding never panics (a short or
-//! malformed record is [`Error::Corrupt`]).
+//! **Pages.** sled pays per key written (see [`super::run`]), so the history keeps delivered
+//! events in pages, `h/<instance>\0<key id>`, in the layout of runs: history records as
+//! members, in id order. Pages are disjoint id intervals, each keyed at or below its first
+//! member, so the one page that may hold an event is the one with the greatest key at or before
+//! its id. A delivered event joins that page when its id falls inside the page's interval, or
+//! when the page was written in the same group commit (extending its interval cannot cover
+//! another page's key, as that page has the greatest key below the id); otherwise it starts a
+//! page of its own. Deliveries come in about the order events were accepted, so a group commit
+//! usually writes one page per instance for all it delivered. A page stops growing at
+//! [`MAX_PAGE_BYTES`]; an event that falls inside a full page splits it at its id.
+//!
+//! **Account markers.** `g/<instance>\0<account>\0<second>` (empty) says that the history may
+//! hold events of that account accepted in that second ([`marker_second`]); a page by account
+//! reads only the pages of the marked seconds. A marker is written, with its twin by second
+//! (`f/<instance>\0<second><account>`), when the first such event is kept: one pair per
+//! account and second however many events it has. When the oldest pages go (evicted or
+//! expired), the markers of every second before the first event left go with them, found in
+//! second order by their twins. One left behind by a replay only costs a look until then.
+//!
+//! Both kinds of record are binary, with a version byte first; decoding never panics (a short
+//! or malformed record is [`Error::Corrupt`]).
 
 use ulid::Ulid;
 
@@ -47,12 +66,48 @@ pub struct HistoryV1 {
     pub envelope: Vec<u8>,
 }
 
-/// Bytes a history record is charged against `history_max_bytes` and `storage.max_bytes`:
-/// its `h/` key and value and its `g/` index key.
-pub fn charged_bytes(instance: &str, account: &str, id: Ulid, value_len: usize) -> u64 {
-    let h = keys::history(instance, id).len();
-    let g = keys::history_by_account(instance, account, id).len();
-    (h + g + value_len) as u64
+/// A page of the history takes no more members once this large. sled rewrites a leaf node
+/// whole (up to 17 keys) every few changes, and writes a node larger than a quarter of its
+/// 512 KiB segment as a separate blob file: leaves of pages this size stay far below that.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024;
+
+/// Bytes each kept event is charged beyond its member of a page: a share of the page's key and
+/// of its account's marker.
+const SHARED_BYTES_CHARGED: usize = 48;
+
+/// Bytes a history record is charged against `history_max_bytes` and `storage.max_bytes`: its
+/// member of a page (id, length, record) and a share of the keys around it.
+pub fn charged_bytes(record_len: usize) -> u64 {
+    (super::run::MEMBER_BYTES + record_len + SHARED_BYTES_CHARGED) as u64
+}
+
+/// The second an account marker stands for: the start of the second `id` was accepted in.
+pub fn marker_second(id: Ulid) -> Ulid {
+    let ms = id.timestamp_ms();
+    Ulid::from_parts(ms - ms % 1000, 0)
+}
+
+/// The account marker of the second `id` was accepted in.
+pub fn marker(instance: &str, account: &str, id: Ulid) -> Vec<u8> {
+    keys::history_by_account(instance, account, marker_second(id))
+}
+
+/// The marker's twin, by second.
+pub fn marker_by_second(instance: &str, account: &str, id: Ulid) -> Vec<u8> {
+    keys::history_by_second(instance, marker_second(id), account)
+}
+
+/// The account of a history record, read without decoding the rest.
+pub fn account_of(record: &[u8]) -> Option<&str> {
+    let mut r = Reader(record);
+    if r.u8()? != HISTORY_V1 {
+        return None;
+    }
+    r.u8()?;
+    r.u64()?;
+    r.u64()?;
+    let len = usize::from(r.u16()?);
+    std::str::from_utf8(r.0.get(..len)?).ok()
 }
 
 /// Appends `attempt` to `attempts`, keeping the last [`ATTEMPTS_KEPT`].
@@ -244,11 +299,26 @@ mod tests {
             envelope: br#"{"message":{}}"#.to_vec(),
         };
         let bytes = history.encode();
+        assert_eq!(account_of(&bytes), Some("dbid:a"));
         assert_eq!(HistoryV1::decode(&bytes).ok(), Some(history));
         let header = 1 + 1 + 8 + 8 + 2 + 6 + 1;
         for cut in 0..header {
             assert!(HistoryV1::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(HistoryV1::decode(b"\x09").is_err());
+        assert_eq!(account_of(&bytes[..header - 4]), None);
+    }
+
+    #[test]
+    fn markers_stand_for_the_second_of_acceptance() {
+        let early = Ulid::from_parts(5_000, 1);
+        let late = Ulid::from_parts(5_999, u128::MAX >> 48);
+        assert_eq!(marker_second(early), marker_second(late));
+        assert_eq!(marker_second(early), Ulid::from_parts(5_000, 0));
+        assert_ne!(
+            marker_second(Ulid::from_parts(6_000, 0)),
+            marker_second(late)
+        );
+        assert!(marker("acme", "dbid:a", early).starts_with(b"g/acme\0dbid:a\0"));
     }
 }

@@ -54,10 +54,15 @@ pub const OUTAGE: &[u8] = b"u/";
 /// `y/<instance>\0<event id>`: the last attempts of a pending event or a dead letter
 /// ([`super::history`]); absent before the first failed attempt.
 pub const ATTEMPTS: &[u8] = b"y/";
-/// `h/<instance>\0<event id>`: a delivered event kept for `events` ([`super::history`]).
+/// `h/<instance>\0<event id>`: a page of delivered events kept for `events`, keyed at or
+/// below its first ([`super::history`]).
 pub const HISTORY: &[u8] = b"h/";
-/// `g/<instance>\0<account>\0<event id>`: the history by account (empty values).
+/// `g/<instance>\0<account>\0<second>`: the history holds events of the account accepted in
+/// that second (empty values; [`super::history`]).
 pub const HISTORY_BY_ACCOUNT: &[u8] = b"g/";
+/// `f/<instance>\0<second><account>`: the same markers by second, for removing those of the
+/// seconds the history no longer holds (empty values).
+pub const HISTORY_BY_SECOND: &[u8] = b"f/";
 
 pub fn attempts(instance: &str, id: Ulid) -> Vec<u8> {
     let mut key = instance_prefix(ATTEMPTS, instance);
@@ -71,7 +76,7 @@ pub fn history(instance: &str, id: Ulid) -> Vec<u8> {
     key
 }
 
-/// The prefix of one account's history index entries: `g/<instance>\0<account>\0`.
+/// The prefix of one account's history markers: `g/<instance>\0<account>\0`.
 pub fn history_account_prefix(instance: &str, account: &str) -> Vec<u8> {
     let mut key = pair(HISTORY_BY_ACCOUNT, instance, account);
     key.push(0);
@@ -82,6 +87,27 @@ pub fn history_by_account(instance: &str, account: &str, id: Ulid) -> Vec<u8> {
     let mut key = history_account_prefix(instance, account);
     key.extend_from_slice(&id.to_bytes());
     key
+}
+
+pub fn history_by_second(instance: &str, second: Ulid, account: &str) -> Vec<u8> {
+    let mut key = history_second_prefix(instance, second);
+    key.extend_from_slice(account.as_bytes());
+    key
+}
+
+/// `f/<instance>\0<second>`: where the markers of that second start.
+pub fn history_second_prefix(instance: &str, second: Ulid) -> Vec<u8> {
+    let mut key = instance_prefix(HISTORY_BY_SECOND, instance);
+    key.extend_from_slice(&second.to_bytes());
+    key
+}
+
+/// The second and account of an `f/` key.
+pub fn parse_history_by_second<'k>(instance: &str, key: &'k [u8]) -> Option<(Ulid, &'k str)> {
+    let rest = key.strip_prefix(instance_prefix(HISTORY_BY_SECOND, instance).as_slice())?;
+    let second: [u8; 16] = rest.get(..16)?.try_into().ok()?;
+    let account = std::str::from_utf8(&rest[16..]).ok()?;
+    Some((Ulid::from_bytes(second), account))
 }
 
 pub fn meta(name: &str) -> Vec<u8> {
@@ -276,6 +302,18 @@ mod tests {
         assert!(!other.starts_with(&instance_prefix(DUE, "acme")));
         let prefix = instance_prefix(DUE, "acme").len();
         assert_eq!(parse_due(prefix, &b), Some((6, Ulid::from_parts(1, 1))));
+    }
+
+    #[test]
+    fn history_markers_by_second_round_trip() {
+        let second = Ulid::from_parts(5_000, 0);
+        let key = history_by_second("acme", second, "dbid:a");
+        assert_eq!(
+            parse_history_by_second("acme", &key),
+            Some((second, "dbid:a"))
+        );
+        assert_eq!(parse_history_by_second("acm", &key), None);
+        assert!(key < history_second_prefix("acme", Ulid::from_parts(5_001, 0)));
     }
 
     #[test]

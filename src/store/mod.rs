@@ -47,8 +47,8 @@
 //! | `t/<dead at ms><instance>\0<event>` | dead letters by age, for `dead_letter_ttl` |
 //! | `c/<instance>` | [`record::Counters`]: pending and dead events and bytes, the history's |
 //! | `y/<instance>\0<event>` | [`history`]: the last 20 attempts of a waiting event or dead letter |
-//! | `h/<instance>\0<event>` | [`history::HistoryV1`]: a delivered event kept for `events` (attempts, envelope as sent) |
-//! | `g/<instance>\0<account>\0<event>` | the history by account (empty) |
+//! | `h/<instance>\0<event>` | a page of [`history::HistoryV1`] records, delivered events kept for `events` (attempts, envelope as sent), keyed at or below its first |
+//! | `g/<instance>\0<account>\0<second>` | the history has events of the account accepted in that second (empty) |
 //! | `s/<instance>\0<account>` | first time a pair was seen, for catch-up |
 //! | `w/<instance>\0<account>` | change events: a walk is owed; value a token replaced by each new request |
 //! | `k/<instance>\0<account>` | change events: the pair's `list_folder` cursor |
@@ -524,5 +524,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 mod tests;

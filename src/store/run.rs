@@ -15,6 +15,10 @@
 //!
 //! Layout: version byte [`RUN_V1`], then per member its id (16 bytes), a u32 BE length and its
 //! [`super::record::EventRecord`] bytes.
+//!
+//! The delivered history's pages ([`super::history`]) share this layout, with history records
+//! as members, and the same rule for finding one: members in id order, pages disjoint id
+//! intervals keyed at or below their first member.
 
 use ulid::Ulid;
 
@@ -79,6 +83,45 @@ pub fn replace(run: &[u8], id: Ulid, record: Option<&[u8]>) -> Result<Option<Vec
     }
     Ok((!out.is_empty()).then_some(out))
 }
+
+/// The run with `record` as member `id`, in id order (replacing a member with that id), and
+/// the record it replaced.
+pub fn insert(run: &[u8], id: Ulid, record: &[u8]) -> Result<(Vec<u8>, Option<Vec<u8>>), Error> {
+    let mut out = Vec::with_capacity(run.len() + MEMBER_HEADER + record.len());
+    let (mut placed, mut replaced) = (false, None);
+    let existing = match run.is_empty() {
+        true => members(&[RUN_V1]),
+        false => members(run),
+    };
+    for member in existing {
+        let (member_id, old) = member?;
+        if !placed && member_id >= id {
+            append(&mut out, id, record);
+            placed = true;
+            if member_id == id {
+                replaced = Some(old.to_vec());
+                continue;
+            }
+        }
+        append(&mut out, member_id, old);
+    }
+    if !placed {
+        append(&mut out, id, record);
+    }
+    Ok((out, replaced))
+}
+
+/// The greatest member id of a run (`None`: empty).
+pub fn last_id(run: &[u8]) -> Result<Option<Ulid>, Error> {
+    let mut last = None;
+    for member in members(run) {
+        last = Some(member?.0);
+    }
+    Ok(last)
+}
+
+/// The bytes a member takes in a run beyond its record.
+pub const MEMBER_BYTES: usize = MEMBER_HEADER;
 
 /// Iterator over a run's members; yields an error once if the value is malformed.
 pub struct Members<'a> {
@@ -173,6 +216,27 @@ mod tests {
             Some(one.clone()),
             "a missing member leaves it as it was"
         );
+    }
+
+    #[test]
+    fn members_are_inserted_in_id_order() {
+        let mut run = Vec::new();
+        append(&mut run, Ulid(2), b"two");
+        append(&mut run, Ulid(5), b"five");
+        let (run, replaced) = insert(&run, Ulid(3), b"three").unwrap_or_default();
+        assert_eq!(replaced, None);
+        let (run, _) = insert(&run, Ulid(1), b"one").unwrap_or_default();
+        let (run, _) = insert(&run, Ulid(9), b"nine").unwrap_or_default();
+        let (run, replaced) = insert(&run, Ulid(5), b"FIVE").unwrap_or_default();
+        assert_eq!(replaced.as_deref(), Some(&b"five"[..]));
+        assert_eq!(
+            ids(&run).into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 5, 9]
+        );
+        assert_eq!(find(&run, Ulid(5)).ok().flatten(), Some(&b"FIVE"[..]));
+        assert_eq!(last_id(&run).ok().flatten(), Some(Ulid(9)));
+        let (fresh, _) = insert(&[], Ulid(4), b"four").unwrap_or_default();
+        assert_eq!(ids(&fresh), vec![(4, b"four".to_vec())]);
     }
 
     #[test]

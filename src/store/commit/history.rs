@@ -1,7 +1,8 @@
 //! What the store keeps of an event's past: its attempts (`y/`), written with each failed
-//! attempt's outcome, and the delivered history (`h/` + `g/`), written in the batch that
-//! removes the delivered event; the history's bounds (bytes per instance, evicted oldest first
-//! a few at a time; age, expired a page at a time), and its replay onto the queue.
+//! attempt's outcome, and the delivered history (pages `h/` and account markers `g/`, see
+//! [`crate::store::history`]), written in the batch that removes the delivered event; the
+//! history's bounds (bytes per instance, the oldest pages evicted first; age, expired a page
+//! at a time), and its replay onto the queue.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -11,15 +12,30 @@ use super::pending::EVENT_OVERHEAD_BYTES;
 use super::view::BatchView;
 use super::{Committer, Operation};
 use crate::store::error::Error;
-use crate::store::history::{self, Attempt, HistoryV1};
+use crate::store::history::{self, Attempt, HistoryV1, MAX_PAGE_BYTES};
 use crate::store::keys;
 use crate::store::record::{ChangesV1, EventKind, EventV1};
+use crate::store::run;
 use crate::store::types::{Cutoffs, DeliveredOutcome};
 
-/// History records one delivered event may evict when its instance is over
-/// `history_max_bytes`: more than one, so that the history shrinks back after a lower limit,
-/// and few, so that no batch grows with the history.
-pub(in crate::store) const EVICT_PER_DELIVERY: usize = 4;
+/// Marker pairs one removal of old pages takes at most (the rest go with the next).
+const MARKERS_PER_REMOVAL: usize = 256;
+
+/// Pages one delivered event may evict when its instance is over `history_max_bytes`: more
+/// than one, so that the history shrinks back after a lower limit, and few, so that no batch
+/// grows with the history.
+pub(in crate::store) const EVICT_PER_DELIVERY: usize = 2;
+
+/// A delivered event the current batch keeps: put in its page once the batch's requests are
+/// applied.
+pub(super) struct Delivered {
+    instance: String,
+    id: Ulid,
+    account: String,
+    record: Vec<u8>,
+    /// The instance's `history_max_bytes`.
+    max_bytes: u64,
+}
 
 /// Puts delivered events back on the queue from the history, with their ids, a fresh attempt
 /// count and age. Answers how many.
@@ -40,8 +56,9 @@ impl Operation for ReplayHistory {
     }
 }
 
-/// Deletes at most `limit` history records accepted before their instance's cutoff. Answers
-/// how many.
+/// Deletes the history's events accepted before their instance's cutoff, oldest pages first,
+/// stopping once `limit` are gone, and the account markers of the seconds passed. Answers how
+/// many records (events and marker pairs).
 pub(in crate::store) struct ExpireHistory {
     pub cutoffs: Cutoffs,
     pub instances: Vec<String>,
@@ -52,23 +69,30 @@ impl Operation for ExpireHistory {
     type Reply = u64;
 
     fn apply(self, committer: &mut Committer, view: &mut BatchView<'_>) -> Result<u64, Error> {
-        let mut doomed = Vec::new();
+        let mut count = 0;
         for instance in &self.instances {
             let cutoff = Ulid::from_parts(self.cutoffs.for_instance(instance), 0);
             let start = keys::instance_prefix(keys::HISTORY, instance);
-            for entry in view.range(start, keys::history(instance, cutoff)) {
-                if doomed.len() >= self.limit {
-                    break;
-                }
-                let (key, _) = entry?;
-                if let Some(id) = keys::trailing_id(&key) {
-                    doomed.push((instance.clone(), id));
-                }
+            while count < self.limit as u64 {
+                // Every page keyed before the cutoff is expired, or holds only later events.
+                let mut pages = view.range(start.clone(), keys::history(instance, cutoff));
+                let doomed = loop {
+                    match pages.next().transpose()? {
+                        None => break None,
+                        Some((key, value)) => {
+                            // A page that does not decode is expired whole.
+                            let first = run::members(&value).next().and_then(Result::ok);
+                            if first.is_none_or(|(first, _)| first < cutoff) {
+                                break Some((key, value.to_vec()));
+                            }
+                        }
+                    }
+                };
+                let Some((key, value)) = doomed else { break };
+                count += committer.remove_members(view, instance, key, &value, Some(cutoff))?;
             }
-        }
-        let mut count = 0;
-        for (instance, id) in doomed {
-            count += u64::from(committer.take_history(view, &instance, id)?.is_some());
+            // Marker pairs count as one record each, so that a backlog of them takes more pages.
+            count += committer.remove_passed_markers(view, instance)? / 2;
         }
         Ok(count)
     }
@@ -94,8 +118,8 @@ impl Committer {
     }
 
     /// Removes a delivered event and, when its instance keeps a history, keeps it there with
-    /// its attempts and envelope, then evicts the oldest records past the instance's byte
-    /// bound. The kept attempts are read only if earlier attempts failed.
+    /// its attempts and envelope, then evicts the oldest pages past the instance's byte bound.
+    /// The kept attempts are read only if earlier attempts failed.
     pub(super) fn deliver_into_history(
         &mut self,
         view: &mut BatchView<'_>,
@@ -130,108 +154,251 @@ impl Committer {
             envelope: envelope.to_vec(),
         }
         .encode();
-        // A replayed event delivered again replaces its earlier record.
-        self.take_history(view, instance, id)?;
-        let charged = history::charged_bytes(instance, &event.account, id, record.len());
-        view.insert(keys::history(instance, id), record);
-        view.insert(
-            keys::history_by_account(instance, &event.account, id),
-            Vec::new(),
-        );
-        let counter = self.counter_mut(instance);
-        counter.history_events += 1;
-        counter.history_bytes += charged;
-        self.evict_history(view, instance, max_bytes)
+        self.delivered.push(Delivered {
+            instance: instance.to_owned(),
+            id,
+            account: event.account,
+            record,
+            max_bytes,
+        });
+        Ok(())
     }
 
-    /// Evicts the instance's oldest history records while it is over `max_bytes`, at most
-    /// [`EVICT_PER_DELIVERY`].
+    /// Puts the batch's delivered events in their pages, in id order per instance (deliveries
+    /// finish in any order; in order, a batch's events share pages), then evicts the oldest
+    /// pages past each instance's byte bound.
+    pub(super) fn keep_delivered(&mut self, view: &mut BatchView<'_>) -> Result<(), Error> {
+        let mut delivered = std::mem::take(&mut self.delivered);
+        delivered.sort_by(|a, b| (&a.instance, a.id).cmp(&(&b.instance, b.id)));
+        let result = (|| {
+            let mut of_instance = 0;
+            for (n, kept) in delivered.iter().enumerate() {
+                of_instance += 1;
+                let placed = self.keep_in_history(
+                    view,
+                    &kept.instance,
+                    kept.id,
+                    &kept.account,
+                    &kept.record,
+                );
+                match placed {
+                    // A page that does not decode: this event is not kept, nothing else is lost.
+                    Err(Error::Corrupt(message)) => {
+                        tracing::warn!(instance = %kept.instance, id = %kept.id, error = %message, "a delivered event is not kept in the history");
+                    }
+                    other => other?,
+                }
+                let last_of_instance = delivered
+                    .get(n + 1)
+                    .is_none_or(|next| next.instance != kept.instance);
+                if last_of_instance {
+                    let pages = EVICT_PER_DELIVERY * std::mem::take(&mut of_instance);
+                    self.evict_history(view, &kept.instance, kept.max_bytes, pages)?;
+                }
+            }
+            Ok(())
+        })();
+        delivered.clear();
+        self.delivered = delivered;
+        result
+    }
+
+    /// Puts a history record in its page (see [`crate::store::history`] for which), with its
+    /// account's marker. A record the page held for the same id (an event replayed and
+    /// delivered again) is replaced.
+    fn keep_in_history(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        account: &str,
+        record: &[u8],
+    ) -> Result<(), Error> {
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
+        let own_key = keys::history(instance, id);
+        let page = match view.last_at_or_before(&prefix, &own_key)? {
+            Some((key, value)) => match run::last_id(&value) {
+                Ok(last) => Some((key, last, value.len())),
+                // Its interval cannot be known: the event is not kept rather than risk a page
+                // that overlaps it.
+                Err(err) => return Err(err),
+            },
+            None => None,
+        };
+        let mut replaced = None;
+        match page {
+            Some((key, Some(last), _)) if last >= id => {
+                let value = view.get(&key)?.map(|v| v.to_vec()).unwrap_or_default();
+                let (joined, old) = run::insert(&value, id, record)?;
+                replaced = old.map(|old| old.len());
+                let (left, right) = match joined.len() > MAX_PAGE_BYTES {
+                    true => split_at(&joined, id)?,
+                    false => (joined, Vec::new()),
+                };
+                view.insert(key, left);
+                if !right.is_empty() {
+                    view.insert(own_key, right);
+                }
+            }
+            Some((key, _, len))
+                if view.written_len(&key) > 0
+                    && len + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES =>
+            {
+                run::append(view.written_mut(&key), id, record);
+            }
+            _ => {
+                let mut fresh = Vec::with_capacity(1 + run::MEMBER_BYTES + record.len());
+                run::append(&mut fresh, id, record);
+                view.insert(own_key, fresh);
+            }
+        }
+        let counter = self.counter_mut(instance);
+        if let Some(old) = replaced {
+            counter.history_events = counter.history_events.saturating_sub(1);
+            counter.history_bytes = counter
+                .history_bytes
+                .saturating_sub(history::charged_bytes(old));
+        }
+        counter.history_events += 1;
+        counter.history_bytes += history::charged_bytes(record.len());
+        let marker = history::marker(instance, account, id);
+        if view.get(&marker)?.is_none() {
+            view.insert(marker, Vec::new());
+            view.insert(history::marker_by_second(instance, account, id), Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Evicts the instance's oldest pages while it is over `max_bytes`, at most `pages`.
     fn evict_history(
         &mut self,
         view: &mut BatchView<'_>,
         instance: &str,
         max_bytes: u64,
+        pages: usize,
     ) -> Result<(), Error> {
         let prefix = keys::instance_prefix(keys::HISTORY, instance);
-        for _ in 0..EVICT_PER_DELIVERY {
+        let mut evicted = false;
+        for _ in 0..pages {
             if self.counter(instance).history_bytes <= max_bytes {
                 break;
             }
-            let Some((key, _)) = view.first_with_prefix(&prefix)? else {
+            let Some((key, value)) = view.first_with_prefix(&prefix)? else {
                 break;
             };
-            let Some(id) = keys::trailing_id(&key) else {
-                break;
-            };
-            self.take_history(view, instance, id)?;
+            self.remove_members(view, instance, key, &value, None)?;
+            evicted = true;
+        }
+        if evicted {
+            self.remove_passed_markers(view, instance)?;
         }
         Ok(())
     }
 
-    /// Removes a history record and its index entry, and its share of the counters; returns
-    /// it. A record that does not decode is removed all the same (its index entry cannot be
-    /// named, and stays until the instance is forgotten).
-    pub(super) fn take_history(
+    /// Removes the members of page `key` (`value`) accepted before `below` (all of them:
+    /// `None`), with their share of the counters (their markers are the caller's, see
+    /// [`Committer::remove_passed_markers`]). Answers how many went. A page that does not
+    /// decode goes whole.
+    fn remove_members(
         &mut self,
         view: &mut BatchView<'_>,
         instance: &str,
-        id: Ulid,
-    ) -> Result<Option<HistoryV1>, Error> {
-        let key = keys::history(instance, id);
-        let Some(value) = view.get(&key)?.map(|v| v.to_vec()) else {
-            return Ok(None);
-        };
-        view.remove(key);
-        let decoded = HistoryV1::decode(&value).ok();
-        let account = decoded.as_ref().map_or("", |h| h.account.as_str());
-        if decoded.is_some() {
-            view.remove(keys::history_by_account(instance, account, id));
+        key: Vec<u8>,
+        value: &[u8],
+        below: Option<Ulid>,
+    ) -> Result<u64, Error> {
+        let mut kept = Vec::new();
+        let (mut gone, mut bytes) = (0u64, 0u64);
+        for member in run::members(value) {
+            let Ok((id, record)) = member else { break };
+            if below.is_some_and(|below| id >= below) {
+                run::append(&mut kept, id, record);
+                continue;
+            }
+            gone += 1;
+            bytes += history::charged_bytes(record.len());
         }
-        let charged = history::charged_bytes(instance, account, id, value.len());
+        match kept.is_empty() {
+            true => view.remove(key),
+            false => view.insert(key, kept),
+        }
         let counter = self.counter_mut(instance);
-        counter.history_events = counter.history_events.saturating_sub(1);
-        counter.history_bytes = counter.history_bytes.saturating_sub(charged);
-        Ok(decoded)
+        counter.history_events = counter.history_events.saturating_sub(gone);
+        counter.history_bytes = counter.history_bytes.saturating_sub(bytes);
+        Ok(gone)
     }
 
-    /// Removes up to `limit` of a forgotten instance's history records (and their index
-    /// entries). Answers how many records went.
+    /// Removes the markers of the seconds before the instance's first page (the first event
+    /// left is at or after its key), or all of them when no page is left; at most
+    /// [`MARKERS_PER_REMOVAL`] pairs. Answers how many keys went.
+    fn remove_passed_markers(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+    ) -> Result<u64, Error> {
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
+        let first = view.scan_prefix(&prefix).next().transpose()?;
+        let first_left = first.and_then(|(key, _)| keys::trailing_id(&key));
+        self.remove_markers_before(view, instance, first_left)
+    }
+
+    /// Removes the account markers of the seconds before `first_left`'s (all: `None`), at
+    /// most [`MARKERS_PER_REMOVAL`] pairs. Answers how many keys went.
+    fn remove_markers_before(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        first_left: Option<Ulid>,
+    ) -> Result<u64, Error> {
+        let start = keys::instance_prefix(keys::HISTORY_BY_SECOND, instance);
+        let end = match first_left {
+            Some(id) => keys::history_second_prefix(instance, history::marker_second(id)),
+            None => keys::family_end(&start),
+        };
+        let twins: Vec<Vec<u8>> = view
+            .range(start, end)
+            .take(MARKERS_PER_REMOVAL)
+            .map(|entry| entry.map(|(key, _)| key))
+            .collect::<Result<_, _>>()?;
+        let mut count = 0;
+        for twin in twins {
+            if let Some((second, account)) = keys::parse_history_by_second(instance, &twin) {
+                view.remove(keys::history_by_account(instance, account, second));
+                count += 1;
+            }
+            view.remove(twin);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Removes up to about `limit` of a forgotten instance's history events and markers
+    /// (whole pages). Answers how many went.
     pub(super) fn forget_history(
         &mut self,
         view: &mut BatchView<'_>,
         instance: &str,
         limit: usize,
     ) -> Result<u64, Error> {
-        let mut ids = Vec::new();
-        for entry in view.scan_prefix(&keys::instance_prefix(keys::HISTORY, instance)) {
-            if ids.len() >= limit {
-                break;
-            }
-            if let Some(id) = keys::trailing_id(&entry?.0) {
-                ids.push(id);
-            }
-        }
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
         let mut count = 0;
-        for id in ids {
-            count += u64::from(self.take_history(view, instance, id)?.is_some());
+        while count < limit as u64 {
+            let Some((key, value)) = view.first_with_prefix(&prefix)? else {
+                break;
+            };
+            // At least one, so that a page that does not decode still goes.
+            count += self
+                .remove_members(view, instance, key, &value, None)?
+                .max(1);
         }
         if count < limit as u64 {
-            // Index entries left by records that did not decode.
-            let left = limit - count as usize;
-            let prefix = keys::instance_prefix(keys::HISTORY_BY_ACCOUNT, instance);
-            let stale: Vec<Vec<u8>> = view
-                .scan_prefix(&prefix)
-                .take(left)
-                .map(|entry| entry.map(|(key, _)| key))
-                .collect::<Result<_, _>>()?;
-            count += stale.len() as u64;
-            for key in stale {
-                view.remove(key);
-            }
+            count += self.remove_markers_before(view, instance, None)?;
         }
         Ok(count)
     }
 
+    /// Takes delivered event `id` out of the history and queues it again. Its account's marker
+    /// stays (a look at that second finds nothing).
     fn replay_history(
         &mut self,
         view: &mut BatchView<'_>,
@@ -239,19 +406,51 @@ impl Committer {
         id: Ulid,
         now_ms: u64,
     ) -> Result<bool, Error> {
-        let Some(value) = view.get(&keys::history(instance, id))?.map(|v| v.to_vec()) else {
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
+        let Some((key, value)) = view.last_at_or_before(&prefix, &keys::history(instance, id))?
+        else {
             return Ok(false);
         };
-        let Some(event) = HistoryV1::decode(&value)
+        let value = value.to_vec();
+        let Some(record) = run::find(&value, id)? else {
+            return Ok(false);
+        };
+        let Some(event) = HistoryV1::decode(record)
             .ok()
             .and_then(|h| queued_again(&h, now_ms))
         else {
             return Ok(false);
         };
-        self.take_history(view, instance, id)?;
+        let charged = history::charged_bytes(record.len());
+        match run::replace(&value, id, None)? {
+            Some(rest) => view.insert(key, rest),
+            None => view.remove(key),
+        }
+        let counter = self.counter_mut(instance);
+        counter.history_events = counter.history_events.saturating_sub(1);
+        counter.history_bytes = counter.history_bytes.saturating_sub(charged);
         self.insert_pending(view, instance, id, &event);
         Ok(true)
     }
+}
+
+/// A page split before member `id`: the members below it, and the rest (starting with `id`).
+fn split_at(page: &[u8], id: Ulid) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    for member in run::members(page) {
+        let (member_id, record) = member?;
+        let side = if member_id < id {
+            &mut left
+        } else {
+            &mut right
+        };
+        run::append(side, member_id, record);
+    }
+    Ok(match left.is_empty() {
+        // `id` is the first member: nothing to split off.
+        true => (right, Vec::new()),
+        false => (left, right),
+    })
 }
 
 /// The envelope's parts that came from the stored event, verbatim.

@@ -209,6 +209,9 @@ pub(super) struct Committer {
     last_id: Ulid,
     /// The run each instance's new events join in the current batch (`z/` key).
     open_runs: HashMap<String, Vec<u8>>,
+    /// The delivered events the current batch keeps in the history, put in their pages in id
+    /// order once every request is applied ([`Committer::keep_delivered`]).
+    delivered: Vec<history::Delivered>,
     /// The alert queue's size, as its `l/n` record holds it.
     alert_queue: AlertQueueV1,
     /// Whether the current batch changed [`Committer::alert_queue`].
@@ -245,6 +248,7 @@ impl Committer {
             defer_syncs: false,
             last_id,
             open_runs: HashMap::new(),
+            delivered: Vec::new(),
             alert_queue,
             alert_queue_changed: false,
         }
@@ -324,7 +328,8 @@ impl Committer {
         for request in batch.iter_mut() {
             request.apply(self, &mut view);
         }
-        let counted = self.count_other_records(&view).err();
+        let kept = self.keep_delivered(&mut view).err();
+        let counted = kept.or_else(|| self.count_other_records(&view).err());
         self.write_counters(&mut view);
         // A read failing in sled (its background flusher may have hit the error first) fails
         // the store as a failed write would: nothing of this batch is applied or acknowledged.
