@@ -159,6 +159,7 @@ impl Store {
             return Ok(None);
         };
         let (_, value) = page.map_err(sled_error)?;
+        let value = history::open_page(&value)?;
         match run::find(&value, id)? {
             Some(record) => {
                 let kept = HistoryV1::decode(record)?;
@@ -311,6 +312,10 @@ impl Scan<'_> {
         // A page keyed before the window may hold members inside it: start at the instance.
         for entry in db.range((Bound::Included(prefix.clone()), end)).rev() {
             let (key, value) = entry.map_err(sled_error)?;
+            let value = match family == keys::HISTORY {
+                true => history::open_page(&value)?,
+                false => std::borrow::Cow::Borrowed(&value[..]),
+            };
             let members: Vec<(Ulid, &[u8])> = run::members(&value).collect::<Result<_, _>>()?;
             for (id, record) in members.into_iter().rev() {
                 if hi.is_some_and(|hi| id >= hi) {
@@ -503,6 +508,8 @@ pub struct HistoryAudit {
     pub markers: u64,
     /// Markers without their twin.
     pub unpaired_markers: u64,
+    /// Pages stored uncompressed (every page is sealed when its batch ends).
+    pub unsealed_pages: u64,
 }
 
 /// Sums every instance's history of a stopped daemon's store, against its counters, and
@@ -537,7 +544,9 @@ fn audit(db: &sled::Db) -> Result<Vec<HistoryAudit>, Error> {
         for entry in db.scan_prefix(keys::instance_prefix(keys::HISTORY, &instance)) {
             let (key, value) = entry.map_err(sled_error)?;
             let page_key = keys::trailing_id(&key).unwrap_or_default();
-            let members: Vec<(Ulid, &[u8])> = run::members(&value).collect::<Result<_, _>>()?;
+            audit.unsealed_pages += u64::from(!history::is_sealed(&value));
+            let page = history::open_page(&value)?;
+            let members: Vec<(Ulid, &[u8])> = run::members(&page).collect::<Result<_, _>>()?;
             let first = members.first().map(|m| m.0);
             if first.is_none_or(|first| first < page_key)
                 || previous_last.is_some_and(|last| last >= page_key)

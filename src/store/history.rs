@@ -11,7 +11,9 @@
 //! another page's key, as that page has the greatest key below the id); otherwise it starts a
 //! page of its own. Deliveries come in about the order events were accepted, so a group commit
 //! usually writes one page per instance for all it delivered. A page stops growing at
-//! [`MAX_PAGE_BYTES`]; an event that falls inside a full page splits it at its id.
+//! [`MAX_PAGE_BYTES`]; an event that falls inside a full page splits it at its id. A page is
+//! stored compressed ([`seal_page`]): its envelopes repeat each other, and it takes about a
+//! sixth of its size on disk, in the journal and in sled's rewrites of its leaf.
 //!
 //! **Account markers.** `g/<instance>\0<account>\0<second>` (empty) says that the history may
 //! hold events of that account accepted in that second ([`marker_second`]); a page by account
@@ -70,6 +72,51 @@ pub struct HistoryV1 {
 /// whole (up to 17 keys) every few changes, and writes a node larger than a quarter of its
 /// 512 KiB segment as a separate blob file: leaves of pages this size stay far below that.
 pub const MAX_PAGE_BYTES: usize = 4 * 1024;
+
+/// A page's stored value: this byte, the page's length (u32 BE), then the page (a run of history
+/// records) as one LZ4 block. A page without it is the run itself (written in this batch).
+const PAGE_LZ4: u8 = b'L';
+/// A sealed page that says it opens to more than this is damaged (pages stop growing at
+/// [`MAX_PAGE_BYTES`]; a single record can pass that, not by this much).
+const MAX_OPEN_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The value a page is stored as: compressed.
+pub fn seal_page(page: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(page);
+    let mut out = Vec::with_capacity(5 + compressed.len());
+    out.push(PAGE_LZ4);
+    // Pages are far below 4 GiB (MAX_PAGE_BYTES and one record).
+    out.extend_from_slice(&(page.len() as u32).to_be_bytes());
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// Whether a page's value is sealed (compressed).
+pub fn is_sealed(value: &[u8]) -> bool {
+    value.first() == Some(&PAGE_LZ4)
+}
+
+/// The page (a run of history records) a stored value holds; a value that is not sealed is
+/// the page itself.
+pub fn open_page(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+    let corrupt = || Error::Corrupt("history page: malformed".into());
+    let Some((&PAGE_LZ4, rest)) = value.split_first() else {
+        return Ok(std::borrow::Cow::Borrowed(value));
+    };
+    let len: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_OPEN_PAGE_BYTES {
+        return Err(corrupt());
+    }
+    let page = lz4_flex::block::decompress(&rest[4..], len).map_err(|_| corrupt())?;
+    if page.len() != len {
+        return Err(corrupt());
+    }
+    Ok(std::borrow::Cow::Owned(page))
+}
 
 /// Bytes each kept event is charged beyond its member of a page: a share of the page's key and
 /// of its account's marker.
@@ -307,6 +354,41 @@ mod tests {
         }
         assert!(HistoryV1::decode(b"\x09").is_err());
         assert_eq!(account_of(&bytes[..header - 4]), None);
+    }
+
+    #[test]
+    fn pages_are_sealed_and_opened_and_damage_is_an_error() {
+        let mut page = Vec::new();
+        for n in 0..8u128 {
+            let envelope = format!(r#"{{"message":{{"eventId":"{n}","raw":{{"delta":[1]}}}}}}"#);
+            super::super::run::append(&mut page, Ulid(n), envelope.as_bytes());
+        }
+        let sealed = seal_page(&page);
+        assert!(
+            sealed.len() < page.len() / 2,
+            "{} of {}",
+            sealed.len(),
+            page.len()
+        );
+        assert_eq!(open_page(&sealed).ok().as_deref(), Some(&page[..]));
+        assert_eq!(
+            open_page(&page).ok().as_deref(),
+            Some(&page[..]),
+            "a raw page"
+        );
+        for cut in 1..sealed.len() {
+            assert!(open_page(&sealed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = sealed.clone();
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            open_page(&huge).is_err(),
+            "a length past the bound is not allocated"
+        );
+        let mut flipped = sealed;
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        let _ = open_page(&flipped);
     }
 
     #[test]

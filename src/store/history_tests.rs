@@ -113,9 +113,10 @@ fn audit(store: &Store) -> HistoryAudit {
         (
             audit.unmarked,
             audit.misplaced_pages,
-            audit.unpaired_markers
+            audit.unpaired_markers,
+            audit.unsealed_pages
         ),
-        (0, 0, 0),
+        (0, 0, 0, 0),
         "{audit:?}"
     );
     assert_eq!(audit.counted_events, audit.records, "{audit:?}");

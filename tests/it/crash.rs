@@ -721,9 +721,10 @@ async fn history_holds_every_delivery(
             (
                 audit.unmarked,
                 audit.misplaced_pages,
-                audit.unpaired_markers
+                audit.unpaired_markers,
+                audit.unsealed_pages
             ),
-            (0, 0, 0),
+            (0, 0, 0, 0),
             "{audit:?}"
         );
     }

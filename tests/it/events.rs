@@ -408,9 +408,10 @@ async fn history_keeps_the_newest_within_its_bytes_and_counts_them_exactly() {
         (
             audit.unmarked,
             audit.misplaced_pages,
-            audit.unpaired_markers
+            audit.unpaired_markers,
+            audit.unsealed_pages
         ),
-        (0, 0, 0),
+        (0, 0, 0, 0),
         "{audit:?}"
     );
     assert!(audit.bytes <= 4096, "{audit:?}");

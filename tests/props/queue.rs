@@ -1443,9 +1443,10 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
             (
                 audit.unmarked,
                 audit.misplaced_pages,
-                audit.unpaired_markers
+                audit.unpaired_markers,
+                audit.unsealed_pages
             ),
-            (0, 0, 0),
+            (0, 0, 0, 0),
             "{:?}",
             audit
         );

@@ -81,7 +81,8 @@ impl Operation for ExpireHistory {
                         None => break None,
                         Some((key, value)) => {
                             // A page that does not decode is expired whole.
-                            let first = run::members(&value).next().and_then(Result::ok);
+                            let page = history::open_page(&value).unwrap_or_default();
+                            let first = run::members(&page).next().and_then(Result::ok);
                             if first.is_none_or(|(first, _)| first < cutoff) {
                                 break Some((key, value.to_vec()));
                             }
@@ -200,7 +201,20 @@ impl Committer {
         })();
         delivered.clear();
         self.delivered = delivered;
-        result
+        let sealed = self.seal_placed_pages(view);
+        result.and(sealed)
+    }
+
+    /// Stores the pages this batch placed events in compressed (see [`history::seal_page`]).
+    fn seal_placed_pages(&mut self, view: &mut BatchView<'_>) -> Result<(), Error> {
+        for key in std::mem::take(&mut self.placed_pages) {
+            let page = match view.get(&key)? {
+                Some(page) if !history::is_sealed(&page) => history::seal_page(&page),
+                _ => continue,
+            };
+            view.insert(key, page);
+        }
+        Ok(())
     }
 
     /// Puts a history record in its page (see [`crate::store::history`] for which), with its
@@ -216,32 +230,38 @@ impl Committer {
     ) -> Result<(), Error> {
         let prefix = keys::instance_prefix(keys::HISTORY, instance);
         let own_key = keys::history(instance, id);
+        // A page that does not open or decode: its interval cannot be known, and the event
+        // is not kept rather than risk a page that overlaps it (the error says so).
         let page = match view.last_at_or_before(&prefix, &own_key)? {
-            Some((key, value)) => match run::last_id(&value) {
-                Ok(last) => Some((key, last, value.len())),
-                // Its interval cannot be known: the event is not kept rather than risk a page
-                // that overlaps it.
-                Err(err) => return Err(err),
-            },
+            Some((key, value)) => {
+                let page = history::open_page(&value)?;
+                Some((key, run::last_id(&page)?, page.len()))
+            }
             None => None,
         };
         let mut replaced = None;
         match page {
             Some((key, Some(last), _)) if last >= id => {
-                let value = view.get(&key)?.map(|v| v.to_vec()).unwrap_or_default();
+                let value = match view.get(&key)? {
+                    Some(value) => history::open_page(&value)?.into_owned(),
+                    None => Vec::new(),
+                };
                 let (joined, old) = run::insert(&value, id, record)?;
                 replaced = old.map(|old| old.len());
                 let (left, right) = match joined.len() > MAX_PAGE_BYTES {
                     true => split_at(&joined, id)?,
                     false => (joined, Vec::new()),
                 };
+                self.placed_pages.insert(key.clone());
                 view.insert(key, left);
                 if !right.is_empty() {
+                    self.placed_pages.insert(own_key.clone());
                     view.insert(own_key, right);
                 }
             }
+            // A page this batch placed events in is still open (not sealed) in the view.
             Some((key, _, len))
-                if view.written_len(&key) > 0
+                if self.placed_pages.contains(&key)
                     && len + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES =>
             {
                 run::append(view.written_mut(&key), id, record);
@@ -249,6 +269,7 @@ impl Committer {
             _ => {
                 let mut fresh = Vec::with_capacity(1 + run::MEMBER_BYTES + record.len());
                 run::append(&mut fresh, id, record);
+                self.placed_pages.insert(own_key.clone());
                 view.insert(own_key, fresh);
             }
         }
@@ -309,7 +330,8 @@ impl Committer {
     ) -> Result<u64, Error> {
         let mut kept = Vec::new();
         let (mut gone, mut bytes) = (0u64, 0u64);
-        for member in run::members(value) {
+        let page = history::open_page(value).unwrap_or_default();
+        for member in run::members(&page) {
             let Ok((id, record)) = member else { break };
             if below.is_some_and(|below| id >= below) {
                 run::append(&mut kept, id, record);
@@ -320,7 +342,10 @@ impl Committer {
         }
         match kept.is_empty() {
             true => view.remove(key),
-            false => view.insert(key, kept),
+            false => {
+                self.placed_pages.remove(&key);
+                view.insert(key, history::seal_page(&kept));
+            }
         }
         let counter = self.counter_mut(instance);
         counter.history_events = counter.history_events.saturating_sub(gone);
@@ -411,7 +436,7 @@ impl Committer {
         else {
             return Ok(false);
         };
-        let value = value.to_vec();
+        let value = history::open_page(&value)?.into_owned();
         let Some(record) = run::find(&value, id)? else {
             return Ok(false);
         };
@@ -423,7 +448,7 @@ impl Committer {
         };
         let charged = history::charged_bytes(record.len());
         match run::replace(&value, id, None)? {
-            Some(rest) => view.insert(key, rest),
+            Some(rest) => view.insert(key, history::seal_page(&rest)),
             None => view.remove(key),
         }
         let counter = self.counter_mut(instance);

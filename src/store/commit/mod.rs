@@ -23,7 +23,7 @@ mod retry;
 mod view;
 mod walk;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -212,6 +212,9 @@ pub(super) struct Committer {
     /// The delivered events the current batch keeps in the history, put in their pages in id
     /// order once every request is applied ([`Committer::keep_delivered`]).
     delivered: Vec<history::Delivered>,
+    /// The history pages the current batch placed events in: still open (not compressed)
+    /// until [`Committer::keep_delivered`] ends.
+    placed_pages: BTreeSet<Vec<u8>>,
     /// The alert queue's size, as its `l/n` record holds it.
     alert_queue: AlertQueueV1,
     /// Whether the current batch changed [`Committer::alert_queue`].
@@ -249,6 +252,7 @@ impl Committer {
             last_id,
             open_runs: HashMap::new(),
             delivered: Vec::new(),
+            placed_pages: BTreeSet::new(),
             alert_queue,
             alert_queue_changed: false,
         }
