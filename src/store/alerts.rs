@@ -241,11 +241,7 @@ impl Store {
     /// Queues `alert` durably (it survives a restart and is sent by the alert task). Answers
     /// the id of the oldest alert dropped to make room, if the queue was full.
     pub async fn enqueue_alert(&self, alert: NewAlert) -> Result<Option<Ulid>, Error> {
-        self.request(super::commit::EnqueueAlert {
-            id: Ulid::generate(),
-            alert,
-        })
-        .await
+        self.request(super::commit::EnqueueAlert { alert }).await
     }
 
     /// Removes an alert: sent, given up, or unreadable.
@@ -282,7 +278,7 @@ impl Store {
         self.request(super::commit::TakeDeadTally {
             instance: instance.to_owned(),
             count,
-            alert: alert.map(|alert| (Ulid::generate(), alert)),
+            alert,
             now_ms: crate::time::now_ms(),
         })
         .await

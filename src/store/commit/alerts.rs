@@ -13,9 +13,10 @@ use crate::store::alerts::{
 use crate::store::error::Error;
 use crate::store::record::EventV1;
 
-/// Queues an alert. Answers the id of the oldest alert dropped to make room, if any.
+/// Queues an alert under a new id, greater than every id before it (so that the oldest alert
+/// is the first in key order, even within a millisecond). Answers the id of the oldest alert
+/// dropped to make room, if any.
 pub(in crate::store) struct EnqueueAlert {
-    pub id: Ulid,
     pub alert: NewAlert,
 }
 
@@ -27,7 +28,8 @@ impl Operation for EnqueueAlert {
         committer: &mut Committer,
         view: &mut BatchView<'_>,
     ) -> Result<Option<Ulid>, Error> {
-        committer.enqueue_alert(view, self.id, self.alert.record())
+        let id = committer.next_id();
+        committer.enqueue_alert(view, id, self.alert.record())
     }
 }
 
@@ -72,7 +74,7 @@ impl Operation for RetryAlert {
 pub(in crate::store) struct TakeDeadTally {
     pub instance: String,
     pub count: u64,
-    pub alert: Option<(Ulid, NewAlert)>,
+    pub alert: Option<NewAlert>,
     pub now_ms: u64,
 }
 
@@ -95,9 +97,10 @@ impl Operation for TakeDeadTally {
         if tally.count == 0 {
             tally.first_ms = 0;
         }
-        if let Some((id, alert)) = self.alert {
+        if let Some(alert) = self.alert {
             // Only an alert sent starts the instance's quiet minute.
             tally.last_alert_ms = self.now_ms;
+            let id = committer.next_id();
             committer.enqueue_alert(view, id, alert.record())?;
         }
         view.insert(key, DeadTallyRecord::encode(&tally));
