@@ -26,6 +26,38 @@ const MARKERS_PER_REMOVAL: usize = 256;
 /// grows with the history.
 pub(in crate::store) const EVICT_PER_DELIVERY: usize = 2;
 
+/// Marker keys the committer remembers writing or finding, at most (then it forgets them all).
+const KNOWN_MARKERS: usize = 4096;
+
+/// Where an instance's events go in one batch, in id order (see
+/// [`Committer::keep_in_history`]).
+#[derive(Default)]
+pub(super) struct Placement {
+    /// The last event id of the instance's greatest page when the placement began.
+    frontier: Option<Ulid>,
+    /// The page the last event past `frontier` went to.
+    open: Option<Vec<u8>>,
+}
+
+impl Placement {
+    fn start(view: &BatchView<'_>, instance: &str) -> Result<Placement, Error> {
+        let prefix = keys::instance_prefix(keys::HISTORY, instance);
+        let last = keys::history(instance, Ulid(u128::MAX));
+        let frontier = match view.last_at_or_before(&prefix, &last)? {
+            // A page that does not decode: every event is looked up (and the error logged).
+            Some((_, value)) => match history::open_page(&value).and_then(|p| run::last_id(&p)) {
+                Ok(last) => last,
+                Err(_) => Some(Ulid(u128::MAX)),
+            },
+            None => None,
+        };
+        Ok(Placement {
+            frontier,
+            open: None,
+        })
+    }
+}
+
 /// A delivered event the current batch keeps: put in its page once the batch's requests are
 /// applied.
 pub(super) struct Delivered {
@@ -173,10 +205,15 @@ impl Committer {
         delivered.sort_by(|a, b| (&a.instance, a.id).cmp(&(&b.instance, b.id)));
         let result = (|| {
             let mut of_instance = 0;
+            let mut place = Placement::default();
             for (n, kept) in delivered.iter().enumerate() {
+                if of_instance == 0 {
+                    place = Placement::start(view, &kept.instance)?;
+                }
                 of_instance += 1;
                 let placed = self.keep_in_history(
                     view,
+                    &mut place,
                     &kept.instance,
                     kept.id,
                     &kept.account,
@@ -219,15 +256,92 @@ impl Committer {
 
     /// Puts a history record in its page (see [`crate::store::history`] for which), with its
     /// account's marker. A record the page held for the same id (an event replayed and
-    /// delivered again) is replaced.
+    /// delivered again) is replaced. Called in id order per instance; `place` saves looking
+    /// the page up for events past every page the batch started with.
     fn keep_in_history(
         &mut self,
         view: &mut BatchView<'_>,
+        place: &mut Placement,
         instance: &str,
         id: Ulid,
         account: &str,
         record: &[u8],
     ) -> Result<(), Error> {
+        let beyond = place.frontier.is_none_or(|frontier| id > frontier);
+        let placed_in = match (beyond, place.open.take()) {
+            // The greatest page key at or before `id` is that of the page the last event went
+            // to: every page the batch started with ends before it, and no other was made.
+            (true, Some(open)) => {
+                if view.written_len(&open) + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES {
+                    run::append(view.written_mut(&open), id, record);
+                    open
+                } else {
+                    self.new_page(view, instance, id, record)
+                }
+            }
+            _ => self.place_in_history(view, instance, id, record)?,
+        };
+        if beyond {
+            place.open = Some(placed_in);
+        }
+        self.count_kept(instance, record.len());
+        self.mark(view, instance, account, id)
+    }
+
+    /// Starts a page of its own for `id`; answers its key.
+    fn new_page(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        record: &[u8],
+    ) -> Vec<u8> {
+        let own_key = keys::history(instance, id);
+        let mut fresh = Vec::with_capacity(1 + run::MEMBER_BYTES + record.len());
+        run::append(&mut fresh, id, record);
+        self.placed_pages.insert(own_key.clone());
+        view.insert(own_key.clone(), fresh);
+        own_key
+    }
+
+    fn count_kept(&mut self, instance: &str, record_len: usize) {
+        let counter = self.counter_mut(instance);
+        counter.history_events += 1;
+        counter.history_bytes += history::charged_bytes(record_len);
+    }
+
+    /// Writes the marker of `id`'s account and second unless it is known to be there.
+    fn mark(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        account: &str,
+        id: Ulid,
+    ) -> Result<(), Error> {
+        let marker = history::marker(instance, account, id);
+        if self.known_markers.contains(&marker) {
+            return Ok(());
+        }
+        if view.get(&marker)?.is_none() {
+            view.insert(marker.clone(), Vec::new());
+            view.insert(history::marker_by_second(instance, account, id), Vec::new());
+        }
+        if self.known_markers.len() >= KNOWN_MARKERS {
+            self.known_markers.clear();
+        }
+        self.known_markers.insert(marker);
+        Ok(())
+    }
+
+    /// Puts a record in the page the greatest key at or before its id names, or in a page of
+    /// its own; answers the key of the page it went to.
+    fn place_in_history(
+        &mut self,
+        view: &mut BatchView<'_>,
+        instance: &str,
+        id: Ulid,
+        record: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let prefix = keys::instance_prefix(keys::HISTORY, instance);
         let own_key = keys::history(instance, id);
         // A page that does not open or decode: its interval cannot be known, and the event
@@ -239,24 +353,34 @@ impl Committer {
             }
             None => None,
         };
-        let mut replaced = None;
-        match page {
+        Ok(match page {
             Some((key, Some(last), _)) if last >= id => {
                 let value = match view.get(&key)? {
                     Some(value) => history::open_page(&value)?.into_owned(),
                     None => Vec::new(),
                 };
                 let (joined, old) = run::insert(&value, id, record)?;
-                replaced = old.map(|old| old.len());
+                if let Some(old) = old {
+                    // A record replaced: it is counted again by the caller.
+                    let counter = self.counter_mut(instance);
+                    counter.history_events = counter.history_events.saturating_sub(1);
+                    counter.history_bytes = counter
+                        .history_bytes
+                        .saturating_sub(history::charged_bytes(old.len()));
+                }
                 let (left, right) = match joined.len() > MAX_PAGE_BYTES {
                     true => split_at(&joined, id)?,
                     false => (joined, Vec::new()),
                 };
                 self.placed_pages.insert(key.clone());
-                view.insert(key, left);
-                if !right.is_empty() {
-                    self.placed_pages.insert(own_key.clone());
-                    view.insert(own_key, right);
+                view.insert(key.clone(), left);
+                match right.is_empty() {
+                    true => key,
+                    false => {
+                        self.placed_pages.insert(own_key.clone());
+                        view.insert(own_key.clone(), right);
+                        own_key
+                    }
                 }
             }
             // A page this batch placed events in is still open (not sealed) in the view.
@@ -265,29 +389,10 @@ impl Committer {
                     && len + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES =>
             {
                 run::append(view.written_mut(&key), id, record);
+                key
             }
-            _ => {
-                let mut fresh = Vec::with_capacity(1 + run::MEMBER_BYTES + record.len());
-                run::append(&mut fresh, id, record);
-                self.placed_pages.insert(own_key.clone());
-                view.insert(own_key, fresh);
-            }
-        }
-        let counter = self.counter_mut(instance);
-        if let Some(old) = replaced {
-            counter.history_events = counter.history_events.saturating_sub(1);
-            counter.history_bytes = counter
-                .history_bytes
-                .saturating_sub(history::charged_bytes(old));
-        }
-        counter.history_events += 1;
-        counter.history_bytes += history::charged_bytes(record.len());
-        let marker = history::marker(instance, account, id);
-        if view.get(&marker)?.is_none() {
-            view.insert(marker, Vec::new());
-            view.insert(history::marker_by_second(instance, account, id), Vec::new());
-        }
-        Ok(())
+            _ => self.new_page(view, instance, id, record),
+        })
     }
 
     /// Evicts the instance's oldest pages while it is over `max_bytes`, at most `pages`.
@@ -385,6 +490,9 @@ impl Committer {
             .take(MARKERS_PER_REMOVAL)
             .map(|entry| entry.map(|(key, _)| key))
             .collect::<Result<_, _>>()?;
+        if !twins.is_empty() {
+            self.known_markers.clear();
+        }
         let mut count = 0;
         for twin in twins {
             if let Some((second, account)) = keys::parse_history_by_second(instance, &twin) {

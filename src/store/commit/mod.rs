@@ -215,6 +215,9 @@ pub(super) struct Committer {
     /// The history pages the current batch placed events in: still open (not compressed)
     /// until [`Committer::keep_delivered`] ends.
     placed_pages: BTreeSet<Vec<u8>>,
+    /// History markers known to be stored (see [`history`]); forgotten whenever markers are
+    /// removed.
+    known_markers: HashSet<Vec<u8>>,
     /// The alert queue's size, as its `l/n` record holds it.
     alert_queue: AlertQueueV1,
     /// Whether the current batch changed [`Committer::alert_queue`].
@@ -253,6 +256,7 @@ impl Committer {
             open_runs: HashMap::new(),
             delivered: Vec::new(),
             placed_pages: BTreeSet::new(),
+            known_markers: HashSet::new(),
             alert_queue,
             alert_queue_changed: false,
         }
