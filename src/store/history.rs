@@ -12,8 +12,8 @@
 //! page of its own. Deliveries come in about the order events were accepted, so a group commit
 //! usually writes one page per instance for all it delivered. A page stops growing at
 //! [`MAX_PAGE_BYTES`]; an event that falls inside a full page splits it at its id. A page is
-//! stored compressed ([`seal_page`]): its envelopes repeat each other, and it takes about a
-//! sixth of its size on disk, in the journal and in sled's rewrites of its leaf.
+//! stored compressed ([`seal_page`]): its envelopes repeat each other, so it takes several
+//! times less on disk, in the journal and in sled's rewrites of its leaf.
 //!
 //! **Account markers.** `g/<instance>\0<account>\0<second>` (empty) says that the history may
 //! hold events of that account accepted in that second ([`marker_second`]); a page by account

@@ -23,7 +23,9 @@
 //!   waiting without a due entry), dead letters (with their death time), due index, counters,
 //!   cursors, object maps and outage states equal the model's;
 //! - the delivered history holds exactly the deliveries not undone (a cut undoes a removal and
-//!   its history record together), and its counters equal the sum of its records;
+//!   its history record together), each found by its id and under its account, its pages in
+//!   order and compressed, every event's account marker there, and its counters equal the sum
+//!   of its records;
 //! - every pending event and dead letter still has its notification body.
 //!
 //! CI: 64 cases × ≤ 40 steps; `HOOKRELAY_LONG_TESTS=1`: 1,000 cases.
