@@ -197,12 +197,13 @@ async fn status_and_dead_commands_work_on_a_stopped_store() {
         "{}",
         table.stdout
     );
-    // The other records: the replayed event's history record, and two of the instance's.
+    // The other records: the replayed event's history (its record, and its account's marker
+    // and the marker's twin), and three of the instance's.
     let purge = relay.cli(&["dead", "purge", "--instance", "acme"]).await;
     assert_eq!(
         purge.assert_code(0).stdout,
         "purged 0 dead letter(s)\npurged 1 held pending event(s) of acme, which is no longer configured\n\
-         removed 4 other record(s) of acme (delivered history, seen accounts, cursors, object \
+         removed 6 other record(s) of acme (delivered history, seen accounts, cursors, object \
          maps, change queues, credentials, dead-letter alert tally)\n"
     );
     let status = relay.cli(&["status", "--json"]).await.assert_code(0).json();
