@@ -512,6 +512,20 @@ pub struct HistoryAudit {
     pub unsealed_pages: u64,
 }
 
+impl HistoryAudit {
+    /// Whether the history is as it must be: its counters equal its pages' sums, its pages are
+    /// in order and compressed, and its markers paired, one for every event's account and
+    /// second.
+    pub fn is_sound(&self) -> bool {
+        self.counted_events == self.records
+            && self.counted_bytes == self.bytes
+            && self.misplaced_pages == 0
+            && self.unmarked == 0
+            && self.unpaired_markers == 0
+            && self.unsealed_pages == 0
+    }
+}
+
 /// Sums every instance's history of a stopped daemon's store, against its counters, and
 /// checks the pages' order and the account markers: for the tests after crashes and power
 /// cuts (reads the whole history).

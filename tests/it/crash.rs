@@ -715,18 +715,7 @@ async fn history_holds_every_delivery(
 ) {
     let audits = hookrelay::store::audit_history(store_path).expect("auditing the history");
     for audit in &audits {
-        assert_eq!(audit.counted_events, audit.records, "{audit:?}");
-        assert_eq!(audit.counted_bytes, audit.bytes, "{audit:?}");
-        assert_eq!(
-            (
-                audit.unmarked,
-                audit.misplaced_pages,
-                audit.unpaired_markers,
-                audit.unsealed_pages
-            ),
-            (0, 0, 0, 0),
-            "{audit:?}"
-        );
+        assert!(audit.is_sound(), "{audit:?}");
     }
     let store = hookrelay::store::open_offline(store_path).expect("opening the store");
     let mut missing = Vec::new();
