@@ -43,13 +43,18 @@ impl Placement {
     fn start(view: &BatchView<'_>, instance: &str) -> Result<Placement, Error> {
         let prefix = keys::instance_prefix(keys::HISTORY, instance);
         let last = keys::history(instance, Ulid(u128::MAX));
+        // Every event is looked up when the greatest page does not decode (its error is
+        // logged then), or when this batch removed it (the view does not say what is before).
+        let everything = Some(Ulid(u128::MAX));
         let frontier = match view.last_at_or_before(&prefix, &last)? {
-            // A page that does not decode: every event is looked up (and the error logged).
             Some((_, value)) => match history::open_page(&value).and_then(|p| run::last_id(&p)) {
                 Ok(last) => last,
-                Err(_) => Some(Ulid(u128::MAX)),
+                Err(_) => everything,
             },
-            None => None,
+            None => match view.scan_prefix(&prefix).next().transpose()? {
+                Some(_) => everything,
+                None => None,
+            },
         };
         Ok(Placement {
             frontier,
@@ -268,20 +273,22 @@ impl Committer {
         record: &[u8],
     ) -> Result<(), Error> {
         let beyond = place.frontier.is_none_or(|frontier| id > frontier);
-        let placed_in = match (beyond, place.open.take()) {
+        let (placed_in, last) = match (beyond, place.open.take()) {
             // The greatest page key at or before `id` is that of the page the last event went
-            // to: every page the batch started with ends before it, and no other was made.
+            // to, and `id` comes after all of it: every page the batch started with ends
+            // before `id`, and no other was made.
             (true, Some(open)) => {
                 if view.written_len(&open) + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES {
                     run::append(view.written_mut(&open), id, record);
-                    open
+                    (open, true)
                 } else {
-                    self.new_page(view, instance, id, record)
+                    (self.new_page(view, instance, id, record), true)
                 }
             }
             _ => self.place_in_history(view, instance, id, record)?,
         };
-        if beyond {
+        // Only a page `id` ended can take the next events at its end.
+        if beyond && last {
             place.open = Some(placed_in);
         }
         self.count_kept(instance, record.len());
@@ -334,14 +341,14 @@ impl Committer {
     }
 
     /// Puts a record in the page the greatest key at or before its id names, or in a page of
-    /// its own; answers the key of the page it went to.
+    /// its own; answers the key of the page it went to, and whether it is that page's last.
     fn place_in_history(
         &mut self,
         view: &mut BatchView<'_>,
         instance: &str,
         id: Ulid,
         record: &[u8],
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<(Vec<u8>, bool), Error> {
         let prefix = keys::instance_prefix(keys::HISTORY, instance);
         let own_key = keys::history(instance, id);
         // A page that does not open or decode: its interval cannot be known, and the event
@@ -374,14 +381,12 @@ impl Committer {
                 };
                 self.placed_pages.insert(key.clone());
                 view.insert(key.clone(), left);
-                match right.is_empty() {
-                    true => key,
-                    false => {
-                        self.placed_pages.insert(own_key.clone());
-                        view.insert(own_key.clone(), right);
-                        own_key
-                    }
+                if !right.is_empty() {
+                    self.placed_pages.insert(own_key.clone());
+                    view.insert(own_key.clone(), right);
                 }
+                // Inside the page: never its last.
+                (key, false)
             }
             // A page this batch placed events in is still open (not sealed) in the view.
             Some((key, _, len))
@@ -389,9 +394,9 @@ impl Committer {
                     && len + run::MEMBER_BYTES + record.len() <= MAX_PAGE_BYTES =>
             {
                 run::append(view.written_mut(&key), id, record);
-                key
+                (key, true)
             }
-            _ => self.new_page(view, instance, id, record),
+            _ => (self.new_page(view, instance, id, record), true),
         })
     }
 
