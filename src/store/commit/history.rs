@@ -65,7 +65,7 @@ impl Placement {
 
 /// A delivered event the current batch keeps: put in its page once the batch's requests are
 /// applied.
-pub(super) struct Delivered {
+pub(super) struct KeptDelivery {
     instance: String,
     id: Ulid,
     account: String,
@@ -192,7 +192,7 @@ impl Committer {
             envelope: envelope.to_vec(),
         }
         .encode();
-        self.delivered.push(Delivered {
+        self.delivered.push(KeptDelivery {
             instance: instance.to_owned(),
             id,
             account: event.account,

@@ -211,7 +211,7 @@ pub(super) struct Committer {
     open_runs: HashMap<String, Vec<u8>>,
     /// The delivered events the current batch keeps in the history, put in their pages in id
     /// order once every request is applied ([`Committer::keep_delivered`]).
-    delivered: Vec<history::Delivered>,
+    delivered: Vec<history::KeptDelivery>,
     /// The history pages the current batch placed events in: still open (not compressed)
     /// until [`Committer::keep_delivered`] ends.
     placed_pages: BTreeSet<Vec<u8>>,
