@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use ulid::Ulid;
 
 use super::pending::EVENT_OVERHEAD_BYTES;
-use super::view::BatchView;
+use super::view::{BatchView, KeyValue};
 use super::{Committer, Operation};
 use crate::store::error::Error;
 use crate::store::history::{self, Attempt, HistoryV1, MAX_PAGE_BYTES};
@@ -109,24 +109,10 @@ impl Operation for ExpireHistory {
         let mut count = 0;
         for instance in &self.instances {
             let cutoff = Ulid::from_parts(self.cutoffs.for_instance(instance), 0);
-            let start = keys::instance_prefix(keys::HISTORY, instance);
             while count < self.limit as u64 {
-                // Every page keyed before the cutoff is expired, or holds only later events.
-                let mut pages = view.range(start.clone(), keys::history(instance, cutoff));
-                let doomed = loop {
-                    match pages.next().transpose()? {
-                        None => break None,
-                        Some((key, value)) => {
-                            // A page that does not decode is expired whole.
-                            let page = history::open_page(&value).unwrap_or_default();
-                            let first = run::members(&page).next().and_then(Result::ok);
-                            if first.is_none_or(|(first, _)| first < cutoff) {
-                                break Some((key, value.to_vec()));
-                            }
-                        }
-                    }
+                let Some((key, value)) = first_expired_page(view, instance, cutoff)? else {
+                    break;
                 };
-                let Some((key, value)) = doomed else { break };
                 count += committer.remove_members(view, instance, key, &value, Some(cutoff))?;
             }
             // Marker pairs count as one record each, so that a backlog of them takes more pages.
@@ -208,43 +194,45 @@ impl Committer {
     pub(super) fn keep_delivered(&mut self, view: &mut BatchView<'_>) -> Result<(), Error> {
         let mut delivered = std::mem::take(&mut self.delivered);
         delivered.sort_by(|a, b| (&a.instance, a.id).cmp(&(&b.instance, b.id)));
-        let result = (|| {
-            let mut of_instance = 0;
-            let mut place = Placement::default();
-            for (n, kept) in delivered.iter().enumerate() {
-                if of_instance == 0 {
-                    place = Placement::start(view, &kept.instance)?;
-                }
-                of_instance += 1;
-                let placed = self.keep_in_history(
-                    view,
-                    &mut place,
-                    &kept.instance,
-                    kept.id,
-                    &kept.account,
-                    &kept.record,
-                );
-                match placed {
-                    // A page that does not decode: this event is not kept, nothing else is lost.
-                    Err(Error::Corrupt(message)) => {
-                        tracing::warn!(instance = %kept.instance, id = %kept.id, error = %message, "a delivered event is not kept in the history");
-                    }
-                    other => other?,
-                }
-                let last_of_instance = delivered
-                    .get(n + 1)
-                    .is_none_or(|next| next.instance != kept.instance);
-                if last_of_instance {
-                    let pages = EVICT_PER_DELIVERY * std::mem::take(&mut of_instance);
-                    self.evict_history(view, &kept.instance, kept.max_bytes, pages)?;
-                }
-            }
-            Ok(())
-        })();
+        let result = delivered
+            .chunk_by(|a, b| a.instance == b.instance)
+            .try_for_each(|group| self.keep_instance_delivered(view, group));
         delivered.clear();
         self.delivered = delivered;
         let sealed = self.seal_placed_pages(view);
         result.and(sealed)
+    }
+
+    /// Places one instance's kept deliveries (in id order), then evicts what is past its bound.
+    fn keep_instance_delivered(
+        &mut self,
+        view: &mut BatchView<'_>,
+        group: &[KeptDelivery],
+    ) -> Result<(), Error> {
+        let Some(first) = group.first() else {
+            return Ok(());
+        };
+        let instance = first.instance.as_str();
+        let mut place = Placement::start(view, instance)?;
+        for kept in group {
+            let placed = self.keep_in_history(
+                view,
+                &mut place,
+                instance,
+                kept.id,
+                &kept.account,
+                &kept.record,
+            );
+            match placed {
+                // A page that does not decode: this event is not kept, nothing else is lost.
+                Err(Error::Corrupt(message)) => {
+                    tracing::warn!(instance, id = %kept.id, error = %message, "a delivered event is not kept in the history");
+                }
+                other => other?,
+            }
+        }
+        let pages = EVICT_PER_DELIVERY * group.len();
+        self.evict_history(view, instance, first.max_bytes, pages)
     }
 
     /// Stores the pages this batch placed events in compressed (see [`history::seal_page`]).
@@ -570,6 +558,26 @@ impl Committer {
         self.insert_pending(view, instance, id, &event);
         Ok(true)
     }
+}
+
+/// The first of an instance's pages holding an event accepted before `cutoff` (a page that
+/// does not decode counts as one), with its value. Every page keyed before the cutoff holds
+/// such an event, or only later ones once an expiry has passed it.
+fn first_expired_page(
+    view: &BatchView<'_>,
+    instance: &str,
+    cutoff: Ulid,
+) -> Result<Option<KeyValue>, Error> {
+    let start = keys::instance_prefix(keys::HISTORY, instance);
+    for entry in view.range(start, keys::history(instance, cutoff)) {
+        let (key, value) = entry?;
+        let page = history::open_page(&value).unwrap_or_default();
+        let first = run::members(&page).next().and_then(Result::ok);
+        if first.is_none_or(|(first, _)| first < cutoff) {
+            return Ok(Some((key, value.to_vec())));
+        }
+    }
+    Ok(None)
 }
 
 /// A page split before member `id`: the members below it, and the rest (starting with `id`).
